@@ -1,0 +1,17 @@
+"""Flask CLI commands (``flask --app api:create_app ...``)."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+
+from api.config import markdown_table
+
+
+def register_cli(app: Flask) -> None:
+    """Attach Streamgate's commands to ``app.cli``."""
+
+    @app.cli.command("config-table")
+    def config_table() -> None:
+        """Print the README's configuration table."""
+        click.echo(markdown_table())

@@ -1,0 +1,146 @@
+"""Configuration: the only module that reads ``os.environ``.
+
+Every variable Streamgate understands is declared once in ``VARIABLES`` below; the README table
+is generated from it (``flask config-table``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when configuration is missing or malformed."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+
+
+def _csv(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its name, default, parser and meaning."""
+
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+
+VARIABLES: tuple[Var, ...] = (
+    # --- secrets and identity -------------------------------------------------------------
+    Var("JWT_SECRET_KEY", None, str, "HMAC key that signs every JWT (HS256). Required; at least 32 characters.", secret=True),
+    Var("JWT_ISSUER", "streamgate", str, "`iss` claim written and required on every token."),
+    Var("JWT_AUDIENCE", "streamgate-api", str, "`aud` claim written and required on every token."),
+    Var("JWT_ACCESS_TTL_S", "900", int, "Lifetime of an access token, seconds."),
+    Var("JWT_REFRESH_TTL_S", "2592000", int, "Lifetime of a refresh token, seconds."),
+    Var("APP_TOKEN_MAX_TTL_DAYS", "365", int, "Longest lifetime an admin may give an app token, days."),
+    Var("JWT_COOKIE_SECURE", "true", _bool, "Mark auth cookies `Secure` (set `false` only for plain-http local runs)."),
+    Var("JWT_COOKIE_SAMESITE", "Lax", str, "`SameSite` attribute of the auth cookies."),
+    Var("LOGIN_MAX_FAILURES", "5", int, "Failed logins allowed per account and per client address in `LOGIN_WINDOW_S`."),
+    Var("LOGIN_WINDOW_S", "900", int, "Window of the failed-login throttle, seconds."),
+    Var("EVENT_TICKET_TTL_S", "60", int, "Lifetime of a one-time `EventSource` ticket, seconds."),
+    # --- backing services -----------------------------------------------------------------
+    Var("DATABASE_URL", "sqlite:///instance/streamgate.db", str, "SQLAlchemy URL of the durable store (SQLite or `postgresql+psycopg://...`)."),
+    Var("REDIS_URL", "redis://127.0.0.1:6390/0", str, "Redis for limits, revocation, live state and the event log."),
+    Var("REDIS_FAIL_OPEN_RATE_LIMITS", "false", _bool, "When Redis is down, let request-rate limits pass (every other check still fails closed)."),
+    Var("LLM_BASE_URL", "http://127.0.0.1:8081/v1", str, "OpenAI-compatible model server (vLLM, Ollama, llama.cpp, OpenAI)."),
+    Var("LLM_API_KEY", "not-needed", str, "API key sent to the model server.", secret=True),
+    Var("LLM_MODELS", "smollm2-135m-instruct", _csv, "Comma-separated models a new tenant may use by default."),
+    Var("LLM_CONNECT_TIMEOUT_S", "5", float, "Connect timeout to the model server, seconds."),
+    Var("LLM_READ_TIMEOUT_S", "60", float, "Longest wait for the first or next token from the model server, seconds."),
+    Var("LLM_MAX_RETRIES", "0", int, "Retries of a failed upstream call before the first token."),
+    # --- streaming ------------------------------------------------------------------------
+    Var("SSE_HEARTBEAT_S", "15", float, "Interval of `ping` events / keep-alive comments on idle streams, seconds."),
+    Var("SSE_COALESCE_MS", "20", float, "Channel mode: longest a token waits to be merged with the next ones, ms (0 = every token its own event)."),
+    Var("SSE_COALESCE_BYTES", "512", int, "Channel mode: flush merged tokens once they reach this many bytes."),
+    Var("SSE_RETRY_MS", "2000", int, "`retry:` hint sent to EventSource clients, ms."),
+    Var("SSE_MAX_SUBSCRIPTIONS_PER_USER", "20", int, "Open hub connections one user may hold at once (429 past it)."),
+    Var("SSE_SEND_TIMEOUT_S", "30", float, "A subscriber that does not read for this long is disconnected, seconds."),
+    Var("STREAM_LOG_MAXLEN", "20000", int, "Most events kept in one stream's Redis log."),
+    Var("STREAM_LOG_TTL_S", "3600", int, "How long a finished stream's log stays replayable, seconds."),
+    Var("STREAM_MAX_DURATION_S", "600", float, "A generation running longer than this is stopped and marked failed, seconds."),
+    Var("LEASE_TTL_S", "30", int, "Concurrency lease lifetime; renewed while the stream runs, expires if its worker dies."),
+    # --- request bounds -------------------------------------------------------------------
+    Var("MAX_BODY_BYTES", "1048576", int, "Largest accepted request body, bytes (413 past it)."),
+    Var("MAX_MESSAGES", "256", int, "Most messages in one chat request."),
+    Var("MAX_PROMPT_CHARS", "200000", int, "Most characters across all messages of one request."),
+    Var("MAX_TOKENS_CAP", "4096", int, "Highest `max_tokens` a request may ask for."),
+    Var("DEFAULT_MAX_TOKENS", "512", int, "`max_tokens` used when a request gives none."),
+    # --- limits (defaults; tenants and users may be given their own) ----------------------
+    Var("LIMIT_USER_RPM", "120", int, "Requests per minute per user."),
+    Var("LIMIT_USER_CONCURRENT", "8", int, "Concurrent streams per user."),
+    Var("LIMIT_USER_TPM", "100000", int, "Tokens per minute per user."),
+    Var("LIMIT_USER_TPD", "2000000", int, "Tokens per day per user."),
+    Var("LIMIT_TENANT_RPM", "1200", int, "Requests per minute per tenant."),
+    Var("LIMIT_TENANT_CONCURRENT", "64", int, "Concurrent streams per tenant."),
+    Var("LIMIT_TENANT_TPM", "1000000", int, "Tokens per minute per tenant."),
+    Var("LIMIT_TENANT_TPD", "20000000", int, "Tokens per day per tenant."),
+    # --- operations -----------------------------------------------------------------------
+    Var("LOG_LEVEL", "INFO", str, "Python log level."),
+    Var("LOG_FORMAT", "json", str, "`json` (one object a line) or `text`."),
+    Var("METRICS_TOKEN", "", str, "Bearer token required by `/metrics`; empty serves it to loopback clients only.", secret=True),
+    Var("TRUSTED_PROXIES", "0", int, "How many reverse proxies set `X-Forwarded-For` in front of the app."),
+)
+
+_BY_NAME = {var.name: var for var in VARIABLES}
+
+
+def load_config(environ: Mapping[str, str] | None = None, *, testing: bool = False) -> dict[str, Any]:
+    """Parse every declared variable from ``environ``; raise ConfigError naming what is wrong."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    for var in VARIABLES:
+        raw = env.get(var.name)
+        if raw is None or (raw == "" and var.required):
+            if var.required:
+                if not testing:
+                    missing.append(var.name)
+                continue
+            raw = var.default or ""
+        try:
+            values[var.name] = var.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var.name}: {exc}") from exc
+    if missing:
+        raise ConfigError(
+            "missing required environment variable(s): "
+            + ", ".join(missing)
+            + " (see the configuration table in README.md)"
+        )
+    secret = values.get("JWT_SECRET_KEY")
+    if secret is not None and len(secret) < 32:
+        raise ConfigError("JWT_SECRET_KEY: must be at least 32 characters")
+    return values
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``VARIABLES``."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for var in VARIABLES:
+        default = "**required**" if var.required else (f"`{var.default}`" if var.default else "(empty)")
+        rows.append(f"| `{var.name}` | {default} | {var.doc} |")
+    return "\n".join(rows)
+
+
+def variable(name: str) -> Var:
+    """Look up one declared variable."""
+    return _BY_NAME[name]

@@ -1,0 +1,5 @@
+"""Placeholder blueprint; filled in by its issue."""
+
+from flask_smorest import Blueprint
+
+bp = Blueprint("models", __name__, url_prefix="/v1")

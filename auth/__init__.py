@@ -1,0 +1,1 @@
+"""Identities and access: tenants, users, roles, app tokens, JWTs, revocation, channel access."""

@@ -1,0 +1,131 @@
+"""Who the caller is and what they may touch.
+
+``current_identity()`` is the verified token as a value; ``require`` guards a view by scope and
+role; ``may_read`` is the hub's channel rule; ``parse_channel`` refuses malformed names before any
+Redis call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import g
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+from auth.errors import ApiError
+from auth.tokens import auth_error
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Ids are "<prefix>_" + 20 lowercase alphanumerics (auth.models.new_id); nothing else is a channel.
+CHANNEL_RE = re.compile(r"\A(streams|users)/((?:str|usr)_[a-z0-9]{20})\Z")
+_PREFIX = {"streams": "str_", "users": "usr_"}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The verified caller: one user of one tenant, acting with some scopes."""
+
+    user_id: str
+    tenant_id: str
+    role: str
+    scopes: frozenset[str]
+    jti: str
+    kind: str
+    expires_at: float
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in {"admin", "operator"} and "admin" in self.scopes
+
+    @property
+    def tenant_scope(self) -> str | None:
+        """The tenant an admin lookup is limited to (None: an operator sees all)."""
+        return None if self.is_operator else self.tenant_id
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any]) -> Identity:
+        return cls(
+            user_id=str(claims["sub"]),
+            tenant_id=str(claims["tenant"]),
+            role=str(claims["role"]),
+            scopes=frozenset(claims.get("scopes") or ()),
+            jti=str(claims["jti"]),
+            kind=str(claims.get("kind", "user")),
+            expires_at=float(claims["exp"]),
+        )
+
+
+def current_identity() -> Identity:
+    """The identity of the verified token of this request."""
+    ident = g.get("identity")
+    if ident is None:
+        ident = Identity.from_claims(get_jwt())
+        g.identity = ident
+        g.tenant_id, g.user_id = ident.tenant_id, ident.user_id
+    return cast(Identity, ident)
+
+
+def require(scope: str | None = None, *, admin: bool = False, refresh: bool = False) -> Callable[[F], F]:
+    """Guard a view: a valid, unrevoked token, carrying ``scope`` (and an admin role if asked)."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verify_jwt_in_request(refresh=refresh)
+            ident = current_identity()
+            if scope is not None and scope not in ident.scopes:
+                raise auth_error(
+                    f"This token lacks the '{scope}' scope", error="insufficient_scope", status=403
+                )
+            if admin and not ident.is_admin:
+                raise auth_error("Admin role required", error="insufficient_scope", status=403)
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorator
+
+
+def parse_channel(channel: str | None) -> tuple[str, str]:
+    """Split ``streams/<id>`` or ``users/<id>``; anything else is a 400."""
+    match = CHANNEL_RE.match(channel or "")
+    if match is None or not match.group(2).startswith(_PREFIX[match.group(1)]):
+        raise ApiError(
+            400,
+            "Malformed channel: expected 'streams/<stream id>' or 'users/<user id>'",
+            errors={"channel": ["Malformed channel name."]},
+            code="invalid_channel",
+        )
+    return match.group(1), match.group(2)
+
+
+def may_read(
+    ident: Identity, channel: str, *, owner_of: Callable[[str], tuple[str, str] | None]
+) -> bool:
+    """The channel rule: members read their own, tenant admins their tenant's, operators any.
+
+    ``owner_of(stream_id)`` returns ``(tenant_id, user_id)`` of a stream, or None if unknown;
+    ``users/<id>`` channels are resolved the same way through the caller's own identity or
+    ``owner_of`` for users (prefix ``usr_``).
+    """
+    if "read" not in ident.scopes:
+        return False
+    _kind, object_id = parse_channel(channel)
+    if ident.is_operator and "admin" in ident.scopes:
+        return True
+    owner = owner_of(object_id)
+    if owner is None:
+        return False
+    tenant_id, user_id = owner
+    if tenant_id != ident.tenant_id:
+        return False
+    return user_id == ident.user_id or ident.is_admin

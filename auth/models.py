@@ -1,0 +1,138 @@
+"""Durable identity records: tenants, users, app tokens and the admin audit log.
+
+Every tenant-owned row carries ``tenant_id``; look rows up through ``get_for_tenant`` so another
+tenant's object is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column
+
+from auth.store import db, utcnow
+
+ROLES = ("member", "admin", "operator")
+SCOPES = ("chat", "read", "admin")
+
+
+def new_id(prefix: str) -> str:
+    """A random, URL-safe, prefixed identifier such as ``usr_k3x...``."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return prefix + "_" + "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC, on every database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Tenant(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ten"))
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+    __table_args__ = (Index("uq_users_tenant_email", "tenant_id", "email", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("usr"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AppToken(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "app_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("aud"))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    actor_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+M = TypeVar("M")
+
+
+def get_for_tenant(model: type[M], tenant_id: str | None, object_id: str) -> M | None:
+    """Fetch ``model`` by primary key, or None when it belongs to another tenant.
+
+    ``tenant_id=None`` means an operator, who may see every tenant.
+    """
+    row = db.session.get(model, object_id)
+    if row is None:
+        return None
+    if tenant_id is not None and getattr(row, "tenant_id", None) != tenant_id:
+        return None
+    return row
+
+
+def record_audit(
+    *,
+    tenant_id: str | None,
+    actor_id: str | None,
+    action: str,
+    target_type: str,
+    target_id: str,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Add an audit row to the current transaction; the caller commits it with the action."""
+    event = AuditEvent(
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        reason=reason,
+        details=details,
+    )
+    db.session.add(event)
+    return event

@@ -1,0 +1,150 @@
+"""JWT issue, verify and revoke (flask-jwt-extended), with revocation state in Redis.
+
+Every token carries ``sub`` (user id), ``tenant``, ``role``, ``scopes``, ``kind`` (``user`` or
+``app``), ``jti``, ``exp``, ``iat_ms``, ``iss`` and ``aud``. Revocation is checked on every request
+with one Redis round trip: the token's ``jti`` in the blocklist, and the user's and the tenant's
+"tokens valid after" cutoffs (a disabled user or tenant has a cutoff in the far future).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response
+from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+
+from auth.errors import ApiError, error_response
+from auth.store import get_redis
+
+jwt = JWTManager()
+
+DISABLED_CUTOFF_MS = 2**62  # "every token is before this": the account is disabled
+_JTI_KEY = "sg:rv:jti:{}"
+_USER_KEY = "sg:rv:user:{}"
+_TENANT_KEY = "sg:rv:tenant:{}"
+REALM = 'Bearer realm="streamgate"'
+
+
+def user_scopes(role: str) -> list[str]:
+    """The scopes of a person's own login: everything their role allows."""
+    return ["chat", "read", "admin"] if role in {"admin", "operator"} else ["chat", "read"]
+
+
+def _claims(*, tenant_id: str, role: str, scopes: list[str], kind: str) -> dict[str, Any]:
+    return {
+        "tenant": tenant_id,
+        "role": role,
+        "scopes": sorted(set(scopes)),
+        "kind": kind,
+        "iat_ms": int(time.time() * 1000),
+    }
+
+
+def issue_user_tokens(*, user_id: str, tenant_id: str, role: str) -> dict[str, str]:
+    """Access and refresh tokens for a person who just logged in."""
+    claims = _claims(tenant_id=tenant_id, role=role, scopes=user_scopes(role), kind="user")
+    return {
+        "access_token": create_access_token(identity=user_id, additional_claims=claims),
+        "refresh_token": create_refresh_token(identity=user_id, additional_claims=claims),
+    }
+
+
+def issue_access_token(*, user_id: str, tenant_id: str, role: str) -> str:
+    """A fresh access token (the refresh flow)."""
+    claims = _claims(tenant_id=tenant_id, role=role, scopes=user_scopes(role), kind="user")
+    return create_access_token(identity=user_id, additional_claims=claims)
+
+
+def issue_app_token(
+    *, user_id: str, tenant_id: str, role: str, scopes: list[str], ttl: timedelta
+) -> str:
+    """A long-lived access token for a third-party app, limited to ``scopes``."""
+    claims = _claims(tenant_id=tenant_id, role=role, scopes=scopes, kind="app")
+    return create_access_token(identity=user_id, additional_claims=claims, expires_delta=ttl)
+
+
+# --- revocation -------------------------------------------------------------------------------
+
+
+def revoke_jti(jti: str, expires_at: float) -> None:
+    """Block one token until it would have expired anyway."""
+    ttl = max(1, int(expires_at - time.time()) + 1)
+    get_redis().set(_JTI_KEY.format(jti), "1", ex=ttl)
+
+
+def revoke_user_tokens(user_id: str, *, disable: bool = False) -> None:
+    """Every token the user holds now stops working (``disable``: and every future one)."""
+    cutoff = DISABLED_CUTOFF_MS if disable else int(time.time() * 1000) + 1
+    get_redis().set(_USER_KEY.format(user_id), cutoff)
+
+
+def set_tenant_disabled(tenant_id: str, disabled: bool) -> None:
+    """Disabling a tenant revokes every token of every user in it."""
+    cutoff = DISABLED_CUTOFF_MS if disabled else int(time.time() * 1000) + 1
+    get_redis().set(_TENANT_KEY.format(tenant_id), cutoff)
+
+
+def is_revoked(payload: dict[str, Any]) -> bool:
+    """True when the token was revoked by jti, user cutoff or tenant cutoff (one round trip)."""
+    jti_hit, user_cutoff, tenant_cutoff = get_redis().mget(
+        _JTI_KEY.format(payload.get("jti")),
+        _USER_KEY.format(payload.get("sub")),
+        _TENANT_KEY.format(payload.get("tenant")),
+    )
+    if jti_hit is not None:
+        return True
+    issued = int(payload.get("iat_ms") or 0)
+    return any(cutoff is not None and issued < int(cutoff) for cutoff in (user_cutoff, tenant_cutoff))
+
+
+# --- flask-jwt-extended wiring ----------------------------------------------------------------
+
+
+def auth_error(message: str, *, error: str = "invalid_token", status: int = 401) -> ApiError:
+    """A 401/403 with an RFC 6750 ``WWW-Authenticate`` header."""
+    challenge = REALM if error == "" else f'{REALM}, error="{error}", error_description="{message}"'
+    return ApiError(status, message, headers={"WWW-Authenticate": challenge}, code=error or "missing_token")
+
+
+def init_jwt(app: Flask) -> None:
+    """Bind flask-jwt-extended and route all its failures through the error envelope."""
+    jwt.init_app(app)
+
+    @jwt.token_in_blocklist_loader
+    def _blocked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        return is_revoked(payload)
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str) -> Response:
+        if "CSRF" in reason:
+            return error_response(auth_error(reason, error="invalid_token"))
+        return error_response(auth_error("Authentication required: " + reason, error=""))
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str) -> Response:
+        return error_response(auth_error("Invalid token: " + reason))
+
+    @jwt.expired_token_loader
+    def _expired(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return error_response(auth_error("Token has expired"))
+
+    @jwt.revoked_token_loader
+    def _revoked(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return error_response(auth_error("Token has been revoked"))
+
+    @jwt.token_verification_failed_loader
+    def _failed(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return error_response(auth_error("Token claims are invalid"))
+
+    @jwt.token_verification_loader
+    def _claims_ok(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        return (
+            isinstance(payload.get("exp"), int)
+            and isinstance(payload.get("sub"), str)
+            and isinstance(payload.get("tenant"), str)
+            and payload.get("role") in {"member", "admin", "operator"}
+            and isinstance(payload.get("scopes"), list)
+            and payload.get("kind") in {"user", "app"}
+        )

@@ -1,0 +1,56 @@
+"""Prometheus metrics, one registry per app (so test apps never collide).
+
+Under gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` and the exposition in
+``api.routes.health`` aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every metric Streamgate exports; see docs/operations.md for what each means."""
+
+    def __init__(self) -> None:
+        multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = None if multiproc else CollectorRegistry()
+        reg = {"registry": self.registry} if self.registry is not None else {}
+        gauge_mode = {"multiprocess_mode": "livesum"} if multiproc else {}
+        self.active_streams = Gauge(
+            "streamgate_active_streams", "Generations running in this process", ["mode"], **reg, **gauge_mode
+        )
+        self.active_subscribers = Gauge(
+            "streamgate_active_subscribers", "Open hub (SSE) connections in this process", **reg, **gauge_mode
+        )
+        self.streams_total = Counter(
+            "streamgate_streams_total", "Generations finished, by mode and final status", ["mode", "status"], **reg
+        )
+        self.tokens_out = Counter("streamgate_tokens_out_total", "Completion tokens delivered", ["mode"], **reg)
+        self.ttft = Histogram(
+            "streamgate_time_to_first_token_seconds", "Admission to first token", ["mode"],
+            buckets=_LATENCY_BUCKETS, **reg,
+        )
+        self.inter_token = Histogram(
+            "streamgate_inter_token_seconds", "Gap between consecutive upstream chunks", ["mode"],
+            buckets=_LATENCY_BUCKETS, **reg,
+        )
+        self.upstream_errors = Counter(
+            "streamgate_upstream_errors_total", "Model-server failures by kind", ["kind"], **reg
+        )
+        self.rate_limited = Counter(
+            "streamgate_rate_limited_total", "Requests refused by a limit", ["limit"], **reg
+        )
+        self.revocations = Counter(
+            "streamgate_revocations_total", "Revocations by target kind", ["target"], **reg
+        )
+        self.backend_errors = Counter(
+            "streamgate_backend_errors_total", "Redis or database errors", ["backend"], **reg
+        )
+        self.record_write_failures = Counter(
+            "streamgate_record_write_failures_total", "Stream records that could not be written", **reg
+        )

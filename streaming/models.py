@@ -1,0 +1,41 @@
+"""The durable record of one generation, direct or channel mode."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from auth.models import UTCDateTime, new_id
+from auth.store import db, utcnow
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "revoked")
+TERMINAL = frozenset({"completed", "failed", "cancelled", "revoked"})
+
+
+class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "streams"
+    __table_args__ = (
+        Index("ix_streams_tenant_created", "tenant_id", "created_at"),
+        Index("ix_streams_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("str"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    token_jti: Mapped[str | None] = mapped_column(String(64), default=None)
+    mode: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    revoked_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,0 +1,77 @@
+"""The one module that imports langchain_openai: builds the app's model client.
+
+One ``ChatOpenAI`` per app (so one HTTP connection pool), pointed at ``LLM_BASE_URL``; the model
+name, limits and sampling settings are passed per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+
+
+@dataclass
+class Chunk:
+    """One piece of an upstream generation, in the shape the runner needs."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Provider:
+    """The app's model client and the request defaults it was built with."""
+
+    llm: ChatOpenAI
+    base_url: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stream(self, model: str, messages: list[dict[str, str]], params: Mapping[str, Any]) -> Iterator[Chunk]:
+        """Iterate the upstream generation; closing the iterator closes the upstream request."""
+        kwargs = {key: value for key, value in params.items() if value is not None}
+        for piece in self.llm.stream(to_langchain(messages), model=model, stream_usage=True, **kwargs):
+            meta = piece.response_metadata or {}
+            usage = piece.usage_metadata
+            yield Chunk(
+                text=piece.content if isinstance(piece.content, str) else "",
+                finish_reason=meta.get("finish_reason"),
+                prompt_tokens=usage["input_tokens"] if usage else None,
+                completion_tokens=usage["output_tokens"] if usage else None,
+            )
+
+
+def to_langchain(messages: list[dict[str, str]]) -> list[BaseMessage]:
+    """OpenAI-style role/content dicts to LangChain messages."""
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]
+
+
+def build_provider(config: Mapping[str, Any]) -> Provider:
+    """One ChatOpenAI for the app; nothing connects until the first request."""
+    timeout = httpx.Timeout(
+        connect=config["LLM_CONNECT_TIMEOUT_S"],
+        read=config["LLM_READ_TIMEOUT_S"],
+        write=10.0,
+        pool=10.0,
+    )
+    llm = ChatOpenAI(
+        base_url=config["LLM_BASE_URL"],
+        api_key=config["LLM_API_KEY"],
+        model=(config["LLM_MODELS"] or ["default"])[0],
+        timeout=timeout,
+        max_retries=config["LLM_MAX_RETRIES"],
+        streaming=True,
+        stream_usage=True,
+        http_client=httpx.Client(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        ),
+    )
+    return Provider(llm=llm, base_url=config["LLM_BASE_URL"])

@@ -1,0 +1,65 @@
+"""Server-Sent Events framing: pure functions, exact to the WHATWG rules.
+
+- every field is written ``name: value`` (with the space, so a value's own leading space survives);
+- ``data`` is split only on CRLF, CR or LF, one ``data:`` line each, so text round-trips byte for byte
+  (U+2028, NEL and friends are not line breaks in SSE and are left alone);
+- ``event`` and ``id`` may never contain CR, LF or NUL (``id``) — refused, never silently cleaned;
+- a frame ends with one blank line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
+
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class FramingError(ValueError):
+    """A field value that would break the event stream (CR, LF or NUL in ``event``/``id``)."""
+
+
+def _field(name: str, value: str) -> str:
+    if _FORBIDDEN_IN_FIELD.search(value):
+        raise FramingError(f"SSE {name} may not contain CR, LF or NUL")
+    return f"{name}: {value}\n"
+
+
+def frame(data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None) -> bytes:  # noqa: A002 - the SSE field is called id
+    """One complete event as UTF-8 bytes."""
+    parts: list[str] = []
+    if event is not None:
+        parts.append(_field("event", event))
+    if id is not None:
+        parts.append(_field("id", id))
+    if retry is not None:
+        parts.append(f"retry: {int(retry)}\n")
+    for line in _LINE_BREAK.split(data):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def json_frame(payload: Any, *, event: str | None = None, id: str | None = None) -> bytes:  # noqa: A002
+    """An event whose data is compact JSON (never contains a raw line break)."""
+    return frame(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), event=event, id=id)
+
+
+def comment(text: str = "") -> bytes:
+    """A comment line: ignored by clients, keeps proxies from timing the connection out."""
+    if _FORBIDDEN_IN_FIELD.search(text):
+        raise FramingError("SSE comments may not contain CR, LF or NUL")
+    return f": {text}\n\n".encode() if text else b":\n\n"
+
+
+def retry_hint(milliseconds: int) -> bytes:
+    """A frame carrying only the reconnection delay."""
+    return f"retry: {int(milliseconds)}\n\n".encode()
