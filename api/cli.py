@@ -6,10 +6,12 @@ import click
 from flask import Flask
 
 from api.config import markdown_table
+from auth.cli import register as register_auth_cli
 
 
 def register_cli(app: Flask) -> None:
     """Attach Streamgate's commands to ``app.cli``."""
+    register_auth_cli(app)
 
     @app.cli.command("config-table")
     def config_table() -> None:
