@@ -90,6 +90,9 @@ def error_response(exc: HTTPException) -> Response:
             for field, msgs in errors.items()
         )
     if wants_openai_shape():
+        if status == 422:
+            status = 400  # OpenAI answers invalid requests with 400; its SDKs expect that
+            phrase = HTTPStatus(status).phrase
         body: dict[str, Any] = {
             "error": {
                 "message": message,

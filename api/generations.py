@@ -1,0 +1,74 @@
+"""Starting a generation: validate against the tenant's rules, admit it, record it.
+
+Shared by direct mode (``/v1/chat/completions``) and channel mode (``/v1/streams``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+
+from api import limits
+from auth.access import Identity
+from auth.errors import ApiError
+from auth.models import Tenant, new_id
+from auth.store import db
+from streaming import state
+from streaming.runner import Generation
+
+
+def allowed_models(tenant_id: str) -> list[str]:
+    """The models a tenant may use: its allow-list, or the deployment's default list."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None or tenant.disabled:
+        raise ApiError(403, "This tenant is disabled.", code="tenant_disabled")
+    return list(tenant.allowed_models or current_app.config["LLM_MODELS"])
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """A cheap upper-leaning estimate (about 4 characters a token, plus framing per message)."""
+    return sum(len(m["content"]) // 4 + 4 for m in messages) + 2
+
+
+def start_generation(ident: Identity, body: dict[str, Any], mode: str) -> tuple[Generation, limits.Admission]:
+    """Check the request against the tenant's models and bounds, admit it and record it."""
+    cfg = current_app.config
+    model = body["model"]
+    if model not in allowed_models(ident.tenant_id):
+        raise ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                       code="model_not_found", param="model", errors={"model": ["Unknown model."]})
+    messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
+    if len(messages) > cfg["MAX_MESSAGES"]:
+        raise ApiError(400, f"Too many messages: at most {cfg['MAX_MESSAGES']}.", param="messages",
+                       code="too_many_messages", errors={"messages": ["Too many messages."]})
+    if sum(len(m["content"]) for m in messages) > cfg["MAX_PROMPT_CHARS"]:
+        raise ApiError(400, f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters in all.",
+                       param="messages", code="context_length_exceeded",
+                       errors={"messages": ["Too long."]})
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or cfg["DEFAULT_MAX_TOKENS"]
+    if max_tokens > cfg["MAX_TOKENS_CAP"]:
+        raise ApiError(400, f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.", param="max_tokens",
+                       code="max_tokens_too_large", errors={"max_tokens": ["Too large."]})
+    params = {
+        "max_tokens": max_tokens,
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "stop": body.get("stop"),
+    }
+    stream_id = new_id("str")
+    estimate = estimate_prompt_tokens(messages)
+    admission = limits.admit(ident, estimate + max_tokens, stream_id)
+    gen = Generation(
+        stream_id=stream_id, tenant_id=ident.tenant_id, user_id=ident.user_id, token_jti=ident.jti,
+        mode=mode, model=model, messages=messages, params=params, prompt_estimate=estimate,
+        admission=admission.info,
+    )
+    try:
+        state.create(gen)
+    except Exception:
+        db.session.rollback()
+        if admission.info is not None:
+            limits.RedisAdmissionControl().release(admission.info, 0, 0)
+        raise
+    return gen, admission

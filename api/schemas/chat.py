@@ -1,0 +1,100 @@
+"""Chat request and response schemas (OpenAI's chat completions shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
+
+
+class StopField(fields.Field):
+    """``stop``: a string or a list of up to 4 strings, as OpenAI accepts."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+            raise ValidationError("Must be a non-empty string or a list of non-empty strings.")
+        if len(items) > 4:
+            raise ValidationError("At most 4 stop sequences.")
+        return items
+
+
+class MessageSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
+    content = fields.String(required=True)
+    name = fields.String(validate=[validate.Length(max=64), NO_CONTROL])
+
+
+class StreamOptionsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    include_usage = fields.Boolean(load_default=False)
+
+
+class ChatRequestSchema(Schema):
+    """A chat completion request; unknown fields are ignored, as OpenAI does."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    model = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_CONTROL])
+    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
+    max_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    max_completion_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
+    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    stop = StopField(allow_none=True)
+    stream = fields.Boolean(load_default=False)
+    stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    user = fields.String(validate=[validate.Length(max=256), NO_CONTROL])
+
+    @validates_schema
+    def _one_limit(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("max_tokens") and data.get("max_completion_tokens"):
+            raise ValidationError("Give max_tokens or max_completion_tokens, not both.", "max_tokens")
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer()
+    completion_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class ChatMessageOutSchema(Schema):
+    role = fields.String()
+    content = fields.String()
+
+
+class ChoiceSchema(Schema):
+    index = fields.Integer()
+    message = fields.Nested(ChatMessageOutSchema)
+    finish_reason = fields.String(allow_none=True)
+
+
+class ChatCompletionSchema(Schema):
+    """A ``chat.completion`` (``stream: false``)."""
+
+    id = fields.String()
+    object = fields.String()
+    created = fields.Integer()
+    model = fields.String()
+    choices = fields.List(fields.Nested(ChoiceSchema))
+    usage = fields.Nested(UsageSchema)
+
+
+class ModelSchema(Schema):
+    id = fields.String()
+    object = fields.String()
+    created = fields.Integer()
+    owned_by = fields.String()
+
+
+class ModelListSchema(Schema):
+    object = fields.String()
+    data = fields.List(fields.Nested(ModelSchema))

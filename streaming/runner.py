@@ -1,0 +1,375 @@
+"""One generation: ChatOpenAI chunks -> sink events, with cancellation, leases and a record.
+
+The same runner serves both modes; only the sink differs:
+- direct mode: a ``QueueSink`` that the HTTP response drains (the response is the generation);
+- channel mode: a ``LogSink`` that coalesces tokens into the stream's Redis log via the hub.
+
+Every resource a run takes (the upstream response, the concurrency lease and token reservation,
+its place in the live registry) is released in one ``finally``. A run is stopped by
+``RunHandle.stop``: under gevent the runner greenlet is interrupted where it waits (so the upstream
+request closes at once); otherwise the runner notices before its next chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import openai
+from flask import Flask
+
+from streaming import state
+from streaming.providers import Chunk, Provider
+
+log = logging.getLogger("streamgate.runner")
+
+
+class StopRun(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a runner greenlet to stop it (cancel, revoke, client gone, max duration)."""
+
+
+@dataclass
+class Outcome:
+    """How a generation ended; the record, the sink and the metrics all read it."""
+
+    status: str  # completed | failed | cancelled | revoked
+    finish_reason: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None  # for failures before the first token (direct mode answers it)
+    revoked_by: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Generation:
+    """Everything a run needs, copied out of the request before the response starts."""
+
+    stream_id: str
+    tenant_id: str
+    user_id: str
+    token_jti: str
+    mode: str
+    model: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    prompt_estimate: int
+    admission: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+
+
+class Sink(Protocol):
+    def started(self) -> None: ...
+    def accepted(self) -> None: ...
+    def token(self, text: str, index: int) -> None: ...
+    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class AdmissionControl(Protocol):
+    """Implemented by ``api.limits``; the runner only renews and settles what was admitted."""
+
+    def renew(self, admission: dict[str, Any]) -> None: ...
+    def release(self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class NoAdmission:
+    def renew(self, admission: dict[str, Any]) -> None:
+        return None
+
+    def release(self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None:
+        return None
+
+
+# --- upstream failures --------------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> Outcome:
+    """Map a provider exception to what the client is told (OpenAI-style codes)."""
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+        return Outcome("failed", error_code="upstream_timeout", http_status=504,
+                       error_message="The model server did not answer in time.")
+    if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
+        return Outcome("failed", error_code="upstream_unavailable", http_status=502,
+                       error_message="The model server could not be reached.")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        code = "upstream_rate_limited" if status == 429 else "upstream_error"
+        return Outcome("failed", error_code=code, http_status=503 if status in (429, 503) else 502,
+                       error_message=f"The model server answered {status}.")
+    if isinstance(exc, openai.APIError):
+        return Outcome("failed", error_code="upstream_error", http_status=502,
+                       error_message="The model server reported an error: " + str(exc.message)[:300])
+    if isinstance(exc, httpx.HTTPError):
+        return Outcome("failed", error_code="upstream_disconnected", http_status=502,
+                       error_message="The model server dropped the connection.")
+    return Outcome("failed", error_code="internal_error", http_status=500,
+                   error_message="The generation failed unexpectedly.")
+
+
+# --- the run handle and the per-process registry -------------------------------------------------
+
+
+class RunHandle:
+    """A running generation in this process: who it belongs to and how to stop it."""
+
+    def __init__(self, gen: Generation) -> None:
+        self.gen = gen
+        self.stopped: Outcome | None = None
+        self.finalizing = False
+        self.started = time.monotonic()
+        self.tokens = 0
+        self._greenlet: Any = None
+
+    def attach_current(self) -> None:
+        """Remember the greenlet running this generation, if we run under gevent."""
+        try:
+            import gevent
+
+            current = gevent.getcurrent()
+            if isinstance(current, gevent.Greenlet):
+                self._greenlet = current
+        except ImportError:  # pragma: no cover - gevent is a dependency
+            self._greenlet = None
+
+    def stop(self, outcome: Outcome) -> None:
+        """Stop the run with ``outcome`` (first stop wins)."""
+        if self.stopped is not None:
+            return
+        self.stopped = outcome
+        greenlet = self._greenlet
+        if greenlet is not None and not self.finalizing and not greenlet.dead:
+            import gevent
+
+            if gevent.getcurrent() is not greenlet:
+                greenlet.kill(StopRun(outcome.status), block=False)
+
+
+class Registry:
+    """The runs of this process, indexed for the control bus (stream, user, token)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.runs: dict[str, RunHandle] = {}
+
+    def add(self, handle: RunHandle) -> None:
+        with self._lock:
+            self.runs[handle.gen.stream_id] = handle
+
+    def remove(self, handle: RunHandle) -> None:
+        with self._lock:
+            if self.runs.get(handle.gen.stream_id) is handle:
+                del self.runs[handle.gen.stream_id]
+
+    def matching(self, predicate: Callable[[Generation], bool]) -> list[RunHandle]:
+        with self._lock:
+            return [h for h in self.runs.values() if predicate(h.gen)]
+
+    def snapshot(self) -> list[RunHandle]:
+        with self._lock:
+            return list(self.runs.values())
+
+
+def registry(app: Flask) -> Registry:
+    reg = app.extensions.get("streamgate.runs")
+    if reg is None:
+        reg = app.extensions["streamgate.runs"] = Registry()
+    return reg  # type: ignore[no-any-return]
+
+
+# --- the run itself ------------------------------------------------------------------------------
+
+
+def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
+    """Drive one generation to its end and release everything it held. Never raises."""
+    gen = handle.gen
+    cfg = app.config
+    metrics = app.extensions["streamgate.metrics"]
+    provider: Provider = app.extensions["streamgate.llm"]
+    admission: AdmissionControl = app.extensions.get("streamgate.admission") or NoAdmission()
+    handle.attach_current()
+    registry(app).add(handle)
+    metrics.active_streams.labels(gen.mode).inc()
+    prompt_tokens = gen.prompt_estimate
+    completion_tokens = 0
+    reported_completion: int | None = None
+    finish_reason: str | None = None
+    outcome: Outcome | None = None
+    upstream: Iterator[Chunk] | None = None
+    accepted = False
+    first_at: float | None = None
+    last_at = time.monotonic()
+    with app.app_context():
+        try:
+            sink.started()
+            upstream = provider.stream(gen.model, gen.messages, gen.params)
+            index = 0
+            for chunk in upstream:
+                if handle.stopped is not None:
+                    break
+                if not accepted:
+                    accepted = True
+                    sink.accepted()
+                now = time.monotonic()
+                if chunk.text:
+                    if first_at is None:
+                        first_at = now
+                        metrics.ttft.labels(gen.mode).observe(now - handle.started)
+                    else:
+                        metrics.inter_token.labels(gen.mode).observe(now - last_at)
+                    last_at = now
+                    sink.token(chunk.text, index)
+                    index += 1
+                    completion_tokens += 1
+                    handle.tokens = completion_tokens
+                if chunk.finish_reason:
+                    finish_reason = chunk.finish_reason
+                if chunk.prompt_tokens is not None:
+                    prompt_tokens = chunk.prompt_tokens
+                if chunk.completion_tokens is not None:
+                    reported_completion = chunk.completion_tokens
+            if handle.stopped is None:
+                outcome = Outcome("completed", finish_reason=finish_reason or "stop")
+        except StopRun:
+            pass
+        except Exception as exc:  # noqa: BLE001 - every upstream failure becomes an outcome
+            outcome = classify(exc)
+            if accepted:
+                outcome.http_status = None  # the upstream answered 200: the failure is in-band
+            metrics.upstream_errors.labels(outcome.error_code or "unknown").inc()
+            log.warning("generation %s failed: %s: %s", gen.stream_id, type(exc).__name__, exc,
+                        extra={"stream_id": gen.stream_id})
+        finally:
+            handle.finalizing = True
+            if upstream is not None:
+                close = getattr(upstream, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing upstream failed", exc_info=True)
+            if outcome is None:
+                outcome = handle.stopped or Outcome("cancelled", reason="stopped")
+            if reported_completion is not None:
+                completion_tokens = reported_completion
+            _settle(app, handle, sink, outcome, prompt_tokens, completion_tokens, admission)
+    return outcome
+
+
+def _settle(
+    app: Flask, handle: RunHandle, sink: Sink, outcome: Outcome, prompt_tokens: int,
+    completion_tokens: int, admission: AdmissionControl,
+) -> None:
+    """The one place a run's resources are released, whatever happened."""
+    gen = handle.gen
+    metrics = app.extensions["streamgate.metrics"]
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("sink", lambda: sink.finished(outcome, prompt_tokens, completion_tokens)),
+        ("admission", lambda: admission.release(gen.admission, prompt_tokens, completion_tokens)
+         if gen.admission is not None else None),
+        ("live-state", lambda: state.mark_finished(gen, outcome, prompt_tokens, completion_tokens)),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - one failed release must not skip the others
+            log.exception("releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id})
+    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens)
+    registry(app).remove(handle)
+    metrics.active_streams.labels(gen.mode).dec()
+    metrics.streams_total.labels(gen.mode, outcome.status).inc()
+    metrics.tokens_out.labels(gen.mode).inc(completion_tokens)
+
+
+# --- direct mode: the response drains a queue -----------------------------------------------------
+
+_DONE = object()
+ACCEPTED = object()
+
+
+class QueueSink:
+    """Hands a run's events to the HTTP response that waits on it (direct mode)."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Any] = queue.Queue()
+
+    def started(self) -> None:
+        return None
+
+    def accepted(self) -> None:
+        self.events.put(ACCEPTED)
+
+    def wait_accepted(self, timeout: float) -> Outcome | None:
+        """Block until the upstream answered (None) or the run ended first (its outcome).
+
+        After ``timeout`` with no answer, return None too: the response starts and keeps the
+        connection alive with comments; a later failure then travels in-band.
+        """
+        try:
+            item = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is ACCEPTED:
+            return None
+        if isinstance(item, tuple) and item and item[0] is _DONE:
+            self.events.put(item)  # leave the end for drain()
+            outcome: Outcome = item[1]
+            return outcome
+        self.events.put(item)  # pragma: no cover - tokens always follow ACCEPTED
+        return None
+
+    def token(self, text: str, index: int) -> None:
+        self.events.put(text)
+
+    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+        self.events.put((_DONE, outcome, prompt_tokens, completion_tokens))
+
+    def drain(self, heartbeat_s: float) -> Iterator[str | None | tuple[Outcome, int, int]]:
+        """Yield token texts, ``None`` when ``heartbeat_s`` passes with nothing, then the end."""
+        while True:
+            try:
+                item = self.events.get(timeout=heartbeat_s)
+            except queue.Empty:
+                yield None
+                continue
+            if item is ACCEPTED:
+                continue
+            if isinstance(item, tuple) and item and item[0] is _DONE:
+                yield item[1:]
+                return
+            yield item
+
+
+def spawn(target: Callable[..., Any], *args: Any) -> None:
+    """Run ``target`` concurrently: a greenlet under gevent (monkey-patched), else a thread."""
+    thread = threading.Thread(target=target, args=args, daemon=True, name="streamgate-run")
+    thread.start()
+
+
+def stopped_outcome(kind: str, **details: Any) -> Outcome:
+    """An outcome for a stop requested from outside the run (control bus, client, keeper)."""
+    if kind == "revoked":
+        return Outcome("revoked", error_code="stream_revoked", revoked_by=details.get("by"),
+                       reason=details.get("reason"), error_message="The stream was revoked by an administrator.")
+    if kind == "max_duration":
+        return Outcome("failed", error_code="max_duration",
+                       error_message="The generation exceeded its maximum duration.")
+    if kind == "worker_lost":
+        return Outcome("failed", error_code="worker_lost",
+                       error_message="The worker running this generation stopped.")
+    return Outcome("cancelled", reason=details.get("reason") or kind)
+
+
+def outcome_payload(outcome: Outcome) -> dict[str, Any]:
+    """The JSON an outcome is stored as (live state, terminal events)."""
+    return {k: v for k, v in outcome.__dict__.items() if v is not None}
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))

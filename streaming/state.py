@@ -1,0 +1,156 @@
+"""Live state of generations in Redis, and their durable records in SQL.
+
+Live state (``sg:st:<id>`` hash, ``sg:live`` sorted set scored by lease expiry) is what the admin
+list, the hub's access check and the reaper read; it is written at admission and at the end.
+The SQL record is created at admission and completed at the end; if the database is down then,
+the final write is queued in Redis and retried by the keeper, never lost silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+from auth.store import db, get_redis, utcnow
+from streaming.models import StreamRecord
+
+if TYPE_CHECKING:
+    from streaming.runner import Generation, Outcome
+
+log = logging.getLogger("streamgate.state")
+
+LIVE = "sg:live"
+PENDING_RECORDS = "sg:pending-records"
+
+
+def live_key(stream_id: str) -> str:
+    return f"sg:st:{stream_id}"
+
+
+def create(gen: Generation) -> StreamRecord:
+    """Insert the record and register the run as live (called at admission, before the 200)."""
+    record = StreamRecord(
+        id=gen.stream_id, tenant_id=gen.tenant_id, user_id=gen.user_id, token_jti=gen.token_jti,
+        mode=gen.mode, model=gen.model, status="running", started_at=utcnow(),
+        prompt_tokens=gen.prompt_estimate,
+    )
+    db.session.add(record)
+    db.session.commit()
+    cfg = current_app.config
+    ttl = int(cfg["STREAM_MAX_DURATION_S"] + cfg["STREAM_LOG_TTL_S"])
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.hset(live_key(gen.stream_id), mapping={
+        "tenant": gen.tenant_id, "user": gen.user_id, "jti": gen.token_jti, "mode": gen.mode,
+        "model": gen.model, "status": "running", "created": f"{gen.created:.3f}", "tokens": 0,
+        "subscribers": 0, "admission": json.dumps(gen.admission or {}),
+    })
+    pipe.expire(live_key(gen.stream_id), ttl)
+    pipe.zadd(LIVE, {gen.stream_id: time.time() + cfg["LEASE_TTL_S"]})
+    pipe.execute()
+    return record
+
+
+def owner(stream_id: str) -> tuple[str, str] | None:
+    """``(tenant_id, user_id)`` of a stream, from live state or the record."""
+    tenant, user = get_redis().hmget(live_key(stream_id), "tenant", "user")
+    if tenant and user:
+        return _text(tenant), _text(user)
+    record = db.session.get(StreamRecord, stream_id)
+    return (record.tenant_id, record.user_id) if record is not None else None
+
+
+def live_status(stream_id: str) -> dict[str, str]:
+    """The live hash of a stream (empty once it expired)."""
+    raw = get_redis().hgetall(live_key(stream_id))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def mark_finished(gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+    """Live state: no longer running; keep the hash as long as the log stays replayable."""
+    cfg = current_app.config
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.hset(live_key(gen.stream_id), mapping={
+        "status": outcome.status, "tokens": completion_tokens, "prompt_tokens": prompt_tokens,
+        "ended": f"{time.time():.3f}",
+    })
+    pipe.expire(live_key(gen.stream_id), int(cfg["STREAM_LOG_TTL_S"]))
+    pipe.zrem(LIVE, gen.stream_id)
+    pipe.execute()
+
+
+def _final_fields(gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int,
+                  text: str | None) -> dict[str, Any]:
+    return {
+        "status": outcome.status, "finished_at": time.time(), "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "finish_reason": outcome.finish_reason,
+        "error_code": outcome.error_code, "error_message": outcome.error_message,
+        "revoked_by": outcome.revoked_by, "revoke_reason": outcome.reason if outcome.status == "revoked" else None,
+        "text": text,
+    }
+
+
+def write_record(app: Flask, gen: Generation, outcome: Outcome, prompt_tokens: int,
+                 completion_tokens: int, text: str | None = None) -> None:
+    """Complete the SQL record; on a database failure queue it in Redis for the keeper."""
+    fields = _final_fields(gen, outcome, prompt_tokens, completion_tokens, text)
+    try:
+        apply_record(gen.stream_id, fields)
+    except Exception:  # noqa: BLE001 - never fail a stream because the database is down
+        db.session.rollback()
+        app.extensions["streamgate.metrics"].backend_errors.labels("database").inc()
+        log.warning("stream record %s not written; queued for retry", gen.stream_id,
+                    extra={"stream_id": gen.stream_id})
+        try:
+            get_redis().rpush(PENDING_RECORDS, json.dumps({"id": gen.stream_id, **fields}))
+        except Exception:  # noqa: BLE001
+            app.extensions["streamgate.metrics"].record_write_failures.inc()
+            log.error("stream record %s lost: database and Redis both unavailable", gen.stream_id,
+                      extra={"stream_id": gen.stream_id})
+    finally:
+        db.session.remove()
+
+
+def apply_record(stream_id: str, fields: dict[str, Any]) -> None:
+    """Write final fields onto a record (also used when replaying queued writes)."""
+    from datetime import UTC, datetime
+
+    record = db.session.get(StreamRecord, stream_id)
+    if record is None:
+        return
+    values = dict(fields)
+    finished = values.pop("finished_at", None)
+    if finished is not None:
+        record.finished_at = datetime.fromtimestamp(float(finished), UTC)
+    for key, value in values.items():
+        if key == "text" and value is None:
+            continue
+        setattr(record, key, value)
+    db.session.commit()
+
+
+def flush_pending_records(limit: int = 100) -> int:
+    """Retry queued record writes (the keeper calls this); returns how many were written."""
+    r = get_redis()
+    written = 0
+    for _ in range(limit):
+        raw = r.lpop(PENDING_RECORDS)
+        if raw is None:
+            break
+        fields = json.loads(raw)
+        stream_id = str(fields.pop("id"))
+        try:
+            apply_record(stream_id, fields)
+        except Exception:  # noqa: BLE001
+            db.session.rollback()
+            r.lpush(PENDING_RECORDS, raw)
+            break
+        written += 1
+    return written
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
