@@ -1,0 +1,1 @@
+"""Operational helpers run by the Makefile and the Procfile (``python -m scripts.<name>``)."""
