@@ -280,7 +280,8 @@ def _settle(
             step()
         except Exception:  # noqa: BLE001 - one failed release must not skip the others
             log.exception("releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id})
-    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens)
+    text_of = getattr(sink, "text", None)
+    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens, text_of() if text_of else None)
     registry(app).remove(handle)
     metrics.active_streams.labels(gen.mode).dec()
     metrics.streams_total.labels(gen.mode, outcome.status).inc()

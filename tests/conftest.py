@@ -196,11 +196,13 @@ def app(
 ) -> Iterator[Any]:
     from api import create_app
     from auth.store import db
+    from streaming.control import stop_services
 
     application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url, **app_overrides))
     with application.app_context():
         db.create_all()
         yield application
+        stop_services(application)
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
@@ -334,6 +336,7 @@ def live(
     """Real gunicorn gevent workers on loopback, sharing Redis and a SQLite file with ``live.app``."""
     from api import create_app
     from auth.store import db
+    from streaming.control import stop_services
 
     db_url = f"sqlite:///{tmp_path / 'live.db'}"
     application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
@@ -347,6 +350,7 @@ def live(
             yield server
         finally:
             stop_process(proc)
+            stop_services(application)
             db.session.remove()
             db.engine.dispose()
     application.extensions["streamgate.redis"].close()

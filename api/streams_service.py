@@ -1,0 +1,115 @@
+"""Channel-mode services: launch a background run, describe, list, cancel, issue tickets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import select
+
+from auth.access import Identity, may_read, parse_channel
+from auth.errors import ApiError
+from auth.models import User
+from auth.store import db, get_redis
+from auth.tickets import issue_ticket
+from streaming import control, state
+from streaming.channel import LogSink, stream_channel
+from streaming.control import services
+from streaming.models import TERMINAL, StreamRecord
+from streaming.runner import Generation, RunHandle, run_generation, spawn
+
+
+def events_url(channel: str) -> str:
+    return "/v1/events?channel=" + channel
+
+
+def launch(app: Flask, gen: Generation) -> None:
+    """Run the generation in a greenlet of this worker, decoupled from the request."""
+    services(app)  # make sure this worker's dispatcher and keeper are up
+    spawn(run_generation, app, RunHandle(gen), LogSink(app, gen))
+
+
+def accepted(gen: Generation) -> dict[str, Any]:
+    channel = stream_channel(gen.stream_id)
+    return {"id": gen.stream_id, "channel": channel, "events_url": events_url(channel), "status": "running"}
+
+
+def user_streams(tenant_id: str, user_id: str, status: str | None) -> list[StreamRecord]:
+    query = select(StreamRecord).where(StreamRecord.tenant_id == tenant_id, StreamRecord.user_id == user_id)
+    if status:
+        query = query.where(StreamRecord.status == status)
+    rows = db.session.scalars(query.order_by(StreamRecord.created_at.desc()).limit(1000)).all()
+    return [describe(row, with_text=False) for row in rows]  # type: ignore[misc]
+
+
+def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:
+    """The stream if the caller may see it (owner, tenant admin, operator); else 404."""
+    record = db.session.get(StreamRecord, stream_id)
+    if record is None:
+        raise ApiError(404, "No such stream.", code="stream_not_found")
+    if ident.is_operator and ident.is_admin:
+        return record
+    if record.tenant_id != ident.tenant_id or (record.user_id != ident.user_id and not ident.is_admin):
+        raise ApiError(404, "No such stream.", code="stream_not_found")
+    return record
+
+
+def _text_so_far(record: StreamRecord) -> str | None:
+    if record.status not in TERMINAL or record.text is None:
+        if record.mode != "channel":
+            return record.text
+        rows = services(current_app._get_current_object()).event_log.replay(  # type: ignore[attr-defined]
+            stream_channel(record.id), None)
+        import json
+
+        return "".join(json.loads(data).get("text", "") for _, event, data in rows if event == "token")
+    return record.text
+
+
+def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
+    """A stream as the API shows it; live fields come from Redis while it runs."""
+    live = state.live_status(record.id) if record.status == "running" else {}
+    status = live.get("status", record.status)
+    completion = int(live.get("tokens") or record.completion_tokens or 0)
+    channel = stream_channel(record.id)
+    out: dict[str, Any] = {
+        "id": record.id, "channel": channel, "events_url": events_url(channel), "user_id": record.user_id,
+        "mode": record.mode, "model": record.model, "status": status, "created_at": record.created_at,
+        "finished_at": record.finished_at, "finish_reason": record.finish_reason,
+        "usage": {"prompt_tokens": record.prompt_tokens, "completion_tokens": completion,
+                  "total_tokens": record.prompt_tokens + completion},
+        "error": ({"code": record.error_code, "message": record.error_message} if record.error_code else None),
+    }
+    if with_text:
+        out["text"] = _text_so_far(record)
+    return out
+
+
+def cancel(ident: Identity, record: StreamRecord) -> dict[str, Any]:
+    """Ask the worker running the stream to stop it; 409 if it already ended."""
+    live = state.live_status(record.id)
+    if record.status in TERMINAL or live.get("status", "running") != "running":
+        raise ApiError(409, f"The stream already ended ({live.get('status', record.status)}).",
+                       code="stream_finished")
+    control.send(get_redis(), "cancel_stream", int(current_app.config["STREAM_MAX_DURATION_S"]),
+                 stream_id=record.id, by=ident.user_id, reason="cancelled by user")
+    out = describe(record, with_text=False)
+    out["status"] = "cancelling"
+    return out
+
+
+def ticket(ident: Identity, claims: dict[str, Any], channel: str) -> dict[str, Any]:
+    """A one-time ticket for ``channel``, if the caller may read it (else 400/403)."""
+    parse_channel(channel)
+
+    def owner_of(object_id: str) -> tuple[str, str] | None:
+        if object_id.startswith("str_"):
+            return state.owner(object_id)
+        user = db.session.get(User, object_id)
+        return (user.tenant_id, user.id) if user is not None else None
+
+    if not may_read(ident, channel, owner_of=owner_of):
+        raise ApiError(403, "You may not read this channel.", code="channel_forbidden")
+    value, ttl = issue_ticket(claims, channel)
+    return {"ticket": value, "expires_in": ttl, "channel": channel,
+            "events_url": events_url(channel) + "&ticket=" + value}
