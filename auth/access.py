@@ -66,15 +66,20 @@ class Identity:
 
 def current_identity() -> Identity:
     """The identity of the verified token of this request."""
+    claims = get_jwt()
     ident = g.get("identity")
-    if ident is None:
-        ident = Identity.from_claims(get_jwt())
+    # ``g`` lives as long as the app context, which can span several requests (tests, CLI):
+    # the cache is only good for the very token this request verified.
+    if ident is None or ident.jti != str(claims.get("jti")):
+        ident = Identity.from_claims(claims)
         g.identity = ident
         g.tenant_id, g.user_id = ident.tenant_id, ident.user_id
     return cast(Identity, ident)
 
 
-def require(scope: str | None = None, *, admin: bool = False, refresh: bool = False) -> Callable[[F], F]:
+def require(
+    scope: str | None = None, *, admin: bool = False, refresh: bool = False
+) -> Callable[[F], F]:
     """Guard a view: a valid, unrevoked token, carrying ``scope`` (and an admin role if asked)."""
 
     def decorator(view: F) -> F:
@@ -84,10 +89,15 @@ def require(scope: str | None = None, *, admin: bool = False, refresh: bool = Fa
             ident = current_identity()
             if scope is not None and scope not in ident.scopes:
                 raise auth_error(
-                    f"This token lacks the '{scope}' scope", error="insufficient_scope", status=403
+                    f"This token lacks the '{scope}' scope",
+                    error="insufficient_scope",
+                    status=403,
+                    scope=scope,
                 )
             if admin and not ident.is_admin:
-                raise auth_error("Admin role required", error="insufficient_scope", status=403)
+                raise auth_error(
+                    "Admin role required", error="insufficient_scope", status=403, scope="admin"
+                )
             return view(*args, **kwargs)
 
         return cast(F, wrapper)

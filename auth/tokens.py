@@ -14,9 +14,12 @@ from typing import Any
 
 from flask import Flask, Response
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
+from flask_jwt_extended.exceptions import RevokedTokenError
+from sqlalchemy import select, update
 
 from auth.errors import ApiError, error_response
-from auth.store import get_redis
+from auth.models import AppToken, Tenant, User
+from auth.store import db, get_redis, utcnow
 
 jwt = JWTManager()
 
@@ -24,6 +27,8 @@ DISABLED_CUTOFF_MS = 2**62  # "every token is before this": the account is disab
 _JTI_KEY = "sg:rv:jti:{}"
 _USER_KEY = "sg:rv:user:{}"
 _TENANT_KEY = "sg:rv:tenant:{}"
+_APP_USED_KEY = "sg:tu:{}"
+APP_TOKEN_TOUCH_S = 60  # an app token's last_used_at is written at most this often
 REALM = 'Bearer realm="streamgate"'
 
 
@@ -54,7 +59,7 @@ def issue_user_tokens(*, user_id: str, tenant_id: str, role: str) -> dict[str, s
 def issue_access_token(*, user_id: str, tenant_id: str, role: str) -> str:
     """A fresh access token (the refresh flow)."""
     claims = _claims(tenant_id=tenant_id, role=role, scopes=user_scopes(role), kind="user")
-    return create_access_token(identity=user_id, additional_claims=claims)
+    return str(create_access_token(identity=user_id, additional_claims=claims))
 
 
 def issue_app_token(
@@ -62,7 +67,7 @@ def issue_app_token(
 ) -> str:
     """A long-lived access token for a third-party app, limited to ``scopes``."""
     claims = _claims(tenant_id=tenant_id, role=role, scopes=scopes, kind="app")
-    return create_access_token(identity=user_id, additional_claims=claims, expires_delta=ttl)
+    return str(create_access_token(identity=user_id, additional_claims=claims, expires_delta=ttl))
 
 
 # --- revocation -------------------------------------------------------------------------------
@@ -95,17 +100,59 @@ def is_revoked(payload: dict[str, Any]) -> bool:
     )
     if jti_hit is not None:
         return True
-    issued = int(payload.get("iat_ms") or 0)
-    return any(cutoff is not None and issued < int(cutoff) for cutoff in (user_cutoff, tenant_cutoff))
+    issued = payload.get("iat_ms")
+    if not isinstance(issued, int):
+        issued = 0  # malformed: treat as older than any cutoff (the claim check refuses it anyway)
+    return any(
+        cutoff is not None and issued < int(cutoff) for cutoff in (user_cutoff, tenant_cutoff)
+    )
 
 
 # --- flask-jwt-extended wiring ----------------------------------------------------------------
 
 
-def auth_error(message: str, *, error: str = "invalid_token", status: int = 401) -> ApiError:
+def note_app_token_use(jwt_header: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Stamp an app token's ``last_used_at``, at most once a minute per token.
+
+    The same once-a-minute visit re-reads the token's durable record, so a revocation or a
+    disabled owner or tenant still holds if Redis lost its revocation keys.
+    """
+    jti = str(payload["jti"])
+    if not get_redis().set(_APP_USED_KEY.format(jti), "1", nx=True, ex=APP_TOKEN_TOUCH_S):
+        return
+    row = db.session.execute(
+        select(AppToken.revoked_at, AppToken.tenant_id, User.disabled, Tenant.disabled)
+        .join(User, User.id == AppToken.owner_id)
+        .join(Tenant, Tenant.id == AppToken.tenant_id)
+        .where(AppToken.jti == jti)
+    ).first()
+    if row is None:
+        return  # minted without a record (tests, scripts): Redis alone decides
+    revoked_at, tenant_id, user_disabled, tenant_disabled = row
+    if revoked_at is not None or tenant_id != payload["tenant"] or user_disabled or tenant_disabled:
+        revoke_jti(jti, float(payload["exp"]))
+        raise RevokedTokenError(jwt_header, payload)
+    db.session.execute(update(AppToken).where(AppToken.jti == jti).values(last_used_at=utcnow()))
+    db.session.commit()
+
+
+def _quoted(text: str) -> str:
+    # RFC 6750 error_description: printable ASCII except '"' and '\\'.
+    return "".join(ch if " " <= ch <= "~" and ch not in {'"', "\\"} else "'" for ch in text)
+
+
+def auth_error(
+    message: str, *, error: str = "invalid_token", status: int = 401, scope: str | None = None
+) -> ApiError:
     """A 401/403 with an RFC 6750 ``WWW-Authenticate`` header."""
-    challenge = REALM if error == "" else f'{REALM}, error="{error}", error_description="{message}"'
-    return ApiError(status, message, headers={"WWW-Authenticate": challenge}, code=error or "missing_token")
+    challenge = REALM
+    if error:
+        challenge += f', error="{error}", error_description="{_quoted(message)}"'
+        if scope:
+            challenge += f', scope="{_quoted(scope)}"'
+    return ApiError(
+        status, message, headers={"WWW-Authenticate": challenge}, code=error or "missing_token"
+    )
 
 
 def init_jwt(app: Flask) -> None:
@@ -138,13 +185,27 @@ def init_jwt(app: Flask) -> None:
     def _failed(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
         return error_response(auth_error("Token claims are invalid"))
 
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return error_response(auth_error("A fresh token is required"))
+
+    @jwt.user_lookup_error_loader
+    def _no_user(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return error_response(auth_error("Token has been revoked"))
+
     @jwt.token_verification_loader
-    def _claims_ok(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        return (
+    def _claims_ok(header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        # Runs after the signature, exp/iss/aud, type and revocation checks.
+        valid = (
             isinstance(payload.get("exp"), int)
             and isinstance(payload.get("sub"), str)
+            and isinstance(payload.get("jti"), str)
+            and isinstance(payload.get("iat_ms"), int)
             and isinstance(payload.get("tenant"), str)
             and payload.get("role") in {"member", "admin", "operator"}
             and isinstance(payload.get("scopes"), list)
             and payload.get("kind") in {"user", "app"}
         )
+        if valid and payload["kind"] == "app":
+            note_app_token_use(header, payload)
+        return valid
