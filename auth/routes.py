@@ -1,6 +1,202 @@
-"""Placeholder: /v1/auth and /v1/tokens (issue 3)."""
+# flask-smorest's decorators are untyped; the views themselves are typed.
+# mypy: disable-error-code="untyped-decorator"
+"""HTTP surface of identity: ``/v1/auth`` (log in, refresh, log out, me) and ``/v1/tokens``.
 
+Views are thin: load a schema, call ``auth.service``, dump a schema. Cookies are an HTTP concern
+and are set here, after the response is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, after_this_request, request
+from flask_jwt_extended import (
+    get_jwt,
+    get_jwt_request_location,
+    set_access_cookies,
+    set_refresh_cookies,
+    unset_jwt_cookies,
+)
 from flask_smorest import Blueprint
 
-bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
-tokens_bp = Blueprint("tokens", __name__, url_prefix="/v1/tokens")
+from auth import service
+from auth.access import current_identity, require
+from auth.errors import ApiError
+from auth.models import Tenant, User, get_for_tenant
+from auth.schemas import (
+    AppTokenCreatedSchema,
+    AppTokenCreateSchema,
+    AppTokenSchema,
+    LoginSchema,
+    LogoutSchema,
+    MeSchema,
+    TokenPairSchema,
+    app_token_fields,
+)
+from auth.store import db, setting
+from auth.tokens import auth_error
+
+bp = Blueprint(
+    "auth", __name__, url_prefix="/v1/auth", description="Log in, refresh, log out, who am I."
+)
+tokens_bp = Blueprint(
+    "tokens",
+    __name__,
+    url_prefix="/v1/tokens",
+    description="App tokens for third-party apps: named, scoped, long-lived, revocable.",
+)
+
+
+def _on_response(change: Callable[[Response], None]) -> None:
+    """Apply ``change`` to this request's response once the view's body is serialized."""
+
+    @after_this_request
+    def apply(response: Response) -> Response:
+        change(response)
+        return response
+
+
+def _no_store(response: Response) -> None:
+    # Responses carrying credentials must not be cached (RFC 6749 section 5.1).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+def _expires_in() -> int:
+    return int(setting("JWT_ACCESS_TTL_S"))
+
+
+# --- /v1/auth -----------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["POST"])
+@bp.arguments(LoginSchema)
+@bp.response(200, TokenPairSchema)
+def log_in(args: dict[str, Any]) -> dict[str, Any]:
+    """Log in with tenant, email and password; get access and refresh tokens."""
+    session = service.login(
+        args["tenant"], args["email"], args["password"], request.remote_addr or ""
+    )
+    body: dict[str, Any] = {"token_type": "Bearer", "expires_in": _expires_in()}
+    if args["cookie"]:
+
+        def set_cookies(response: Response) -> None:
+            _no_store(response)
+            set_access_cookies(response, session.access_token)
+            set_refresh_cookies(response, session.refresh_token)
+
+        _on_response(set_cookies)
+        return body
+    _on_response(_no_store)
+    return {**body, "access_token": session.access_token, "refresh_token": session.refresh_token}
+
+
+@bp.route("/refresh", methods=["POST"])
+@require(refresh=True)
+@bp.response(200, TokenPairSchema)
+def refresh_token() -> dict[str, Any]:
+    """Exchange a refresh token (header or cookie) for a new access token."""
+    ident = current_identity()
+    access = service.refresh_access(ident.tenant_id, ident.user_id)
+    body: dict[str, Any] = {"token_type": "Bearer", "expires_in": _expires_in()}
+    if get_jwt_request_location() == "cookies":
+
+        def set_cookie(response: Response) -> None:
+            _no_store(response)
+            set_access_cookies(response, access)
+
+        _on_response(set_cookie)
+        return body
+    _on_response(_no_store)
+    return {**body, "access_token": access}
+
+
+@bp.route("/logout", methods=["POST"])
+@require()
+@bp.arguments(LogoutSchema)
+@bp.response(204)
+def log_out(args: dict[str, Any]) -> None:
+    """Revoke the presented access token, and the refresh token if given; clear cookies."""
+    ident = current_identity()
+    refresh = None
+    if "refresh_token" in args:
+        refresh = service.verified_refresh_claims(
+            ident.tenant_id, ident.user_id, args["refresh_token"]
+        )
+    else:
+        cookie = request.cookies.get(setting("JWT_REFRESH_COOKIE_NAME"))
+        if cookie:
+            try:
+                refresh = service.verified_refresh_claims(ident.tenant_id, ident.user_id, cookie)
+            except ApiError:
+                refresh = None  # a stale or foreign cookie is simply cleared
+    service.logout(ident.tenant_id, ident.user_id, get_jwt(), refresh)
+    _on_response(unset_jwt_cookies)
+
+
+@bp.route("/me", methods=["GET"])
+@require()
+@bp.response(200, MeSchema)
+def get_me() -> dict[str, Any]:
+    """Who the presented token belongs to: user, tenant, role, scopes."""
+    ident = current_identity()
+    user = get_for_tenant(User, ident.tenant_id, ident.user_id)
+    tenant = db.session.get(Tenant, ident.tenant_id)
+    if user is None or tenant is None:
+        raise auth_error("Token has been revoked")
+    return {
+        "id": user.id,
+        "email": user.email,
+        "role": ident.role,
+        "tenant": tenant,
+        "token": {
+            "jti": ident.jti,
+            "kind": ident.kind,
+            "scopes": sorted(ident.scopes),
+            "expires_at": datetime.fromtimestamp(ident.expires_at, UTC),
+        },
+    }
+
+
+# --- /v1/tokens ---------------------------------------------------------------------------------
+
+
+@tokens_bp.route("", methods=["POST"])
+@require("admin", admin=True)
+@tokens_bp.arguments(AppTokenCreateSchema)
+@tokens_bp.response(201, AppTokenCreatedSchema)
+def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
+    """Issue an app token; the JWT is in this response only."""
+    ident = current_identity()
+    row, encoded = service.create_app_token(
+        ident.tenant_id,
+        ident.user_id,
+        role=ident.role,
+        name=args["name"],
+        scopes=args["scopes"],
+        expires_in_days=args["expires_in_days"],
+        grantable_scopes=ident.scopes,
+        not_after=datetime.fromtimestamp(ident.expires_at, UTC) if ident.kind == "app" else None,
+    )
+    _on_response(_no_store)
+    return app_token_fields(row, encoded)
+
+
+@tokens_bp.route("", methods=["GET"])
+@require("admin", admin=True)
+@tokens_bp.response(200, AppTokenSchema(many=True))
+def list_app_tokens() -> list[Any]:
+    """List the tenant's app tokens (never their secrets)."""
+    return service.list_app_tokens(current_identity().tenant_id)
+
+
+@tokens_bp.route("/<string:jti>", methods=["DELETE"])
+@require("admin", admin=True)
+@tokens_bp.response(204)
+def revoke_app_token(jti: str) -> None:
+    """Revoke an app token: refused everywhere from the next request."""
+    ident = current_identity()
+    service.revoke_app_token(ident.tenant_scope, jti, ident.user_id)

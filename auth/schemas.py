@@ -1,0 +1,119 @@
+"""Marshmallow schemas of /v1/auth and /v1/tokens: what comes in, what goes out.
+
+Schemas validate shape only; they never query the database or read the current user.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from auth.models import SCOPES
+from auth.passwords import MAX_PASSWORD_LENGTH
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def no_control_chars(value: str) -> None:
+    """Refuse names with control characters (they break logs, headers and terminals)."""
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters.")
+
+
+class LoginSchema(Schema):
+    tenant = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "Tenant slug"},
+    )
+    email = fields.String(required=True, validate=validate.Length(min=3, max=254))
+    password = fields.String(
+        required=True, load_only=True, validate=validate.Length(min=1, max=MAX_PASSWORD_LENGTH)
+    )
+    cookie = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Browsers: set HttpOnly cookies (and the CSRF cookies) instead of "
+            "returning the tokens in the body."
+        },
+    )
+
+
+class LogoutSchema(Schema):
+    refresh_token = fields.String(
+        validate=validate.Length(min=1, max=8192),
+        metadata={
+            "description": "Also revoke this refresh token (the refresh cookie is revoked too)"
+        },
+    )
+
+
+class TokenPairSchema(Schema):
+    access_token = fields.String(metadata={"description": "Omitted when cookies were set"})
+    refresh_token = fields.String(
+        metadata={"description": "Login only; omitted when cookies were set"}
+    )
+    token_type = fields.String(dump_default="Bearer")
+    expires_in = fields.Integer(metadata={"description": "Seconds until the access token expires"})
+
+
+class TenantRefSchema(Schema):
+    id = fields.String()
+    slug = fields.String()
+    name = fields.String()
+
+
+class TokenInfoSchema(Schema):
+    jti = fields.String()
+    kind = fields.String(metadata={"description": "`user` (a login) or `app` (an app token)"})
+    scopes = fields.List(fields.String())
+    expires_at = fields.DateTime()
+
+
+class MeSchema(Schema):
+    id = fields.String()
+    email = fields.String()
+    role = fields.String()
+    tenant = fields.Nested(TenantRefSchema)
+    token = fields.Nested(TokenInfoSchema)
+
+
+class AppTokenCreateSchema(Schema):
+    name = fields.String(
+        required=True, validate=[validate.Length(min=1, max=100), no_control_chars]
+    )
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(SCOPES)),
+        required=True,
+        validate=validate.Length(min=1, max=len(SCOPES)),
+    )
+    expires_in_days = fields.Integer(
+        load_default=90,
+        validate=validate.Range(min=1),
+        metadata={"description": "At most APP_TOKEN_MAX_TTL_DAYS"},
+    )
+
+
+class AppTokenSchema(Schema):
+    jti = fields.String()
+    name = fields.String()
+    scopes = fields.List(fields.String())
+    owner_id = fields.String()
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime()
+    revoked_at = fields.DateTime(allow_none=True)
+    last_used_at = fields.DateTime(allow_none=True)
+
+
+class AppTokenCreatedSchema(AppTokenSchema):
+    token = fields.String(metadata={"description": "The JWT; shown once, never again"})
+
+
+def app_token_fields(row: Any, token: str | None = None) -> dict[str, Any]:
+    """An app token row (and, once, its JWT) as the dict the schemas dump."""
+    data = {name: getattr(row, name) for name in AppTokenSchema().fields}
+    if token is not None:
+        data["token"] = token
+    return data

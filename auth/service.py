@@ -1,0 +1,482 @@
+"""Identity business logic: log in, refresh, log out; tenants, users and app tokens.
+
+Every function takes plain arguments (``tenant_id`` first where it applies; ``tenant_id=None`` means
+an operator, who may act on any tenant), raises ``ApiError`` for anything but success, and writes
+its audit event in the same transaction as the change. Redis revocation happens before the
+database commit: if the commit then fails, the account is locked rather than left open.
+
+The admin API and the CLI call these; views stay thin.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask_jwt_extended import decode_token
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from auth import tokens
+from auth.errors import ApiError
+from auth.models import ROLES, SCOPES, AppToken, Tenant, User, get_for_tenant, record_audit
+from auth.passwords import (
+    check_password_policy,
+    hash_password,
+    login_succeeded,
+    needs_rehash,
+    reserve_login_attempt,
+    verify_password,
+)
+from auth.store import db, setting, utcnow
+
+BAD_CREDENTIALS = "Invalid tenant, email or password."
+SLUG_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
+EMAIL_RE = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,252}\Z")
+_RANK = {"member": 0, "admin": 1, "operator": 2}
+
+
+@dataclass(frozen=True)
+class Session:
+    """The outcome of a login: who, and their fresh tokens."""
+
+    user: User
+    access_token: str
+    refresh_token: str
+
+
+def normalize_email(email: str) -> str:
+    """Emails are compared case-insensitively and without surrounding blanks."""
+    return email.strip().lower()
+
+
+def _not_found(kind: str) -> ApiError:
+    return ApiError(404, f"{kind} not found.", code="not_found")
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, f"{field}: {message}", errors={field: [message]})
+
+
+# --- sessions -----------------------------------------------------------------------------------
+
+
+def login(tenant_slug: str, email: str, password: str, client_addr: str) -> Session:
+    """Check credentials (throttled per account and address) and issue a token pair.
+
+    An unknown tenant or email, a wrong password and a disabled user or tenant all cost one
+    password verification and answer the same 401.
+    """
+    slug, email = tenant_slug.strip().lower(), normalize_email(email)
+    reserve_login_attempt(slug, email, client_addr)
+    found = db.session.execute(
+        select(User, Tenant)
+        .join(Tenant, Tenant.id == User.tenant_id)
+        .where(Tenant.slug == slug, User.email == email)
+    ).first()
+    user, tenant = (found[0], found[1]) if found is not None else (None, None)
+    ok = verify_password(user.password_hash if user is not None else None, password)
+    if user is None or tenant is None or not ok or user.disabled or tenant.disabled:
+        raise tokens.auth_error(BAD_CREDENTIALS)
+    login_succeeded(slug, email, client_addr)
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        db.session.commit()
+    pair = tokens.issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
+    return Session(user, pair["access_token"], pair["refresh_token"])
+
+
+def refresh_access(tenant_id: str, user_id: str) -> str:
+    """A new access token for a verified refresh token, with the user's current role.
+
+    Redis already refused revoked tokens; the database is checked too, so a disabled account
+    stays out even if Redis lost its revocation keys.
+    """
+    user = get_for_tenant(User, tenant_id, user_id)
+    tenant = db.session.get(Tenant, tenant_id)
+    if user is None or tenant is None or user.disabled or tenant.disabled:
+        raise tokens.auth_error("Token has been revoked")
+    return tokens.issue_access_token(user_id=user.id, tenant_id=tenant_id, role=user.role)
+
+
+def verified_refresh_claims(tenant_id: str, user_id: str, encoded: str) -> dict[str, Any] | None:
+    """Decode a refresh token presented for logout; None if it has already expired.
+
+    Raises 422 if it is not a refresh token of this user (nothing is revoked then).
+    """
+    try:
+        claims = decode_token(encoded, allow_expired=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a token of ours"
+        raise _invalid("refresh_token", "Not a valid refresh token.") from exc
+    if (
+        claims.get("type") != "refresh"
+        or claims.get("sub") != user_id
+        or claims.get("tenant") != tenant_id
+    ):
+        raise _invalid("refresh_token", "Not a refresh token of this user.")
+    if float(claims["exp"]) <= datetime.now(UTC).timestamp():
+        return None
+    return claims
+
+
+def logout(
+    tenant_id: str, user_id: str, access: dict[str, Any], refresh: dict[str, Any] | None
+) -> None:
+    """Revoke the presented access token (and refresh token): they stop working everywhere."""
+    jti = str(access["jti"])
+    if access.get("kind") == "app" and get_for_tenant(AppToken, tenant_id, jti) is not None:
+        revoke_app_token(tenant_id, jti, user_id, reason="logout")  # keeps its record in step
+    else:
+        tokens.revoke_jti(jti, float(access["exp"]))
+    if refresh is not None:
+        tokens.revoke_jti(str(refresh["jti"]), float(refresh["exp"]))
+
+
+def sign_out_everywhere(
+    tenant_id: str | None, user_id: str, actor_id: str | None, reason: str | None = None
+) -> User:
+    """Every token the user holds stops working; the account stays enabled."""
+    user = _user_in_scope(tenant_id, user_id)
+    tokens.revoke_user_tokens(user.id)
+    user.tokens_valid_after = utcnow()
+    _audit(user.tenant_id, actor_id, "user.sign_out", "user", user.id, reason)
+    db.session.commit()
+    return user
+
+
+# --- tenants ------------------------------------------------------------------------------------
+
+
+def create_tenant(
+    slug: str,
+    name: str,
+    actor_id: str | None = None,
+    *,
+    allowed_models: list[str] | None = None,
+    limits: dict[str, int] | None = None,
+) -> Tenant:
+    """A new tenant; by default it may use the deployment's configured models."""
+    slug = slug.strip().lower()
+    if not SLUG_RE.match(slug):
+        raise _invalid("slug", "Use 1-64 lowercase letters, digits and inner hyphens.")
+    name = name.strip()
+    if not 1 <= len(name) <= 200 or not name.isprintable():
+        raise _invalid("name", "Use 1-200 printable characters.")
+    if db.session.execute(select(Tenant.id).where(Tenant.slug == slug)).first() is not None:
+        raise ApiError(409, f"A tenant with slug '{slug}' already exists.", code="conflict")
+    models = list(allowed_models) if allowed_models is not None else list(setting("LLM_MODELS"))
+    tenant = Tenant(slug=slug, name=name, allowed_models=models, limits=limits)
+    db.session.add(tenant)
+    db.session.flush()
+    _audit(tenant.id, actor_id, "tenant.create", "tenant", tenant.id, None, {"slug": slug})
+    _commit_unique(f"A tenant with slug '{slug}' already exists.")
+    return tenant
+
+
+def tenant_by_slug(slug: str) -> Tenant:
+    """The tenant with this slug (404 otherwise)."""
+    tenant = db.session.execute(
+        select(Tenant).where(Tenant.slug == slug.strip().lower())
+    ).scalar_one_or_none()
+    if tenant is None:
+        raise _not_found("Tenant")
+    return tenant
+
+
+def list_tenants() -> list[Tenant]:
+    """Every tenant, oldest first (operators only)."""
+    return list(
+        db.session.execute(select(Tenant).order_by(Tenant.created_at, Tenant.slug)).scalars()
+    )
+
+
+def disable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = None) -> Tenant:
+    """Disable a tenant: every token of every user in it stops working, logins are refused."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise _not_found("Tenant")
+    tokens.set_tenant_disabled(tenant.id, True)
+    tenant.disabled = True
+    _audit(tenant.id, actor_id, "tenant.disable", "tenant", tenant.id, reason)
+    db.session.commit()
+    return tenant
+
+
+def enable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = None) -> Tenant:
+    """Re-enable a tenant; tokens issued while it was disabled stay dead."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise _not_found("Tenant")
+    tokens.set_tenant_disabled(tenant.id, False)
+    tenant.disabled = False
+    _audit(tenant.id, actor_id, "tenant.enable", "tenant", tenant.id, reason)
+    db.session.commit()
+    return tenant
+
+
+# --- users --------------------------------------------------------------------------------------
+
+
+def create_user(
+    tenant_id: str,
+    email: str,
+    password: str,
+    actor_id: str | None = None,
+    *,
+    role: str = "member",
+    allow_operator: bool = False,
+) -> User:
+    """A new user of a tenant. ``operator`` only with ``allow_operator`` (the CLI)."""
+    _check_role(role, allow_operator)
+    email = normalize_email(email)
+    if not EMAIL_RE.match(email) or len(email) > 254 or not email.isprintable():
+        raise _invalid("email", "Not a valid email address.")
+    check_password_policy(password)
+    if db.session.get(Tenant, tenant_id) is None:
+        raise _not_found("Tenant")
+    exists = db.session.execute(
+        select(User.id).where(User.tenant_id == tenant_id, User.email == email)
+    ).first()
+    if exists is not None:
+        raise ApiError(
+            409, "A user with this email already exists in this tenant.", code="conflict"
+        )
+    user = User(tenant_id=tenant_id, email=email, password_hash=hash_password(password), role=role)
+    db.session.add(user)
+    db.session.flush()
+    _audit(tenant_id, actor_id, "user.create", "user", user.id, None, {"role": role})
+    _commit_unique("A user with this email already exists in this tenant.")
+    return user
+
+
+def user_by_email(tenant_id: str, email: str) -> User:
+    """The tenant's user with this email (404 otherwise)."""
+    user = db.session.execute(
+        select(User).where(User.tenant_id == tenant_id, User.email == normalize_email(email))
+    ).scalar_one_or_none()
+    if user is None:
+        raise _not_found("User")
+    return user
+
+
+def list_users(tenant_id: str) -> list[User]:
+    """The tenant's users, oldest first."""
+    return list(
+        db.session.execute(
+            select(User).where(User.tenant_id == tenant_id).order_by(User.created_at, User.email)
+        ).scalars()
+    )
+
+
+def disable_user(
+    tenant_id: str | None, user_id: str, actor_id: str | None, reason: str | None = None
+) -> User:
+    """Disable a user: every token they hold (app tokens too) stops working, logins refused."""
+    user = _user_in_scope(tenant_id, user_id)
+    tokens.revoke_user_tokens(user.id, disable=True)
+    user.disabled = True
+    user.tokens_valid_after = utcnow()
+    _audit(user.tenant_id, actor_id, "user.disable", "user", user.id, reason)
+    db.session.commit()
+    return user
+
+
+def enable_user(
+    tenant_id: str | None, user_id: str, actor_id: str | None, reason: str | None = None
+) -> User:
+    """Re-enable a user; tokens issued before stay dead, new logins work."""
+    user = _user_in_scope(tenant_id, user_id)
+    tokens.revoke_user_tokens(user.id, disable=False)
+    user.disabled = False
+    user.tokens_valid_after = utcnow()
+    _audit(user.tenant_id, actor_id, "user.enable", "user", user.id, reason)
+    db.session.commit()
+    return user
+
+
+def set_user_role(
+    tenant_id: str | None,
+    user_id: str,
+    role: str,
+    actor_id: str | None,
+    reason: str | None = None,
+    *,
+    allow_operator: bool = False,
+) -> User:
+    """Change a user's role; a demotion revokes their tokens (they carry the old role)."""
+    _check_role(role, allow_operator)
+    user = _user_in_scope(tenant_id, user_id)
+    old = user.role
+    if role == old:
+        return user
+    if _RANK[role] < _RANK[old]:
+        tokens.revoke_user_tokens(user.id, disable=user.disabled)
+        user.tokens_valid_after = utcnow()
+    user.role = role
+    _audit(
+        user.tenant_id,
+        actor_id,
+        "user.set_role",
+        "user",
+        user.id,
+        reason,
+        {"from": old, "to": role},
+    )
+    db.session.commit()
+    return user
+
+
+def _check_role(role: str, allow_operator: bool) -> None:
+    if role not in ROLES:
+        raise _invalid("role", f"Must be one of: {', '.join(ROLES)}.")
+    if role == "operator" and not allow_operator:
+        raise ApiError(
+            403, "Operators can only be created from the command line.", code="forbidden"
+        )
+
+
+def _user_in_scope(tenant_id: str | None, user_id: str) -> User:
+    user = get_for_tenant(User, tenant_id, user_id)
+    if user is None:
+        raise _not_found("User")
+    if user.role == "operator" and tenant_id is not None:
+        # A tenant admin may not act on an operator; only an operator (or the CLI) may.
+        raise ApiError(403, "Only an operator may change an operator.", code="forbidden")
+    return user
+
+
+# --- app tokens ---------------------------------------------------------------------------------
+
+
+def create_app_token(
+    tenant_id: str,
+    owner_id: str,
+    *,
+    role: str,
+    name: str,
+    scopes: Collection[str],
+    expires_in_days: int,
+    grantable_scopes: Collection[str] = SCOPES,
+    not_after: datetime | None = None,
+) -> tuple[AppToken, str]:
+    """Issue a named, scoped, long-lived JWT for a third-party app; the JWT is returned once.
+
+    ``grantable_scopes`` are the caller's own scopes (a token never gets more than its maker);
+    ``not_after`` caps the expiry (a token made by an app token never outlives it).
+    """
+    wanted = sorted(set(scopes))
+    if not wanted or not set(wanted) <= set(SCOPES):
+        raise _invalid("scopes", f"Choose from: {', '.join(SCOPES)}.")
+    if "admin" in wanted and role not in {"admin", "operator"}:
+        raise tokens.auth_error(
+            "Only an admin may grant the 'admin' scope",
+            error="insufficient_scope",
+            status=403,
+            scope="admin",
+        )
+    beyond = sorted(set(wanted) - set(grantable_scopes))
+    if beyond:
+        raise tokens.auth_error(
+            f"You cannot grant scopes you do not hold: {', '.join(beyond)}",
+            error="insufficient_scope",
+            status=403,
+            scope=" ".join(beyond),
+        )
+    max_days = int(setting("APP_TOKEN_MAX_TTL_DAYS"))
+    if not 1 <= expires_in_days <= max_days:
+        raise _invalid("expires_in_days", f"Must be between 1 and {max_days}.")
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise _invalid("name", "Use 1-100 printable characters.")
+    ttl = timedelta(days=expires_in_days)
+    if not_after is not None:
+        ttl = min(ttl, not_after - utcnow())
+        if ttl.total_seconds() < 60:
+            raise _invalid("expires_in_days", "Your own token expires too soon to issue another.")
+    encoded = tokens.issue_app_token(
+        user_id=owner_id, tenant_id=tenant_id, role=role, scopes=wanted, ttl=ttl
+    )
+    claims = decode_token(encoded)
+    row = AppToken(
+        jti=claims["jti"],
+        tenant_id=tenant_id,
+        owner_id=owner_id,
+        name=name,
+        scopes=wanted,
+        created_at=utcnow(),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+    )
+    db.session.add(row)
+    _audit(
+        tenant_id,
+        owner_id,
+        "app_token.create",
+        "app_token",
+        row.jti,
+        None,
+        {"name": name, "scopes": wanted, "expires_at": row.expires_at.isoformat()},
+    )
+    db.session.commit()
+    return row, encoded
+
+
+def list_app_tokens(tenant_id: str) -> list[AppToken]:
+    """The tenant's app tokens, newest first (never their secrets: those are not stored)."""
+    return list(
+        db.session.execute(
+            select(AppToken)
+            .where(AppToken.tenant_id == tenant_id)
+            .order_by(AppToken.created_at.desc(), AppToken.jti)
+        ).scalars()
+    )
+
+
+def revoke_app_token(
+    tenant_id: str | None, jti: str, actor_id: str | None, reason: str | None = None
+) -> AppToken:
+    """Revoke an app token by ``jti``: refused everywhere from the next request (idempotent)."""
+    row = get_for_tenant(AppToken, tenant_id, jti)
+    if row is None:
+        raise _not_found("App token")
+    if row.revoked_at is not None:
+        return row
+    tokens.revoke_jti(row.jti, row.expires_at.timestamp())
+    row.revoked_at = utcnow()
+    _audit(row.tenant_id, actor_id, "app_token.revoke", "app_token", row.jti, reason)
+    db.session.commit()
+    return row
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _audit(
+    tenant_id: str | None,
+    actor_id: str | None,
+    action: str,
+    target_type: str,
+    target_id: str,
+    reason: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    record_audit(
+        tenant_id=tenant_id,
+        actor_id=actor_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        reason=reason,
+        details=details,
+    )
+
+
+def _commit_unique(message: str) -> None:
+    # Two concurrent creators: the unique index decides, the loser gets a clean 409.
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        raise ApiError(409, message, code="conflict") from exc
