@@ -123,7 +123,7 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api.routes import admin, chat, docs, health, models, streams, usage
+    from api.routes import admin, chat, docs, health, metrics, models, streams, usage
     from api.web import bp as web_bp
     from auth.routes import bp as auth_bp
     from auth.routes import tokens_bp
@@ -141,6 +141,7 @@ def _register_blueprints(app: Flask) -> None:
         api.register_blueprint(blueprint)
     # Plain Flask blueprints: not JSON resources, documented by hand in the spec.
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(web_bp)
     app.register_blueprint(hub, url_prefix="/v1/events")
