@@ -100,6 +100,9 @@ def require(
                 )
             return view(*args, **kwargs)
 
+        # Read by api.routes.docs to document the security and 401/403 of each operation.
+        access = {"scope": scope, "admin": admin, "refresh": refresh}
+        wrapper.required_access = access  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorator
