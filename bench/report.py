@@ -1,0 +1,373 @@
+"""Turn a results dict into the issue's target checks, a stdout table and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGET_NAMES = ("floor", "direct", "channel", "peer")
+
+
+def _level(results: dict[str, Any], target: str, conc: str) -> dict[str, Any] | None:
+    scen = results.get(f"latency.{target}") or {}
+    level = (scen.get("levels") or {}).get(conc)
+    return level if level and level.get("ok") else None
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Annotate every latency level with its inflation over the floor at the same concurrency."""
+    floor = results.get("latency.floor") or {}
+    for target in TARGET_NAMES[1:]:
+        scen = results.get(f"latency.{target}") or {}
+        for conc, level in (scen.get("levels") or {}).items():
+            base = (floor.get("levels") or {}).get(conc)
+            if not base or not base.get("ok") or not level.get("ok"):
+                continue
+            level["vs_floor"] = {
+                "total_p50_ratio": _ratio(level["total_s"]["p50"], base["total_s"]["p50"]),
+                "total_p99_ratio": _ratio(level["total_s"]["p99"], base["total_s"]["p99"]),
+                "ttft_p50_delta_ms": _delta(level["ttft_ms"]["p50"], base["ttft_ms"]["p50"]),
+                "ttft_p99_delta_ms": _delta(level["ttft_ms"]["p99"], base["ttft_ms"]["p99"]),
+            }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 2) if a is not None and b is not None else None
+
+
+def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
+    """The issue's targets: what was measured and whether it was met (None: not measured)."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, goal: str, value: Any, unit: str, met: bool | None, note: str = "") -> None:
+        rows.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": value,
+                "unit": unit,
+                "met": met,
+                "note": note,
+            }
+        )
+
+    hi = "200"
+    direct_hi = _level(results, "direct", hi)
+    ratio = (direct_hi or {}).get("vs_floor", {}).get("total_p50_ratio")
+    row(
+        "direct total p50 at 200 concurrent",
+        "<= 1.10x floor",
+        ratio,
+        "x floor",
+        None if ratio is None else ratio <= 1.10,
+    )
+    direct_50 = _level(results, "direct", "50")
+    delta = (direct_50 or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
+    row(
+        "direct TTFT p50 at 50 concurrent",
+        "<= floor + 25 ms",
+        delta,
+        "ms over floor",
+        None if delta is None else delta <= 25,
+    )
+    cpu = (results.get("cpu.direct") or {}).get("headline_us_per_token")
+    row(
+        "gateway CPU per token at 0 ms (direct)",
+        "<= 100 us",
+        cpu,
+        "us/token",
+        None if cpu is None else cpu <= 100,
+    )
+    ccpu = (results.get("cpu.channel") or {}).get("headline_us_per_token")
+    row(
+        "gateway CPU per token at 0 ms (channel)",
+        "<= 100 us",
+        ccpu,
+        "us/token",
+        None if ccpu is None else ccpu <= 100,
+    )
+    idle = results.get("channel.idle") or {}
+    levels = idle.get("levels") or {}
+    counts = sorted((int(k) for k, v in levels.items() if v.get("kb_per_subscriber") is not None))
+    if counts:
+        top = levels[str(counts[-1])]
+        kb = top["kb_per_subscriber"]
+        note = "" if counts[-1] >= 10000 else f"measured at {counts[-1]} (not 10,000)"
+        row(f"memory per idle subscriber at {counts[-1]}", "<= 25 KB", kb, "KB", kb <= 25, note)
+        conns = [max(levels[str(c)]["redis"]["per_worker"] or [0]) for c in counts]
+        base = max(idle["baseline"]["redis"]["per_worker"] or [0])
+        flat = max(conns) <= max(base, conns[0]) + 2
+        row(
+            "Redis connections per worker vs subscribers",
+            "independent of count",
+            f"{base} idle -> " + " / ".join(f"{c}@{n}" for c, n in zip(conns, counts, strict=True)),
+            "conns per worker",
+            flat,
+        )
+    else:
+        row("memory per idle subscriber", "<= 25 KB", None, "KB", None, idle.get("reason", ""))
+    fan = results.get("channel.fanout") or {}
+    p99 = (fan.get("lag_ms") or {}).get("p99")
+    row(
+        f"fan-out lag p99 to {fan.get('subscribers', 1000)} subscribers",
+        "<= 100 ms",
+        p99,
+        "ms",
+        None if p99 is None else p99 <= 100,
+        fan.get("reason", ""),
+    )
+    rev = results.get("channel.revoke") or {}
+    closed = (rev.get("closed_ms") or {}).get("p99")
+    row(
+        "revocation: subscriber closed p99", "(reported)", closed, "ms", None, rev.get("reason", "")
+    )
+    if profile != "full":
+        for r in rows:
+            r["note"] = (
+                r["note"] + "; " if r["note"] else ""
+            ) + f"{profile} profile: not the published setup"
+    return rows
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
+    """The plain-text summary printed at the end of a run."""
+    out: list[str] = []
+    head = (
+        f"{'target':<8} {'conc':>4} {'ok':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'gap p99':>8} "
+        f"{'total p50':>9} {'x floor':>7} {'tok/s':>8} {'CPU us/tok':>10} {'RSS MB':>7} "
+        f"{'client lag p99':>14}"
+    )
+    out += ["latency (ms unless noted; total in s)", head, "-" * len(head)]
+    for target in TARGET_NAMES:
+        scen = results.get(f"latency.{target}") or {}
+        if scen.get("status") != "ok":
+            out.append(f"{target:<8} {scen.get('status', 'not run')}: {scen.get('reason', '')}")
+            continue
+        for conc, lv in scen["levels"].items():
+            if "ttft_ms" not in lv:
+                out.append(f"{target:<8} {conc:>4} {lv.get('status')}: {lv.get('reason', '')}")
+                continue
+            out.append(
+                f"{target:<8} {conc:>4} {lv['ok']:>4}/{lv['streams']:<4} "
+                f"{_fmt(lv['ttft_ms']['p50']):>9} "
+                f"{_fmt(lv['ttft_ms']['p99']):>9} {_fmt(lv['gap_ms']['p99']):>8} "
+                f"{_fmt(lv['total_s']['p50'], 3):>9} "
+                f"{_fmt(lv.get('vs_floor', {}).get('total_p50_ratio'), 3):>7} "
+                f"{_fmt(lv['tokens_per_s']):>8} {_fmt(lv['cpu']['us_per_token']):>10} "
+                f"{_fmt(lv['rss_peak_mb']):>7} "
+                f"{_fmt(lv['client']['loop_lag_ms']['p99']):>14}"
+            )
+    out += ["", "CPU at 0 ms/token (target processes; per token incl. per-stream work amortized)"]
+    for target in TARGET_NAMES:
+        scen = results.get(f"cpu.{target}") or {}
+        if scen.get("status") != "ok":
+            out.append(f"  {target:<8} {scen.get('status', 'not run')}: {scen.get('reason', '')}")
+            continue
+        fit = scen.get("fit") or {}
+        out.append(
+            f"  {target:<8} {_fmt(scen['headline_us_per_token']):>7} us/token "
+            f"({_fmt(scen['headline_s_per_1000_tokens'], 4)} CPU s per 1,000 tokens); "
+            f"marginal {_fmt(fit.get('marginal_us_per_token'))} us/token + "
+            f"{_fmt(fit.get('per_stream_ms'), 2)} ms/stream"
+        )
+    idle = results.get("channel.idle") or {}
+    out += ["", "channel mode"]
+    if idle.get("status") == "ok":
+        for count, lv in idle["levels"].items():
+            if "open" not in lv:
+                continue
+            out.append(
+                f"  idle {count:>6}: open {lv['open']}, "
+                f"{_fmt(lv['kb_per_subscriber'], 2)} KB/subscriber, "
+                f"Redis conns per worker {lv['redis']['per_worker']}, "
+                f"idle CPU {lv['idle_cpu_cores']} cores"
+            )
+    else:
+        out.append(f"  idle: {idle.get('status', 'not run')}: {idle.get('reason', '')}")
+    fan = results.get("channel.fanout") or {}
+    if fan.get("status") == "ok":
+        out.append(
+            f"  fan-out to {fan['subscribers']}: lag p50 {_fmt(fan['lag_ms']['p50'])} ms, "
+            f"p99 {_fmt(fan['lag_ms']['p99'])} ms, max {_fmt(fan['lag_ms']['max'])} ms"
+        )
+    else:
+        out.append(f"  fan-out: {fan.get('status', 'not run')}: {fan.get('reason', '')}")
+    rev = results.get("channel.revoke") or {}
+    if rev.get("status") == "ok":
+        out.append(
+            f"  revoke ({rev['live_streams']} live): event p50/p99 {_fmt(rev['event_ms']['p50'])}/"
+            f"{_fmt(rev['event_ms']['p99'])} ms, closed {_fmt(rev['closed_ms']['p50'])}/"
+            f"{_fmt(rev['closed_ms']['p99'])} ms, upstream {_fmt(rev['upstream_ms']['p50'])}/"
+            f"{_fmt(rev['upstream_ms']['p99'])} ms"
+        )
+    else:
+        out.append(f"  revoke: {rev.get('status', 'not run')}: {rev.get('reason', '')}")
+    for name in ("profile.direct", "profile.channel"):
+        prof = results.get(name) or {}
+        if prof.get("status") == "ok":
+            top = ", ".join(f"{k} {v}%" for k, v in list(prof["buckets_pct"].items())[:8])
+            out.append(f"  {name} (py-spy, {prof['samples']} samples): {top}")
+    out += ["", "targets"]
+    for c in checks:
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[c["met"]]
+        note = f"  ({c['note']})" if c["note"] else ""
+        out.append(
+            f"  [{mark}] {c['target']}: {_fmt(c['measured'], 2)} {c['unit']} "
+            f"(goal {c['goal']}){note}"
+        )
+    return "\n".join(out)
+
+
+COLORS = {"floor": "#777777", "direct": "#1f77b4", "channel": "#2ca02c", "peer": "#d62728"}
+
+
+def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """Write the PNG figures; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    concs = sorted(
+        {
+            c
+            for t in TARGET_NAMES
+            for c in ((results.get(f"latency.{t}") or {}).get("levels") or {})
+        },
+        key=int,
+    )
+
+    def bars(ax: Any, metric: Any, title: str, ylabel: str, line: float | None = None) -> None:
+        width = 0.8 / len(TARGET_NAMES)
+        for i, target in enumerate(TARGET_NAMES):
+            vals = []
+            for conc in concs:
+                lv = _level(results, target, conc)
+                vals.append(metric(lv) if lv else float("nan"))
+            xs = [j + (i - 1.5) * width for j in range(len(concs))]
+            ax.bar(
+                xs,
+                [v if v is not None else float("nan") for v in vals],
+                width,
+                label=target,
+                color=COLORS[target],
+            )
+        ax.set_xticks(range(len(concs)), [f"{c} conc." for c in concs])
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        if line is not None:
+            ax.axhline(line, color="black", linestyle="--", linewidth=0.8)
+        ax.grid(axis="y", alpha=0.3)
+
+    if concs:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+        bars(axes[0][0], lambda lv: lv["ttft_ms"]["p50"], "Time to first token p50", "ms")
+        bars(axes[0][1], lambda lv: lv["ttft_ms"]["p99"], "Time to first token p99", "ms")
+        bars(axes[1][0], lambda lv: lv["gap_ms"]["p99"], "Inter-token gap p99", "ms")
+        bars(
+            axes[1][1],
+            lambda lv: (lv.get("vs_floor") or {}).get("total_p50_ratio", 1.0 if lv else None),
+            "Total time p50 / floor (target <= 1.10)",
+            "x floor",
+            line=1.10,
+        )
+        axes[0][0].legend()
+        fig.suptitle("Streaming latency (200-token streams, 20 ms/token unless noted in the JSON)")
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / f"{stem}-latency.png"))
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    if concs:
+        bars(axes[0], lambda lv: lv["tokens_per_s"], "Delivered tokens/s (all streams)", "tokens/s")
+        axes[0].legend()
+    names, cpu_vals = [], []
+    for target in TARGET_NAMES:
+        scen = results.get(f"cpu.{target}") or {}
+        if scen.get("status") == "ok":
+            names.append(target)
+            cpu_vals.append(scen["headline_us_per_token"] or 0)
+    axes[1].bar(names, cpu_vals, color=[COLORS[n] for n in names])
+    axes[1].axhline(100, color="black", linestyle="--", linewidth=0.8)
+    axes[1].set_title("CPU per token at 0 ms/token (target 100 us)")
+    axes[1].set_ylabel("CPU us per token")
+    rss_names, rss_vals = [], []
+    for target in TARGET_NAMES:
+        scen = results.get(f"latency.{target}") or {}
+        peaks = [
+            lv.get("rss_peak_mb")
+            for lv in (scen.get("levels") or {}).values()
+            if lv.get("rss_peak_mb")
+        ]
+        if peaks:
+            rss_names.append(target)
+            rss_vals.append(max(peaks))
+    axes[2].bar(rss_names, rss_vals, color=[COLORS[n] for n in rss_names])
+    axes[2].set_title("Peak RSS under load (all processes of the target)")
+    axes[2].set_ylabel("MB")
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / f"{stem}-throughput-cpu.png"))
+    plt.close(fig)
+
+    idle = results.get("channel.idle") or {}
+    fan = results.get("channel.fanout") or {}
+    if idle.get("status") == "ok" or fan.get("status") == "ok":
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        levels = {
+            int(k): v
+            for k, v in (idle.get("levels") or {}).items()
+            if v.get("kb_per_subscriber") is not None
+        }
+        if levels:
+            xs = sorted(levels)
+            axes[0].plot(
+                xs, [levels[x]["kb_per_subscriber"] for x in xs], "o-", color=COLORS["channel"]
+            )
+            axes[0].axhline(25, color="black", linestyle="--", linewidth=0.8)
+            axes[0].set_title("Worker memory per idle subscriber (target 25 KB)")
+            axes[0].set_xlabel("idle subscribers")
+            axes[0].set_ylabel("KB per subscriber")
+            axes[1].plot(
+                xs,
+                [max(levels[x]["redis"]["per_worker"] or [0]) for x in xs],
+                "o-",
+                color=COLORS["channel"],
+            )
+            axes[1].set_title("Redis connections per worker")
+            axes[1].set_xlabel("idle subscribers")
+            axes[1].set_ylabel("connections (max over workers)")
+            axes[1].set_ylim(bottom=0)
+        if fan.get("lag_cdf_ms"):
+            q = fan["lag_cdf_ms"]
+            axes[2].plot(q, [i / (len(q) - 1) for i in range(len(q))], color=COLORS["channel"])
+            axes[2].axvline(100, color="black", linestyle="--", linewidth=0.8)
+            axes[2].set_title(f"Fan-out delivery lag CDF ({fan['subscribers']} subscribers)")
+            axes[2].set_xlabel("ms after the event was written to Redis")
+            axes[2].set_ylabel("fraction of deliveries")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / f"{stem}-channel.png"))
+        plt.close(fig)
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path

@@ -1,0 +1,816 @@
+"""Benchmark scenarios. Each is bounded in count and time and returns a JSON-able dict.
+
+A scenario is registered with ``@scenario("group.name")`` and receives the run's ``Ctx``. A scenario
+whose route is not in the app yet returns ``{"status": "skipped", "reason": ...}``; one that fails
+returns ``{"status": "error", ...}`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import client, procstat
+from bench.stack import Proc, Stack
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a run is: ``full`` is published, ``quick`` ~1 minute, ``smoke`` for the test."""
+
+    name: str
+    tokens: int = 200
+    delay_ms: float = 20.0
+    concurrency: tuple[int, ...] = (1, 50, 200)
+    waves: float = 2.0  # streams per concurrency level = max(min_streams, waves * concurrency)
+    min_streams: int = 5
+    ramp_s: float = 1.0
+    stream_timeout_s: float = 60.0
+    cpu_concurrency: int = 20
+    cpu_streams: int = 300
+    cpu_tokens: tuple[int, int] = (20, 200)  # two lengths: per-request and per-token cost separate
+    idle_counts: tuple[int, ...] = (1000, 5000, 10000)
+    idle_settle_s: float = 3.0
+    fanout_subscribers: int = 1000
+    fanout_tokens: int = 200
+    revoke_streams: int = 20
+    profile_seconds: float = 10.0
+    connect_parallel: int = 100
+    budget_s: float = 1800.0
+
+
+PROFILES = {
+    "full": Profile("full"),
+    "quick": Profile(
+        "quick",
+        tokens=50,
+        concurrency=(1, 50, 200),
+        waves=1.0,
+        min_streams=3,
+        ramp_s=0.5,
+        cpu_streams=60,
+        idle_counts=(200, 1000),
+        idle_settle_s=1.5,
+        fanout_subscribers=200,
+        fanout_tokens=50,
+        revoke_streams=5,
+        profile_seconds=5.0,
+        budget_s=240.0,
+    ),
+    "smoke": Profile(
+        "smoke",
+        tokens=10,
+        delay_ms=5.0,
+        concurrency=(1, 3),
+        waves=1.0,
+        min_streams=2,
+        ramp_s=0.1,
+        stream_timeout_s=20.0,
+        cpu_concurrency=2,
+        cpu_streams=4,
+        cpu_tokens=(5, 20),
+        idle_counts=(5,),
+        idle_settle_s=0.5,
+        fanout_subscribers=3,
+        fanout_tokens=10,
+        revoke_streams=1,
+        profile_seconds=1.0,
+        connect_parallel=5,
+        budget_s=150.0,
+    ),
+}
+
+
+@dataclass
+class Target:
+    """Something the load client streams from."""
+
+    name: str
+    mode: str  # "openai" (floor, direct, peer) or "channel"
+    base: str  # openai: the /v1 base url; channel: the gateway root
+    pids: Callable[[], list[int]]  # whose CPU and RSS are charged to this target
+    headers: Callable[[int], dict[str, str]]  # auth headers for load slot i
+    skip: str | None = None
+
+
+@dataclass
+class Ctx:
+    stack: Stack
+    profile: Profile
+    targets: dict[str, Target]
+    peer: Proc | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    py_spy: str | None = field(default_factory=lambda: _find_py_spy())
+
+    def remaining(self) -> float:
+        return self.profile.budget_s - (time.monotonic() - self.started)
+
+
+def _find_py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"  # installed into the venv, maybe not on PATH
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+Scenario = Callable[[Ctx], Awaitable[dict[str, Any]]]
+REGISTRY: dict[str, Scenario] = {}
+
+
+def scenario(name: str) -> Callable[[Scenario], Scenario]:
+    def register(func: Scenario) -> Scenario:
+        REGISTRY[name] = func
+        return func
+
+    return register
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], scale: float = 1.0, digits: int = 2) -> dict[str, float | None]:
+    """p50/p90/p99/max of ``values`` times ``scale`` (None when empty)."""
+    if not values:
+        return {f"p{p}": None for p in PERCENTILES} | {"max": None, "n": 0}
+    arr = np.asarray(values, dtype=float) * scale
+    out: dict[str, float | None] = {
+        f"p{p}": round(float(np.percentile(arr, p)), digits) for p in PERCENTILES
+    }
+    out["max"] = round(float(arr.max()), digits)
+    out["n"] = len(values)
+    return out
+
+
+def cdf(values: list[float], scale: float = 1.0, points: int = 101) -> list[float]:
+    """``points`` evenly spaced quantiles (for CDF plots)."""
+    if not values:
+        return []
+    arr = np.asarray(values, dtype=float) * scale
+    return [round(float(v), 3) for v in np.percentile(arr, np.linspace(0, 100, points))]
+
+
+def directive(tokens: int, delay_ms: float, **extra: Any) -> str:
+    knobs = " ".join(f"{k}={v}" for k, v in extra.items())
+    return f"bench [[fake tokens={tokens} delay_ms={delay_ms:g} {knobs}]]".replace("  ", " ")
+
+
+def chat_payload(
+    tokens: int,
+    delay_ms: float,
+    *,
+    stream: bool | None = True,
+    max_tokens: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": directive(tokens, delay_ms, **extra)}],
+        "max_tokens": max_tokens or tokens + 16,
+    }
+    if stream is not None:
+        payload["stream"] = stream
+    return payload
+
+
+def run_one(
+    target: Target, slot: int, tokens: int, delay_ms: float, timeout: float
+) -> Awaitable[client.StreamResult]:
+    if target.mode == "openai":
+        return client.openai_stream(
+            target.base, chat_payload(tokens, delay_ms), target.headers(slot), timeout
+        )
+    return client.channel_stream(
+        target.base, chat_payload(tokens, delay_ms, stream=None), target.headers(slot), timeout
+    )
+
+
+def summarize_streams(results: list[client.StreamResult], wall: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            key = (r.error or "no tokens")[:120]
+            errors[key] = errors.get(key, 0) + 1
+    gaps = [g for r in ok for g in r.gaps]
+    tokens = sum(r.tokens for r in results)
+    per_stream_rate = [
+        r.tokens / (r.total - r.ttft)
+        for r in ok
+        if r.total and r.ttft is not None and r.total > r.ttft
+    ]
+    return {
+        "streams": len(results),
+        "ok": len(ok),
+        "errors": errors,
+        "tokens": tokens,
+        "text_mismatches": sum(1 for r in ok if not r.text_ok),
+        "ttft_ms": pct([r.ttft for r in ok if r.ttft is not None], 1000),
+        "gap_ms": pct(gaps, 1000, 3),
+        "total_s": pct([r.total for r in ok if r.total is not None], 1, 4),
+        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "stream_tokens_per_s_p50": round(float(np.median(per_stream_rate)), 1)
+        if per_stream_rate
+        else None,
+        "wall_s": round(wall, 3),
+        "ttft_cdf_ms": cdf([r.ttft for r in ok if r.ttft is not None], 1000, 21),
+    }
+
+
+async def measured(
+    ctx: Ctx, target: Target, work: Callable[[], Awaitable[list[client.StreamResult]]]
+) -> dict[str, Any]:
+    """Run ``work`` while charging CPU and sampling RSS of the target's processes and the client."""
+    pids = target.pids()
+    cpu0 = procstat.cpu_seconds(pids)
+    cost = client.ClientCost().start()
+    t0 = time.perf_counter()
+    with procstat.Sampler(pids) as sampler:
+        results = await work()
+    wall = time.perf_counter() - t0
+    await cost.stop()
+    cpu = procstat.cpu_seconds(pids) - cpu0
+    out = summarize_streams(results, wall)
+    tokens = out["tokens"]
+    out["cpu"] = {
+        "seconds": round(cpu, 3),
+        "us_per_token": round(cpu / tokens * 1e6, 1) if tokens else None,
+        "s_per_1000_tokens": round(cpu / tokens * 1000, 4) if tokens else None,
+        "cores_busy": round(cpu / wall, 3) if wall else None,
+        "processes": len(pids),
+    }
+    out["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
+    out["client"] = {
+        "cpu_s": round(cost.cpu_s, 3),
+        "us_per_token": round(cost.cpu_s / tokens * 1e6, 1) if tokens else None,
+        "loop_lag_ms": pct(cost.loop_lag_ms, 1, 2),
+    }
+    return out
+
+
+def available(ctx: Ctx, name: str) -> Target | dict[str, Any]:
+    target = ctx.targets.get(name)
+    if target is None:
+        return {"status": "skipped", "reason": f"target {name!r} not configured"}
+    if target.skip:
+        return {"status": "skipped", "reason": target.skip}
+    return target
+
+
+async def gather_bounded(coros: list[Callable[[], Awaitable[Any]]], parallel: int) -> list[Any]:
+    """Run coroutine factories with at most ``parallel`` at once; exceptions are returned."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(factory: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await factory()
+
+    return await asyncio.gather(*(one(f) for f in coros), return_exceptions=True)
+
+
+# --- latency: 1 / 50 / 200 concurrent streams at 20 ms per token ----------------------------------
+
+
+def _latency(name: str) -> Scenario:
+    async def run(ctx: Ctx) -> dict[str, Any]:
+        target = available(ctx, name)
+        if isinstance(target, dict):
+            return target
+        prof = ctx.profile
+        levels: dict[str, Any] = {}
+        for conc in prof.concurrency:
+            total = max(prof.min_streams, int(prof.waves * conc))
+            # Bounded: every stream has a timeout, and the level a deadline.
+            deadline = prof.ramp_s + (total / conc) * (prof.tokens * prof.delay_ms / 1000 + 5) + 30
+            if ctx.remaining() < deadline:
+                levels[str(conc)] = {"status": "skipped", "reason": "run time budget exhausted"}
+                continue
+
+            def make(i: int, t: Target = target, c: int = conc) -> Awaitable[client.StreamResult]:
+                return run_one(t, i % c, prof.tokens, prof.delay_ms, prof.stream_timeout_s)
+
+            levels[str(conc)] = await measured(
+                ctx,
+                target,
+                lambda m=make, c=conc, n=total, d=deadline: client.closed_loop(
+                    m, concurrency=c, total=n, ramp_s=prof.ramp_s, deadline_s=d
+                ),
+            )
+            await asyncio.sleep(0.5)
+        return {
+            "status": "ok",
+            "tokens_per_stream": prof.tokens,
+            "delay_ms": prof.delay_ms,
+            "levels": levels,
+        }
+
+    return run
+
+
+for _name in ("floor", "direct", "channel", "peer"):
+    scenario(f"latency.{_name}")(_latency(_name))
+
+
+# --- CPU per token at 0 ms per token --------------------------------------------------------------
+
+
+def _cpu(name: str) -> Scenario:
+    async def run(ctx: Ctx) -> dict[str, Any]:
+        target = available(ctx, name)
+        if isinstance(target, dict):
+            return target
+        prof = ctx.profile
+        runs: dict[str, Any] = {}
+        for tokens in prof.cpu_tokens:
+
+            def make(i: int, t: Target = target, n: int = tokens) -> Awaitable[client.StreamResult]:
+                return run_one(t, i % prof.cpu_concurrency, n, 0, prof.stream_timeout_s)
+
+            runs[str(tokens)] = await measured(
+                ctx,
+                target,
+                lambda m=make: client.closed_loop(
+                    m,
+                    concurrency=prof.cpu_concurrency,
+                    total=prof.cpu_streams,
+                    ramp_s=0.2,
+                    deadline_s=120,
+                ),
+            )
+        # cpu = streams * per_stream + tokens * per_token, solved from the two stream lengths.
+        (n1, a), (n2, b) = sorted(runs.items(), key=lambda kv: int(kv[0]))
+        fit: dict[str, Any] = {}
+        if a["ok"] and b["ok"] and a["tokens"] != b["tokens"]:
+            ca, cb = a["cpu"]["seconds"], b["cpu"]["seconds"]
+            ta, tb = a["tokens"] / max(1, a["ok"]), b["tokens"] / max(1, b["ok"])
+            per_token = (cb / b["ok"] - ca / a["ok"]) / (tb - ta)
+            per_stream = ca / a["ok"] - per_token * ta
+            fit = {
+                "marginal_us_per_token": round(per_token * 1e6, 1),
+                "per_stream_ms": round(per_stream * 1000, 3),
+            }
+        return {
+            "status": "ok",
+            "delay_ms": 0,
+            "concurrency": prof.cpu_concurrency,
+            "headline_tokens_per_stream": int(n2),
+            "headline_us_per_token": b["cpu"]["us_per_token"],
+            "headline_s_per_1000_tokens": b["cpu"]["s_per_1000_tokens"],
+            "fit": fit,
+            "runs": runs,
+        }
+
+    return run
+
+
+for _name in ("floor", "direct", "channel", "peer"):
+    scenario(f"cpu.{_name}")(_cpu(_name))
+
+
+# --- channel mode: idle subscribers ---------------------------------------------------------------
+
+
+def _channel_missing(ctx: Ctx) -> dict[str, Any] | None:
+    target = available(ctx, "channel")
+    return target if isinstance(target, dict) else None
+
+
+def _redis_view(ctx: Ctx) -> dict[str, Any]:
+    workers = ctx.stack.worker_pids()
+    per_worker = procstat.connections_per_process(workers, ctx.stack.redis_port)
+    rc = ctx.stack.redis_client()
+    try:
+        clients = rc.client_list()
+    finally:
+        rc.close()
+    names: dict[str, int] = {}
+    for c in clients:
+        names[c.get("name") or "(unnamed)"] = names.get(c.get("name") or "(unnamed)", 0) + 1
+    return {
+        "per_worker": list(per_worker.values()),
+        "client_list_total": len(clients),
+        "by_name": names,
+    }
+
+
+def _rss(ctx: Ctx) -> list[int]:
+    return [procstat.rss_kb(pid) for pid in ctx.stack.worker_pids()]
+
+
+@scenario("channel.idle")
+async def channel_idle(ctx: Ctx) -> dict[str, Any]:
+    missing = _channel_missing(ctx)
+    if missing:
+        return missing
+    prof = ctx.profile
+    stack = ctx.stack
+    users = stack.users("member", max(prof.idle_counts))
+    await asyncio.sleep(prof.idle_settle_s)
+    base_rss = _rss(ctx)
+    base = {"rss_kb": base_rss, "redis": _redis_view(ctx)}
+    subs: list[client.Subscriber] = []
+    failures: dict[str, int] = {}
+    levels: dict[str, Any] = {}
+    try:
+        for count in prof.idle_counts:
+            if ctx.remaining() < 60:
+                levels[str(count)] = {"status": "skipped", "reason": "run time budget exhausted"}
+                break
+            t0 = time.perf_counter()
+            fresh = range(len(subs), count)
+
+            def opener(i: int) -> Callable[[], Awaitable[client.Subscriber]]:
+                user = users[i]
+                return lambda: client.subscribe(
+                    stack.gateway_url,
+                    f"/v1/events?channel=users/{user.id}",
+                    user.headers,
+                    timeout=60,
+                )
+
+            opened = await asyncio.wait_for(
+                gather_bounded([opener(i) for i in fresh], prof.connect_parallel), 60 + count / 20
+            )
+            for item in opened:
+                if isinstance(item, client.Subscriber):
+                    subs.append(item)
+                else:
+                    key = f"{type(item).__name__}: {item}"[:120]
+                    failures[key] = failures.get(key, 0) + 1
+            connect_s = time.perf_counter() - t0
+            live = [s for s in subs if not s.proto or not s.proto.done.done()]
+            await asyncio.sleep(prof.idle_settle_s)
+            pids = stack.gateway_pids()
+            cpu0 = procstat.cpu_seconds(pids)
+            await asyncio.sleep(prof.idle_settle_s)
+            idle_cpu = (procstat.cpu_seconds(pids) - cpu0) / prof.idle_settle_s
+            rss = _rss(ctx)
+            delta_kb = sum(rss) - sum(base_rss)
+            levels[str(count)] = {
+                "requested": count,
+                "open": len(live),
+                "connect_s": round(connect_s, 2),
+                "rss_kb": rss,
+                "rss_delta_kb": delta_kb,
+                "kb_per_subscriber": round(delta_kb / len(live), 2) if live else None,
+                "redis": _redis_view(ctx),
+                "idle_cpu_cores": round(idle_cpu, 4),
+            }
+            if len(live) < count * 0.5:
+                break
+    finally:
+        for sub in subs:
+            sub.close()
+    await asyncio.sleep(prof.idle_settle_s)
+    after = {"rss_kb": _rss(ctx), "redis": _redis_view(ctx)}
+    return {
+        "status": "ok",
+        "channel": "users/<id> (one user per subscriber)",
+        "baseline": base,
+        "levels": levels,
+        "after_close": after,
+        "failures": failures,
+    }
+
+
+# --- channel mode: one stream fanned out to many subscribers --------------------------------------
+
+
+@scenario("channel.fanout")
+async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
+    missing = _channel_missing(ctx)
+    if missing:
+        return missing
+    prof = ctx.profile
+    stack = ctx.stack
+    owner = stack.users("member", 1)[0]
+    viewers = stack.users(
+        "admin", prof.fanout_subscribers
+    )  # admins may read any stream of the tenant
+    # The first token waits long enough for every subscriber to connect, so none replays history.
+    first_delay_ms = 3000 + prof.fanout_subscribers * 8
+    status, _, body = await client.request_json(
+        stack.gateway_url,
+        "POST",
+        "/v1/streams",
+        headers=owner.headers,
+        json_body=chat_payload(
+            prof.fanout_tokens, prof.delay_ms, stream=None, first_delay_ms=first_delay_ms
+        ),
+    )
+    if status != 202 or not isinstance(body, dict):
+        return {"status": "error", "reason": f"POST /v1/streams answered {status}: {body}"}
+    channel = body.get("channel") or f"streams/{body['id']}"
+    t0 = time.perf_counter()
+    opened = await gather_bounded(
+        [
+            lambda v=v: client.subscribe(
+                stack.gateway_url,
+                f"/v1/events?channel={channel}",
+                v.headers,
+                keep_tokens=True,
+                timeout=60,
+            )
+            for v in viewers
+        ],
+        prof.connect_parallel,
+    )
+    connect_s = time.perf_counter() - t0
+    subs = [s for s in opened if isinstance(s, client.Subscriber)]
+    failures: dict[str, int] = {}
+    for item in opened:
+        if not isinstance(item, client.Subscriber):
+            key = f"{type(item).__name__}: {item}"[:120]
+            failures[key] = failures.get(key, 0) + 1
+    budget = first_delay_ms / 1000 + prof.fanout_tokens * prof.delay_ms / 1000 + 30
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(asyncio.shield(s.proto.done) for s in subs if s.proto)), budget
+        )
+    except TimeoutError:
+        pass
+    finally:
+        for sub in subs:
+            sub.close()
+    lags: list[float] = []
+    replayed = 0
+    first_recv: dict[str, float] = {}
+    for sub in subs:
+        for entry, _now, wall in sub.token_recv:
+            ms = client.entry_ms(entry)
+            if ms is None:
+                continue
+            if ms < sub.opened_wall * 1000:
+                replayed += (
+                    1  # written before this subscriber connected: a replay, not delivery lag
+                )
+                continue
+            lags.append(wall * 1000 - ms)
+            if entry is not None:
+                first_recv[entry] = min(first_recv.get(entry, wall), wall)
+    spread = [
+        wall * 1000 - first_recv[e] * 1000
+        for s in subs
+        for e, _n, wall in s.token_recv
+        if e in first_recv
+    ]
+    tokens_each = [s.events.get("token", 0) for s in subs]
+    return {
+        "status": "ok",
+        "subscribers": len(subs),
+        "failures": failures,
+        "connect_s": round(connect_s, 2),
+        "token_events_per_subscriber": pct(tokens_each, 1, 1),
+        "completed": sum(1 for s in subs if s.terminal == "stream.completed"),
+        "lag_ms": pct(lags, 1, 2),
+        "lag_cdf_ms": cdf(lags),
+        "spread_ms": pct(spread, 1, 2),
+        "replayed_events": replayed,
+        "method": "lag = subscriber receive wall clock - the ms timestamp in the Redis entry id "
+        "(Redis's clock at XADD, same host); spread = receive time - first receive of that "
+        "entry by any subscriber",
+    }
+
+
+# --- revocation latency ---------------------------------------------------------------------------
+
+
+@scenario("channel.revoke")
+async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
+    missing = _channel_missing(ctx)
+    if missing:
+        return missing
+    stack = ctx.stack
+    if not stack.has_route("POST", "/v1/admin/streams/", "/revoke"):
+        return {
+            "status": "skipped",
+            "reason": "admin API not present (POST /v1/admin/streams/<id>/revoke)",
+        }
+    prof = ctx.profile
+    n = prof.revoke_streams
+    members = stack.users("member", n)
+    admin = stack.users("admin", 1)[0]
+    live: list[tuple[str, client.Subscriber]] = []
+    try:
+        for i in range(n):
+            status, _, body = await client.request_json(
+                stack.gateway_url,
+                "POST",
+                "/v1/streams",
+                headers=members[i].headers,
+                json_body=chat_payload(1, prof.delay_ms, stream=None, max_tokens=4000, infinite=1),
+            )
+            if status != 202 or not isinstance(body, dict):
+                return {"status": "error", "reason": f"POST /v1/streams answered {status}: {body}"}
+            sub = await client.subscribe(
+                stack.gateway_url,
+                f"/v1/events?channel={body['channel']}",
+                members[i].headers,
+                timeout=30,
+            )
+            live.append((body["id"], sub))
+        await asyncio.sleep(0.5)
+        samples: dict[str, list[float]] = {
+            "call_ms": [],
+            "event_ms": [],
+            "closed_ms": [],
+            "upstream_ms": [],
+        }
+        for stream_id, sub in live:
+            stats0 = await _upstream_stats(ctx)
+            t0 = time.perf_counter()
+            status, _, body = await client.request_json(
+                stack.gateway_url,
+                "POST",
+                f"/v1/admin/streams/{stream_id}/revoke",
+                headers=admin.headers,
+                json_body={"reason": "bench"},
+            )
+            t1 = time.perf_counter()
+            if status >= 300:
+                return {"status": "error", "reason": f"revoke answered {status}: {body}"}
+            samples["call_ms"].append((t1 - t0) * 1000)
+            upstream_at = None
+            deadline = t0 + 5
+            while time.perf_counter() < deadline:
+                stats = await _upstream_stats(ctx)
+                if upstream_at is None and stats["disconnects"] > stats0["disconnects"]:
+                    upstream_at = time.perf_counter()
+                if upstream_at is not None and sub.proto is not None and sub.proto.done.done():
+                    break
+                await asyncio.sleep(0.002)
+            if sub.terminal == "stream.revoked":
+                samples["event_ms"].append((sub.terminal_at - t0) * 1000)
+            if sub.closed_at:
+                samples["closed_ms"].append((sub.closed_at - t0) * 1000)
+            if upstream_at is not None:
+                samples["upstream_ms"].append((upstream_at - t0) * 1000)
+    finally:
+        for _, sub in live:
+            sub.close()
+    return {
+        "status": "ok",
+        "live_streams": n,
+        "from": "start of the admin call",
+        **{k: pct(v, 1, 2) for k, v in samples.items()},
+    }
+
+
+async def _upstream_stats(ctx: Ctx) -> dict[str, int]:
+    _, _, body = await client.request_json(
+        f"http://127.0.0.1:{ctx.stack.upstream_port}", "GET", "/_stats"
+    )
+    return body if isinstance(body, dict) else {"disconnects": 0}
+
+
+# --- where the time goes: py-spy on the workers under the 0 ms load -------------------------------
+
+
+BUCKETS = (
+    ("langchain", ("langchain_core", "langchain_openai", "langsmith")),
+    ("openai sdk", ("openai/",)),
+    ("httpx/httpcore", ("httpx", "httpcore", "h11")),
+    ("pydantic", ("pydantic",)),
+    ("flask/werkzeug", ("flask/", "werkzeug", "flask_")),
+    ("gevent/socket", ("gevent", "socket.py", "ssl.py", "selectors")),
+    ("redis client", ("redis/",)),
+    ("sqlalchemy", ("sqlalchemy",)),
+    ("json", ("json/",)),
+    ("gunicorn", ("gunicorn",)),
+    ("streamgate", ("/streaming/", "/api/", "/auth/")),
+    ("logging", ("logging/",)),
+)
+
+
+def _bucket(frame: str) -> str | None:
+    for name, needles in BUCKETS:
+        if any(n in frame for n in needles):
+            return name
+    return None
+
+
+def summarize_collapsed(lines: list[str], top: int = 20) -> dict[str, Any]:
+    """Self and inclusive shares from py-spy's collapsed ("raw") output."""
+    total = 0
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    buckets: dict[str, int] = {}
+    for line in lines:
+        stack, _, count_s = line.rstrip().rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        total += count
+        leaf = frames[-1]
+        self_time[leaf] = self_time.get(leaf, 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        # A sample belongs to the innermost frame that falls in a known bucket.
+        owner = next((b for b in (_bucket(f) for f in reversed(frames)) if b), "other")
+        buckets[owner] = buckets.get(owner, 0) + count
+
+    def share(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [
+            (k, round(100 * v / total, 1))
+            for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        ]
+
+    return {
+        "samples": total,
+        "buckets_pct": dict(share(buckets)),
+        "self_pct": share(self_time),
+        "inclusive_pct": share(inclusive),
+    }
+
+
+def _profile(name: str) -> Scenario:
+    async def run(ctx: Ctx) -> dict[str, Any]:
+        target = available(ctx, name)
+        if isinstance(target, dict):
+            return target
+        if not ctx.py_spy:
+            return {"status": "skipped", "reason": "py-spy not installed"}
+        prof = ctx.profile
+        out_dir = ctx.stack.workdir
+        spies: list[tuple[subprocess.Popen[bytes], str]] = []
+        for pid in ctx.stack.worker_pids():
+            path = str(out_dir / f"pyspy-{name}-{pid}.txt")
+            spies.append(
+                (
+                    subprocess.Popen(
+                        [
+                            ctx.py_spy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(int(prof.profile_seconds)),
+                            "--rate",
+                            "200",
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "--output",
+                            path,
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    ),
+                    path,
+                )
+            )
+        await asyncio.sleep(1.0)  # py-spy attaches
+
+        def make(i: int, t: Target = target) -> Awaitable[client.StreamResult]:
+            return run_one(
+                t, i % prof.cpu_concurrency, max(prof.cpu_tokens), 0, prof.stream_timeout_s
+            )
+
+        await client.closed_loop(
+            make,
+            concurrency=prof.cpu_concurrency,
+            total=10**6,
+            ramp_s=0.2,
+            deadline_s=prof.profile_seconds,
+        )
+        lines: list[str] = []
+        errors = []
+        for spy, path in spies:
+            try:
+                _, err = await asyncio.to_thread(spy.communicate, timeout=prof.profile_seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
+                err = b"timed out"
+            if spy.returncode != 0:
+                errors.append(err.decode(errors="replace")[-300:])
+            try:
+                with open(path) as handle:
+                    lines.extend(handle)
+            except FileNotFoundError:
+                continue
+        if not lines:
+            # A diagnostic, not a measurement: a host that forbids ptrace skips it.
+            return {"status": "skipped", "reason": "py-spy got no samples: " + " | ".join(errors)}
+        return {
+            "status": "ok",
+            "load": f"{prof.cpu_concurrency} concurrent {max(prof.cpu_tokens)}-token "
+            "streams at 0 ms/token",
+            **summarize_collapsed(lines),
+        }
+
+    return run
+
+
+for _name in ("direct", "channel"):
+    scenario(f"profile.{_name}")(_profile(_name))

@@ -1,0 +1,387 @@
+"""The processes a benchmark run starts, owns and stops: Redis, fake upstream, Streamgate, peer.
+
+Every process is started here with ``subprocess.Popen`` and ended by its own PID (SIGTERM, then
+SIGKILL of the PIDs it had spawned) when the run ends, however it ends. All listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import procstat
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "bench-secret-" + "b" * 40  # a loopback-only throwaway; never used outside a run
+HIGH_LIMITS = {"rpm": 1_000_000, "concurrent": 100_000, "tpm": 10**9, "tpd": 10**10}
+NO_LOGIN = "!bench-user-no-password"  # not an argon2 hash: these users cannot log in
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_fd_limit(wanted: int = 65536) -> int:
+    """Raise this process's open-file limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in (wanted, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), max(hard, target)))
+            return max(soft, target)
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout}s")
+
+
+@dataclass
+class Proc:
+    """A process this run started, with the PIDs of everything it spawned."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    stop_signal: int = signal.SIGTERM
+    known: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def pids(self) -> list[int]:
+        """The process and its live descendants (remembered so a stop can reach stragglers)."""
+        found = procstat.tree(self.pid)
+        self.known.update(found)
+        return found
+
+    def stop(self, timeout: float = 15) -> None:
+        self.pids()
+        if self.popen.poll() is None:
+            self.popen.send_signal(self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        deadline = time.monotonic() + 5
+        for pid in sorted(self.known - {self.pid}):
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class BenchUser:
+    id: str
+    role: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self.token}
+
+
+class Stack:
+    """Redis + fake upstream + Streamgate under gunicorn (+ the peer), all on loopback."""
+
+    def __init__(
+        self, *, workers: int = 2, workdir: Path | None = None, log_level: str = "WARNING"
+    ) -> None:
+        self.workers = workers
+        self.log_level = log_level
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sg-bench-"))
+        self.procs: list[Proc] = []
+        self.redis_port = 0
+        self.upstream_port = 0
+        self.gateway_port = 0
+        self.gateway: Proc | None = None
+        self.upstream: Proc | None = None
+        self.redis: Proc | None = None
+        self.app: Any = None
+        self._ctx: Any = None
+        self.tenant_id = ""
+        self._users: dict[str, list[BenchUser]] = {"member": [], "admin": []}
+        self.fd_limit = raise_fd_limit()
+
+    # --- urls -----------------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}/v1"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'bench.db'}"
+
+    # --- processes ------------------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
+    ) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as handle:
+            popen = subprocess.Popen(
+                argv,
+                cwd=cwd or ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = Proc(name, popen, log, stop_signal)
+        self.procs.append(proc)
+        return proc
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.redis_port = free_port()
+        self.redis = self._spawn(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
+                "--maxclients",
+                "50000",
+            ],
+        )
+        import redis as redis_lib
+
+        probe = redis_lib.Redis(port=self.redis_port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if probe.ping():
+                    break
+            except redis_lib.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        probe.close()
+
+    def start_upstream(self, tokens: int = 200, delay_ms: float = 20.0) -> None:
+        self.upstream_port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.upstream = self._spawn(
+            "upstream",
+            [
+                sys.executable,
+                "-m",
+                "bench.fake_upstream",
+                "--port",
+                str(self.upstream_port),
+                "--tokens",
+                str(tokens),
+                "--delay-ms",
+                str(delay_ms),
+            ],
+            env=env,
+        )
+        wait_http(self.upstream_url + "/models", self.upstream.popen, 20, self.upstream.log)
+
+    def gateway_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+        env.update(
+            JWT_SECRET_KEY=JWT_SECRET,
+            DATABASE_URL=self.db_url,
+            REDIS_URL=self.redis_url,
+            LLM_BASE_URL=self.upstream_url,
+            LLM_MODELS="fake-model",
+            JWT_COOKIE_SECURE="false",
+            LOG_LEVEL=self.log_level,
+            PYTHONPATH=str(ROOT),
+            WEB_CONCURRENCY=str(self.workers),
+            JWT_ACCESS_TTL_S="86400",
+            # Defaults for accounts without their own limits; bench accounts carry their own too.
+            LIMIT_USER_RPM="1000000",
+            LIMIT_USER_CONCURRENT="100000",
+            LIMIT_USER_TPM=str(10**9),
+            LIMIT_USER_TPD=str(10**10),
+            LIMIT_TENANT_RPM="1000000",
+            LIMIT_TENANT_CONCURRENT="100000",
+            LIMIT_TENANT_TPM=str(10**9),
+            LIMIT_TENANT_TPD=str(10**10),
+        )
+        env.pop("GUNICORN_CMD_ARGS", None)
+        return env
+
+    def prepare_app(self) -> None:
+        """Create the schema and a tenant in the SQLite file the gateway will use."""
+        from api import create_app
+        from auth.models import Tenant
+        from auth.store import db
+
+        self.app = create_app(
+            {
+                "TESTING": True,
+                "JWT_SECRET_KEY": JWT_SECRET,
+                "DATABASE_URL": self.db_url,
+                "REDIS_URL": self.redis_url,
+                "LLM_BASE_URL": self.upstream_url,
+                "LLM_MODELS": ["fake-model"],
+                "JWT_ACCESS_TTL_S": 86400,
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        self._ctx = self.app.app_context()
+        self._ctx.push()
+        db.create_all()
+        tenant = Tenant(
+            slug="bench-" + secrets.token_hex(3),
+            name="Bench",
+            allowed_models=["fake-model"],
+            limits=dict(HIGH_LIMITS),
+        )
+        db.session.add(tenant)
+        db.session.commit()
+        self.tenant_id = tenant.id
+
+    def routes(self) -> set[tuple[str, str]]:
+        """(method, rule) of every route of the app under test."""
+        return {(m, r.rule) for r in self.app.url_map.iter_rules() for m in (r.methods or ())}
+
+    def has_route(self, method: str, rule_prefix: str, suffix: str = "") -> bool:
+        return any(
+            m == method and r.startswith(rule_prefix) and r.endswith(suffix)
+            for m, r in self.routes()
+        )
+
+    def users(self, role: str, count: int) -> list[BenchUser]:
+        """``count`` distinct users of ``role``, high limits, a day-long access token each."""
+        from auth.models import User
+        from auth.store import db
+        from auth.tokens import issue_user_tokens
+
+        have = self._users[role]
+        if len(have) < count:
+            fresh = [
+                User(
+                    tenant_id=self.tenant_id,
+                    email=f"{role}-{i}-{secrets.token_hex(3)}@bench.invalid",
+                    password_hash=NO_LOGIN,
+                    role=role,
+                    limits=dict(HIGH_LIMITS),
+                )
+                for i in range(len(have), count)
+            ]
+            db.session.add_all(fresh)
+            db.session.commit()
+            for user in fresh:
+                token = issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=role)[
+                    "access_token"
+                ]
+                have.append(BenchUser(user.id, role, token))
+        return have[:count]
+
+    def start_gateway(self) -> None:
+        self.gateway_port = free_port()
+        self.gateway = self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "-w",
+                str(self.workers),
+                "-b",
+                f"127.0.0.1:{self.gateway_port}",
+                "api:create_app()",
+            ],
+            env=self.gateway_env(),
+            stop_signal=signal.SIGINT,
+        )  # SIGINT: gunicorn's quick shutdown
+        wait_http(self.gateway_url + "/healthz", self.gateway.popen, 60, self.gateway.log)
+        deadline = time.monotonic() + 30
+        while len(self.worker_pids()) < self.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def worker_pids(self) -> list[int]:
+        assert self.gateway is not None
+        return procstat.children(self.gateway.pid)
+
+    def gateway_pids(self) -> list[int]:
+        assert self.gateway is not None
+        return self.gateway.pids()
+
+    def redis_client(self) -> Any:
+        import redis as redis_lib
+
+        return redis_lib.Redis(port=self.redis_port, decode_responses=True)
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            from auth.store import db
+
+            with contextlib.suppress(Exception):
+                db.session.remove()
+                db.engine.dispose()
+            with contextlib.suppress(Exception):
+                self.app.extensions["streamgate.redis"].close()
+            with contextlib.suppress(Exception):
+                self._ctx.pop()
+            self._ctx = None
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self.procs.clear()

@@ -1,0 +1,76 @@
+"""The benchmark harness still runs end to end (tiny profile), so ``make bench`` cannot rot.
+
+Asserts shape and that tokens flowed; never a timing threshold (timing belongs in ``bench/``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
+
+
+def test_smoke_run_writes_results_with_tokens(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--no-peer", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    [result_file] = tmp_path.glob("*-smoke.json")
+    results = json.loads(result_file.read_text())
+
+    assert {"schema", "meta", "scenarios", "targets"} <= results.keys()
+    assert results["meta"]["gateway"]["workers"] == 2
+    scenarios = results["scenarios"]
+    expected = {
+        "latency.floor",
+        "latency.direct",
+        "latency.channel",
+        "latency.peer",
+        "cpu.floor",
+        "cpu.direct",
+        "cpu.channel",
+        "channel.idle",
+        "channel.fanout",
+        "channel.revoke",
+    }
+    assert expected <= scenarios.keys()
+    assert not [name for name, r in scenarios.items() if r["status"] == "error"]
+    assert scenarios["latency.peer"]["status"] == "skipped"
+
+    for name in ("latency.floor", "latency.direct", "latency.channel"):
+        assert scenarios[name]["status"] == "ok", name
+        for level in scenarios[name]["levels"].values():
+            assert level["ok"] == level["streams"] > 0, (name, level["errors"])
+            assert level["tokens"] > 0
+            assert level["text_mismatches"] == 0
+            assert {
+                "ttft_ms",
+                "gap_ms",
+                "total_s",
+                "tokens_per_s",
+                "cpu",
+                "rss_peak_mb",
+                "client",
+            } <= level.keys()
+    for name in ("cpu.direct", "cpu.channel"):
+        assert all(run["tokens"] > 0 for run in scenarios[name]["runs"].values())
+
+    idle = scenarios["channel.idle"]
+    assert all(level["open"] == level["requested"] for level in idle["levels"].values())
+    fanout = scenarios["channel.fanout"]
+    assert fanout["subscribers"] > 0 and fanout["completed"] == fanout["subscribers"]
+    assert fanout["lag_ms"]["n"] > 0
+
+    assert [p.name for p in tmp_path.glob("*.png")], "plots were not written"
+    assert "targets" in done.stdout
