@@ -317,8 +317,9 @@ def live_env(redis_url: str, db_url: str, llm_url: str, **extra: str) -> dict[st
     env.update(
         JWT_SECRET_KEY=TEST_SECRET, DATABASE_URL=db_url, REDIS_URL=redis_url, LLM_BASE_URL=llm_url,
         LLM_MODELS="fake-model", JWT_COOKIE_SECURE="false", LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT), **extra,
+        PYTHONPATH=str(ROOT),
     )
+    env.update(extra)  # live_overrides may replace any of the above (e.g. LLM_BASE_URL)
     return env
 
 
