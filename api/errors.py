@@ -43,8 +43,14 @@ def handle_db_error(exc: sqlalchemy.exc.SQLAlchemyError) -> Response:
     return handle_http_exception(InternalServerError(original_exception=exc))
 
 
+def handle_recursion_error(exc: RecursionError) -> Response:
+    # Deeply nested JSON exhausts the parser's recursion; it is the client's input, not our bug.
+    return error_response(ApiError(400, "Request body is nested too deeply.", code="invalid_json"))
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every error through the envelope."""
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(redis.RedisError, handle_redis_error)
     app.register_error_handler(sqlalchemy.exc.SQLAlchemyError, handle_db_error)
+    app.register_error_handler(RecursionError, handle_recursion_error)

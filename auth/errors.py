@@ -66,8 +66,10 @@ def _field_errors(exc: HTTPException) -> dict[str, Any] | None:
         if isinstance(messages, dict):
             # webargs nests by location ({"json": {...}}); a client cares about the fields.
             if len(messages) == 1 and next(iter(messages)) in {"json", "query", "form", "path"}:
-                messages = next(iter(messages.values()))
-            return messages
+                location, messages = next(iter(messages.items()))
+                if isinstance(messages, list):  # a whole-body problem, e.g. "Invalid JSON body."
+                    return {"body" if location == "json" else location: messages}
+            return messages if isinstance(messages, dict) else None
     return None
 
 
@@ -84,8 +86,8 @@ def error_response(exc: HTTPException) -> Response:
     phrase = HTTPStatus(status).phrase
     errors = _field_errors(exc)
     message = getattr(exc, "message", None) or exc.description or phrase
-    if status == 422 and errors and not isinstance(exc, ApiError):
-        message = "Request body is invalid: " + "; ".join(
+    if status in (400, 422) and errors and not isinstance(exc, ApiError):
+        message = "Request is invalid: " + "; ".join(
             f"{field}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
             for field, msgs in errors.items()
         )
