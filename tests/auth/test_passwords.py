@@ -1,0 +1,138 @@
+"""Password hashing and the failed-login throttle (per account, per address, 429 + Retry-After)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+MAX = 5  # LOGIN_MAX_FAILURES default
+WINDOW = 900  # LOGIN_WINDOW_S default
+
+
+def test_hashes_are_argon2id_salted_and_verify() -> None:
+    from auth.passwords import hash_password, needs_rehash, verify_password
+
+    first, second = hash_password("s3cret-pass"), hash_password("s3cret-pass")
+
+    assert first.startswith("$argon2id$") and first != second
+    assert verify_password(first, "s3cret-pass")
+    assert not verify_password(first, "s3cret-pasS")
+    assert not verify_password("not a hash", "s3cret-pass")
+    assert not verify_password(None, "s3cret-pass")  # unknown account: same work, never a match
+    assert not needs_rehash(first)
+
+
+def test_a_weak_stored_hash_is_upgraded_at_login(make_user: Any, login: Any) -> None:
+    from auth.passwords import needs_rehash, verify_password
+    from auth.store import db
+
+    user = make_user()  # the fixture hashes with cheap parameters
+    assert needs_rehash(user.password_hash)
+
+    assert login(user).status_code == 200
+
+    db.session.refresh(user)
+    assert not needs_rehash(user.password_hash)
+    assert verify_password(user.password_hash, PASSWORD)
+
+
+def _fail(login: Any, user: Any, times: int, *, addr: str | None = None) -> None:
+    for i in range(times):
+        response = login(user, "wrong password", addr=addr or f"10.0.0.{i + 1}")
+        assert response.status_code == 401
+
+
+def _assert_throttled(response: Any) -> None:
+    assert response.status_code == 429, response.get_json()
+    assert 0 < int(response.headers["Retry-After"]) <= WINDOW
+    assert response.get_json()["message"] == "Too many failed login attempts; try again later."
+
+
+@pytest.mark.db
+def test_an_account_is_throttled_after_repeated_failures_even_with_the_right_password(
+    make_user: Any, login: Any
+) -> None:
+    user = make_user()
+    _fail(login, user, MAX)  # each from a different address: the account counter trips
+
+    _assert_throttled(login(user, addr="10.0.1.1"))
+    _assert_throttled(login(user, "wrong password", addr="10.0.1.2"))
+
+
+@pytest.mark.db
+def test_the_429_is_the_same_whether_or_not_the_account_exists(
+    make_user: Any, make_tenant: Any, login: Any
+) -> None:
+    real = make_user()
+    ghost = type("Ghost", (), {"tenant_id": real.tenant_id, "email": "nobody@example.com"})()
+    _fail(login, real, MAX, addr="10.1.0.1")
+    _fail(login, ghost, MAX, addr="10.2.0.1")
+
+    for_real = login(real, "wrong password", addr="10.1.0.1")
+    for_ghost = login(ghost, "wrong password", addr="10.2.0.1")
+
+    _assert_throttled(for_real)
+    _assert_throttled(for_ghost)
+    assert for_real.get_json() == for_ghost.get_json()
+    assert for_real.headers["Retry-After"] == for_ghost.headers["Retry-After"]
+
+
+@pytest.mark.db
+def test_an_address_is_throttled_across_accounts(make_user: Any, login: Any) -> None:
+    victims = [make_user() for _ in range(MAX)]
+    for victim in victims:
+        _fail(login, victim, 1, addr="10.3.0.1")
+
+    _assert_throttled(login(make_user(), addr="10.3.0.1"))
+    assert login(make_user(), addr="10.3.0.2").status_code == 200  # another address is fine
+
+
+@pytest.mark.db
+def test_a_success_clears_the_accounts_failures(make_user: Any, login: Any) -> None:
+    user = make_user()
+    _fail(login, user, MAX - 1)
+
+    assert login(user, addr="10.4.0.1").status_code == 200
+    _fail(login, user, MAX - 1, addr="10.4.0.2")
+
+    assert login(user, addr="10.4.0.3").status_code == 200
+
+
+def test_parallel_guesses_cannot_overshoot_the_limit(app: Any) -> None:
+    from auth.errors import ApiError
+    from auth.passwords import reserve_login_attempt
+
+    admitted: list[int] = []
+    refused: list[int] = []
+    start = threading.Barrier(20)
+
+    def guess(i: int) -> None:
+        with app.app_context():
+            start.wait()
+            try:
+                reserve_login_attempt("acme", "victim@example.com", f"10.5.0.{i}")
+                admitted.append(i)
+            except ApiError as exc:
+                assert exc.code == 429
+                refused.append(i)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(admitted) == MAX and len(refused) == 20 - MAX
+
+
+@pytest.mark.db
+def test_login_with_no_such_tenant_is_throttled_like_any_other(client: Any, make_user: Any) -> None:
+    body = {"tenant": "ghost-tenant", "email": "a@example.com", "password": "nope nope"}
+    for _ in range(MAX):
+        assert client.post("/v1/auth/login", json=body).status_code == 401
+
+    _assert_throttled(client.post("/v1/auth/login", json=body))

@@ -1,0 +1,104 @@
+"""Revocation is immediate on every instance sharing Redis; without Redis nothing gets through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.auth.conftest import assert_auth_error, bearer
+from tests.conftest import app_config, free_port
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture()
+def second_app(app: Any, redis_server: Any, db_url: str, fake_upstream: Any) -> Iterator[Any]:
+    """Another node: its own create_app(), the same Redis and database."""
+    from api import create_app
+
+    other = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
+    yield other
+    other.extensions["streamgate.redis"].close()
+    with other.app_context():
+        from auth.store import db
+
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_logout_on_one_node_is_refused_on_the_other_at_the_next_request(
+    client: Any, second_app: Any, make_user: Any, tokens_for: Any
+) -> None:
+    pair = tokens_for(make_user())
+    other = second_app.test_client()
+    assert other.get("/v1/auth/me", headers=bearer(pair["access_token"])).status_code == 200
+
+    assert client.post("/v1/auth/logout", headers=bearer(pair["access_token"])).status_code == 204
+
+    assert_auth_error(other.get("/v1/auth/me", headers=bearer(pair["access_token"])))
+
+
+def test_an_app_token_revoked_on_one_node_is_refused_on_the_other(
+    client: Any, second_app: Any, make_user: Any, tokens_for: Any
+) -> None:
+    admin_headers = bearer(tokens_for(make_user(role="admin"))["access_token"])
+    issued = client.post(
+        "/v1/tokens", json={"name": "bot", "scopes": ["read"]}, headers=admin_headers
+    ).get_json()
+    other = second_app.test_client()
+    assert other.get("/v1/auth/me", headers=bearer(issued["token"])).status_code == 200
+
+    other_admin = other.delete(f"/v1/tokens/{issued['jti']}", headers=admin_headers)
+    assert other_admin.status_code == 204
+
+    assert_auth_error(client.get("/v1/auth/me", headers=bearer(issued["token"])))
+
+
+def test_a_user_disabled_on_one_node_is_refused_on_the_other(
+    client: Any, second_app: Any, make_user: Any, tokens_for: Any
+) -> None:
+    from auth import service
+
+    user = make_user()
+    pair = tokens_for(user)
+    other = second_app.test_client()
+    assert other.get("/v1/auth/me", headers=bearer(pair["access_token"])).status_code == 200
+
+    with second_app.app_context():
+        service.disable_user(user.tenant_id, user.id, None, "compromised")
+
+    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
+    assert_auth_error(other.get("/v1/auth/me", headers=bearer(pair["access_token"])))
+
+
+def test_without_redis_authenticated_requests_fail_closed_with_503(
+    app: Any, make_user: Any, db_url: str, fake_upstream: Any
+) -> None:
+    from api import create_app
+    from auth.tokens import issue_user_tokens
+
+    user = make_user(role="admin")
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    broken = create_app(app_config(closed, db_url, fake_upstream.base_url))
+    with broken.app_context():
+        pair = issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
+    client = broken.test_client()
+
+    for response in (
+        client.get("/v1/auth/me", headers=bearer(pair["access_token"])),
+        client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])),
+        client.get("/v1/tokens", headers=bearer(pair["access_token"])),
+        client.post(
+            "/v1/auth/login", json={"tenant": "any", "email": user.email, "password": "whatever"}
+        ),
+    ):
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["code"] == 503 and "Redis" in body["message"]
+        assert body["error_code"] == "redis_unavailable"
+
+    # A request without a token is still told to authenticate (no Redis needed to say so).
+    assert_auth_error(client.get("/v1/auth/me"), error="")
+    broken.extensions["streamgate.redis"].close()
