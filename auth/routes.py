@@ -50,6 +50,26 @@ tokens_bp = Blueprint(
 )
 
 
+_ERRORS = {
+    401: "Missing, invalid, expired or revoked token (RFC 6750 `WWW-Authenticate`).",
+    403: "The token lacks the scope or role this needs (`insufficient_scope`).",
+    404: "No such object in your tenant.",
+    429: "Too many failed logins for this account or address; see `Retry-After`.",
+    503: "Redis is unreachable: nothing is let through unchecked.",
+}
+
+
+def _documents(*codes: int) -> Callable[[Any], Any]:
+    """Document the error responses a view can give, all in the one envelope."""
+
+    def decorate(view: Any) -> Any:
+        for code in codes:
+            view = bp.alt_response(code, schema="Error", description=_ERRORS[code])(view)
+        return view
+
+    return decorate
+
+
 def _on_response(change: Callable[[Response], None]) -> None:
     """Apply ``change`` to this request's response once the view's body is serialized."""
 
@@ -75,6 +95,7 @@ def _expires_in() -> int:
 @bp.route("/login", methods=["POST"])
 @bp.arguments(LoginSchema)
 @bp.response(200, TokenPairSchema)
+@_documents(401, 429, 503)
 def log_in(args: dict[str, Any]) -> dict[str, Any]:
     """Log in with tenant, email and password; get access and refresh tokens."""
     session = service.login(
@@ -97,6 +118,7 @@ def log_in(args: dict[str, Any]) -> dict[str, Any]:
 @bp.route("/refresh", methods=["POST"])
 @require(refresh=True)
 @bp.response(200, TokenPairSchema)
+@_documents(401, 503)
 def refresh_token() -> dict[str, Any]:
     """Exchange a refresh token (header or cookie) for a new access token."""
     ident = current_identity()
@@ -118,6 +140,7 @@ def refresh_token() -> dict[str, Any]:
 @require()
 @bp.arguments(LogoutSchema)
 @bp.response(204)
+@_documents(401, 503)
 def log_out(args: dict[str, Any]) -> None:
     """Revoke the presented access token, and the refresh token if given; clear cookies."""
     ident = current_identity()
@@ -140,6 +163,7 @@ def log_out(args: dict[str, Any]) -> None:
 @bp.route("/me", methods=["GET"])
 @require()
 @bp.response(200, MeSchema)
+@_documents(401, 503)
 def get_me() -> dict[str, Any]:
     """Who the presented token belongs to: user, tenant, role, scopes."""
     ident = current_identity()
@@ -168,6 +192,7 @@ def get_me() -> dict[str, Any]:
 @require("admin", admin=True)
 @tokens_bp.arguments(AppTokenCreateSchema)
 @tokens_bp.response(201, AppTokenCreatedSchema)
+@_documents(401, 403, 503)
 def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
     """Issue an app token; the JWT is in this response only."""
     ident = current_identity()
@@ -188,6 +213,7 @@ def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
 @tokens_bp.route("", methods=["GET"])
 @require("admin", admin=True)
 @tokens_bp.response(200, AppTokenSchema(many=True))
+@_documents(401, 403, 503)
 def list_app_tokens() -> list[Any]:
     """List the tenant's app tokens (never their secrets)."""
     return service.list_app_tokens(current_identity().tenant_id)
@@ -196,6 +222,7 @@ def list_app_tokens() -> list[Any]:
 @tokens_bp.route("/<string:jti>", methods=["DELETE"])
 @require("admin", admin=True)
 @tokens_bp.response(204)
+@_documents(401, 403, 404, 503)
 def revoke_app_token(jti: str) -> None:
     """Revoke an app token: refused everywhere from the next request."""
     ident = current_identity()
