@@ -100,11 +100,13 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
         row(f"memory per idle subscriber at {counts[-1]}", "<= 25 KB", kb, "KB", kb <= 25, note)
         conns = [max(levels[str(c)]["redis"]["per_worker"] or [0]) for c in counts]
         base = max(idle["baseline"]["redis"]["per_worker"] or [0])
-        flat = max(conns) <= max(base, conns[0]) + 2
+        # Flat across subscriber counts (the pool may grow once with connect concurrency).
+        flat = conns[-1] <= conns[0] + 2 if len(conns) > 1 else None
         row(
             "Redis connections per worker vs subscribers",
             "independent of count",
-            f"{base} idle -> " + " / ".join(f"{c}@{n}" for c, n in zip(conns, counts, strict=True)),
+            f"{base} before -> "
+            + " / ".join(f"{c}@{n}" for c, n in zip(conns, counts, strict=True)),
             "conns per worker",
             flat,
         )
@@ -141,19 +143,26 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _status_line(label: str, scen: dict[str, Any]) -> str:
+    return f"  {label}: {scen.get('status')}: {scen.get('reason', '')}"
+
+
 def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
-    """The plain-text summary printed at the end of a run."""
+    """The plain-text summary printed at the end of a run (only what ran)."""
     out: list[str] = []
-    head = (
-        f"{'target':<8} {'conc':>4} {'ok':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'gap p99':>8} "
-        f"{'total p50':>9} {'x floor':>7} {'tok/s':>8} {'CPU us/tok':>10} {'RSS MB':>7} "
-        f"{'client lag p99':>14}"
-    )
-    out += ["latency (ms unless noted; total in s)", head, "-" * len(head)]
-    for target in TARGET_NAMES:
-        scen = results.get(f"latency.{target}") or {}
+    ran = [t for t in TARGET_NAMES if f"latency.{t}" in results]
+    if ran:
+        head = (
+            f"{'target':<8} {'conc':>4} {'ok':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'gap p99':>8} "
+            f"{'total p50':>9} {'x floor':>7} {'tok/s':>8} {'CPU us/tok':>10} {'RSS MB':>7} "
+            f"{'client lag p99':>14} {'others':>6}"
+        )
+        out += ["latency (ms unless noted; total in s; others = cores used by other jobs)", head]
+        out.append("-" * len(head))
+    for target in ran:
+        scen = results[f"latency.{target}"]
         if scen.get("status") != "ok":
-            out.append(f"{target:<8} {scen.get('status', 'not run')}: {scen.get('reason', '')}")
+            out.append(f"{target:<8} {scen.get('status')}: {scen.get('reason', '')}")
             continue
         for conc, lv in scen["levels"].items():
             if "ttft_ms" not in lv:
@@ -167,58 +176,68 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
                 f"{_fmt(lv.get('vs_floor', {}).get('total_p50_ratio'), 3):>7} "
                 f"{_fmt(lv['tokens_per_s']):>8} {_fmt(lv['cpu']['us_per_token']):>10} "
                 f"{_fmt(lv['rss_peak_mb']):>7} "
-                f"{_fmt(lv['client']['loop_lag_ms']['p99']):>14}"
+                f"{_fmt(lv['client']['loop_lag_ms']['p99']):>14} "
+                f"{_fmt(lv.get('machine', {}).get('other_processes_cores'), 2):>6}"
             )
-    out += ["", "CPU at 0 ms/token (target processes; per token incl. per-stream work amortized)"]
-    for target in TARGET_NAMES:
-        scen = results.get(f"cpu.{target}") or {}
+    ran = [t for t in TARGET_NAMES if f"cpu.{t}" in results]
+    if ran:
+        out += ["", "CPU at 0 ms/token (all processes of the target; per-stream work included)"]
+    for target in ran:
+        scen = results[f"cpu.{target}"]
         if scen.get("status") != "ok":
-            out.append(f"  {target:<8} {scen.get('status', 'not run')}: {scen.get('reason', '')}")
+            out.append(_status_line(target, scen))
             continue
         fit = scen.get("fit") or {}
         out.append(
             f"  {target:<8} {_fmt(scen['headline_us_per_token']):>7} us/token "
             f"({_fmt(scen['headline_s_per_1000_tokens'], 4)} CPU s per 1,000 tokens); "
-            f"marginal {_fmt(fit.get('marginal_us_per_token'))} us/token + "
+            f"fit: {_fmt(fit.get('marginal_us_per_token'))} us/token + "
             f"{_fmt(fit.get('per_stream_ms'), 2)} ms/stream"
         )
-    idle = results.get("channel.idle") or {}
-    out += ["", "channel mode"]
-    if idle.get("status") == "ok":
+    extras = [n for n in ("channel.idle", "channel.fanout", "channel.revoke") if n in results]
+    extras += [n for n in ("profile.direct", "profile.channel") if n in results]
+    if extras:
+        out += ["", "channel mode and profiles"]
+    idle = results.get("channel.idle")
+    if idle and idle.get("status") == "ok":
         for count, lv in idle["levels"].items():
             if "open" not in lv:
+                out.append(f"  idle {count:>6}: {lv.get('status')}: {lv.get('reason', '')}")
                 continue
             out.append(
                 f"  idle {count:>6}: open {lv['open']}, "
-                f"{_fmt(lv['kb_per_subscriber'], 2)} KB/subscriber, "
+                f"{_fmt(lv['kb_per_subscriber'], 2)} KB/subscriber "
+                f"(marginal {_fmt(lv.get('marginal_kb_per_subscriber'), 2)}), "
                 f"Redis conns per worker {lv['redis']['per_worker']}, "
                 f"idle CPU {lv['idle_cpu_cores']} cores"
             )
-    else:
-        out.append(f"  idle: {idle.get('status', 'not run')}: {idle.get('reason', '')}")
-    fan = results.get("channel.fanout") or {}
-    if fan.get("status") == "ok":
+    elif idle:
+        out.append(_status_line("idle", idle))
+    fan = results.get("channel.fanout")
+    if fan and fan.get("status") == "ok":
         out.append(
             f"  fan-out to {fan['subscribers']}: lag p50 {_fmt(fan['lag_ms']['p50'])} ms, "
             f"p99 {_fmt(fan['lag_ms']['p99'])} ms, max {_fmt(fan['lag_ms']['max'])} ms"
         )
-    else:
-        out.append(f"  fan-out: {fan.get('status', 'not run')}: {fan.get('reason', '')}")
-    rev = results.get("channel.revoke") or {}
-    if rev.get("status") == "ok":
+    elif fan:
+        out.append(_status_line("fan-out", fan))
+    rev = results.get("channel.revoke")
+    if rev and rev.get("status") == "ok":
         out.append(
             f"  revoke ({rev['live_streams']} live): event p50/p99 {_fmt(rev['event_ms']['p50'])}/"
             f"{_fmt(rev['event_ms']['p99'])} ms, closed {_fmt(rev['closed_ms']['p50'])}/"
             f"{_fmt(rev['closed_ms']['p99'])} ms, upstream {_fmt(rev['upstream_ms']['p50'])}/"
             f"{_fmt(rev['upstream_ms']['p99'])} ms"
         )
-    else:
-        out.append(f"  revoke: {rev.get('status', 'not run')}: {rev.get('reason', '')}")
+    elif rev:
+        out.append(_status_line("revoke", rev))
     for name in ("profile.direct", "profile.channel"):
-        prof = results.get(name) or {}
-        if prof.get("status") == "ok":
+        prof = results.get(name)
+        if prof and prof.get("status") == "ok":
             top = ", ".join(f"{k} {v}%" for k, v in list(prof["buckets_pct"].items())[:8])
             out.append(f"  {name} (py-spy, {prof['samples']} samples): {top}")
+        elif prof:
+            out.append(_status_line(name, prof))
     out += ["", "targets"]
     for c in checks:
         mark = {True: "MET ", False: "MISS", None: "n/a "}[c["met"]]
@@ -285,7 +304,15 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             line=1.10,
         )
         axes[0][0].legend()
-        fig.suptitle("Streaming latency (200-token streams, 20 ms/token unless noted in the JSON)")
+        scen = next(
+            (results[f"latency.{t}"] for t in TARGET_NAMES if f"latency.{t}" in results), {}
+        )
+        fig.suptitle(
+            f"Streaming latency: {scen.get('tokens_per_stream')}-token streams at "
+            f"{scen.get('delay_ms')} ms/token (TTFT on a log scale)"
+        )
+        axes[0][0].set_yscale("log")
+        axes[0][1].set_yscale("log")
         fig.tight_layout()
         written.append(_save(fig, out_dir / f"{stem}-latency.png"))
         plt.close(fig)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peer, report
-from bench.scenarios import PROFILES, REGISTRY, Ctx, Target
+from bench.scenarios import PROFILES, REGISTRY, Ctx, Target, wait_for_quiet
 from bench.stack import ROOT, Stack
 
 ORDER = (
@@ -128,6 +129,11 @@ async def run_all(ctx: Ctx, names: list[str], stop_peer_after: str | None) -> No
         )
         target = ctx.targets.get(target_name)
         print(f"-- {name} ...", flush=True)
+        quiet = (
+            await wait_for_quiet(ctx, ctx.profile.quiet_wait_s)
+            if ctx.profile.quiet_wait_s
+            else None
+        )
         t0 = time.monotonic()
         load = loadavg()
         try:
@@ -143,6 +149,8 @@ async def run_all(ctx: Ctx, names: list[str], stop_peer_after: str | None) -> No
             }
         result["elapsed_s"] = round(time.monotonic() - t0, 1)
         result["loadavg_before"] = load
+        if quiet is not None:
+            result["quiet_before"] = quiet
         ctx.results[name] = result
         print(
             f"   {result['status']} in {result['elapsed_s']} s"
@@ -239,6 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep logs, the database and py-spy output"
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="before each scenario wait up to S seconds for other jobs to stop using the CPU "
+        "(default 120 for the full run, 0 for --quick)",
+    )
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="directory for the gateway's SQLite file (default: the run's temp dir on disk; "
+        "/dev/shm shows what the database's fsyncs cost)",
+    )
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     args = parser.parse_args(argv)
 
@@ -250,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         parser.error(f"no scenario matches {patterns}; see --list")
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.quiet_wait is not None:
+        profile = dataclasses.replace(profile, quiet_wait_s=args.quiet_wait)
     stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S") + (
         "" if profile.name == "full" else f"-{profile.name}"
     )
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (make interrupted, CI timeout) unwinds through the finally below like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
 
-    stack = Stack(workers=args.workers, log_level="INFO")
+    stack = Stack(workers=args.workers, log_level="INFO", db_dir=args.db_dir)
     meta: dict[str, Any] = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "commit": git_commit(),
@@ -269,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             "server": "gunicorn",
             "worker_class": "gevent",
             "workers": args.workers,
-            "database": "SQLite (WAL) file",
+            "database": f"SQLite (WAL) file in {stack.db_dir}",
             "log_level": "INFO",
         },
         "client": "bench.client: one asyncio process, raw HTTP/1.1 + SSE, a connection per stream",
@@ -325,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench failed: {meta['error']}", flush=True)
     finally:
         stack.close()
+        stack.remove_db()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     meta["loadavg_end"] = loadavg()
 

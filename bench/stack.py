@@ -121,11 +121,17 @@ class Stack:
     """Redis + fake upstream + Streamgate under gunicorn (+ the peer), all on loopback."""
 
     def __init__(
-        self, *, workers: int = 2, workdir: Path | None = None, log_level: str = "WARNING"
+        self,
+        *,
+        workers: int = 2,
+        workdir: Path | None = None,
+        log_level: str = "WARNING",
+        db_dir: Path | None = None,
     ) -> None:
         self.workers = workers
         self.log_level = log_level
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sg-bench-"))
+        self.db_dir = db_dir or self.workdir
         self.procs: list[Proc] = []
         self.redis_port = 0
         self.upstream_port = 0
@@ -155,7 +161,7 @@ class Stack:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.workdir / 'bench.db'}"
+        return f"sqlite:///{self.db_dir / f'bench-{self.workdir.name}.db'}"
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -356,6 +362,13 @@ class Stack:
         while len(self.worker_pids()) < self.workers and time.monotonic() < deadline:
             time.sleep(0.1)
 
+    def restart_gateway(self) -> None:
+        """Fresh workers (same database, Redis and tokens): memory measured from a clean heap."""
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.procs.remove(self.gateway)
+        self.start_gateway()
+
     def worker_pids(self) -> list[int]:
         assert self.gateway is not None
         return procstat.children(self.gateway.pid)
@@ -368,6 +381,12 @@ class Stack:
         import redis as redis_lib
 
         return redis_lib.Redis(port=self.redis_port, decode_responses=True)
+
+    def remove_db(self) -> None:
+        """Delete the SQLite files when they live outside the work dir."""
+        if self.db_dir != self.workdir:
+            for path in self.db_dir.glob(f"bench-{self.workdir.name}.db*"):
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._ctx is not None:
