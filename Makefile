@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.streamgate-installed
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
 # `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
-PYTEST_ARGS ?= -m "not soak"
+PYTEST_ARGS ?= -m 'not soak'
 export PYTHONPATH := $(CURDIR)
 
 # Debian packages, each installed only when its program is missing.
