@@ -9,7 +9,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.streamgate-installed
-PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check
+# -qq: errors only (a machine's pip config may warn once per package about its local indexes).
+PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
 # `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
 PYTEST_ARGS ?= -m 'not soak'
 export PYTHONPATH := $(CURDIR)
