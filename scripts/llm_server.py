@@ -39,17 +39,22 @@ def gguf_path(distribution: str = DISTRIBUTION) -> Path:
     raise SystemExit(f"{distribution} is installed but ships no .gguf file")
 
 
-def server_command(
-    model: Path, host: str, port: int, alias: str, extra: list[str]
-) -> list[str]:
+def server_command(model: Path, host: str, port: int, alias: str, extra: list[str]) -> list[str]:
     """The ``llama_cpp.server`` command line for ``model``."""
     return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--host", host,
-        "--port", str(port),
-        "--model_alias", alias,
-        "--verbose", "False",  # llama.cpp's per-tensor load log; the HTTP log stays
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model_alias",
+        alias,
+        "--verbose",
+        "False",  # llama.cpp's per-tensor load log; the HTTP log stays
         *extra,
     ]
 

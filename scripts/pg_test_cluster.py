@@ -109,18 +109,51 @@ def start(directory: Path) -> str:
 
     log(f"==> initdb {data}")
     subprocess.run(
-        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C",
-         "--auth-host=scram-sha-256", "--auth-local=peer", f"--pwfile={pwfile}", "--no-sync"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **drop,  # type: ignore[arg-type]
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-host=scram-sha-256",
+            "--auth-local=peer",
+            f"--pwfile={pwfile}",
+            "--no-sync",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **drop,  # type: ignore[arg-type]
     )
     pwfile.unlink()
     port = free_port()
     with logfile.open("ab") as out:
         proc = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-             "-k", str(sockets), "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=300"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command; `stop` ends it by PID
             **drop,  # type: ignore[arg-type]
         )

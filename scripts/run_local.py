@@ -122,7 +122,8 @@ def main(argv: list[str]) -> int:
 
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-d", str(ROOT), *processes],
-        cwd=ROOT, env=env,
+        cwd=ROOT,
+        env=env,
     )
 
     stopping: list[int] = []

@@ -174,9 +174,7 @@ def test_readme_config_table_is_generated_from_api_config() -> None:
         r"<!-- section:config -->(.*?)<!-- /section:config -->", readme, flags=re.DOTALL
     )
     assert match, "README.md lost its config section markers"
-    table = "\n".join(
-        line for line in match.group(1).splitlines() if line.startswith("|")
-    )
+    table = "\n".join(line for line in match.group(1).splitlines() if line.startswith("|"))
     assert table == markdown_table(), (
         "README's configuration table is stale: paste the output of "
         "`flask --app api:create_app config-table` between the section:config markers"

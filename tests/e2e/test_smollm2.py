@@ -46,7 +46,9 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "scripts.llm_server", "--port", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = ModelServer(f"http://127.0.0.1:{port}/v1", proc, log_path)
 
@@ -74,8 +76,13 @@ def test_chatopenai_streams_real_tokens_from_smollm2(smollm2: ModelServer) -> No
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(
-        base_url=smollm2.base_url, api_key="not-needed", model=MODEL,  # type: ignore[arg-type]
-        max_tokens=24, temperature=0, timeout=60, max_retries=0,
+        base_url=smollm2.base_url,
+        api_key="not-needed",
+        model=MODEL,  # type: ignore[arg-type]
+        max_tokens=24,
+        temperature=0,
+        timeout=60,
+        max_retries=0,
     )
     chunks = list(llm.stream(PROMPT))
     text = "".join(chunk.content for chunk in chunks if isinstance(chunk.content, str))
@@ -96,7 +103,9 @@ def live_overrides(smollm2: ModelServer) -> dict[str, str]:
 
 
 def test_openai_sdk_streams_smollm2_through_streamgate(
-    live: LiveServer, make_tenant: Callable[..., Any], make_user: Callable[..., Any],
+    live: LiveServer,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
     auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     import openai
@@ -106,8 +115,12 @@ def test_openai_sdk_streams_smollm2_through_streamgate(
     client = openai.OpenAI(base_url=live.url + "/v1", api_key=token, timeout=60, max_retries=0)
     try:
         stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True,
-            max_tokens=24, temperature=0, stream_options={"include_usage": True},
+            model=MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+            max_tokens=24,
+            temperature=0,
+            stream_options={"include_usage": True},
         )
         pieces: list[str] = []
         finish: list[str] = []
