@@ -533,7 +533,11 @@ def _plain_operations() -> dict[str, dict[str, Any]]:
                 "docs",
                 "docs_get_openapi",
                 "This OpenAPI document.",
-                {"application/yaml": {"schema": text}},
+                {
+                    "application/yaml": {
+                        "schema": {"type": "object", "description": "This document"}
+                    }
+                },
             )
         },
         "/docs": {
@@ -575,6 +579,11 @@ def build_spec(app: Flask) -> dict[str, Any]:
     spec.setdefault("paths", {}).update(_plain_operations())
 
     components = spec.setdefault("components", {})
+    _optional_bodies(spec)
+    pagination = components.get("headers", {}).get("PAGINATION")
+    if pagination and "schema" in pagination:
+        # The header carries JSON: per OpenAPI that is ``content``, not a (comma-style) ``schema``.
+        pagination["content"] = {"application/json": {"schema": pagination.pop("schema")}}
     components.setdefault("schemas", {}).update(_schema_components())
     responses = components.setdefault("responses", {})
     responses.update(_responses("Error"))
@@ -597,6 +606,22 @@ def build_spec(app: Flask) -> dict[str, Any]:
             spec.setdefault("tags", []).append({"name": name, "description": description})
     spec["tags"] = [tag for tag in spec.get("tags", []) if _tag_used(spec, tag["name"])]
     return spec
+
+
+def _optional_bodies(spec: dict[str, Any]) -> None:
+    """A JSON body whose schema requires no field may be left out (webargs reads it as ``{}``)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    for item in spec["paths"].values():
+        for op in item.values():
+            body = op.get("requestBody") if isinstance(op, dict) else None
+            if not body:
+                continue
+            schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+            ref = schema.get("$ref", "")
+            if ref.startswith("#/components/schemas/"):
+                schema = schemas.get(ref.rsplit("/", 1)[1], {})
+            if schema.get("type") == "object" and not schema.get("required"):
+                body["required"] = False
 
 
 def _tag_used(spec: dict[str, Any], name: str) -> bool:
