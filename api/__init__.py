@@ -104,6 +104,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _init_extensions(app: Flask) -> None:
+    from api.limits import RedisAdmissionControl
     from auth.tokens import init_jwt
     from streaming.providers import build_provider
 
@@ -120,10 +121,11 @@ def _init_extensions(app: Flask) -> None:
     )
     app.extensions["streamgate.metrics"] = Metrics()
     app.extensions["streamgate.llm"] = build_provider(app.config)
+    app.extensions["streamgate.admission"] = RedisAdmissionControl()  # read by runner and keeper
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api.routes import admin, chat, docs, health, metrics, models, streams, usage
+    from api.routes import admin, chat, docs, health, limits_admin, metrics, models, streams, usage
     from api.web import bp as web_bp
     from auth.routes import bp as auth_bp
     from auth.routes import tokens_bp
@@ -137,6 +139,7 @@ def _register_blueprints(app: Flask) -> None:
         streams.bp,
         usage.bp,
         admin.bp,
+        limits_admin.bp,
     ):
         api.register_blueprint(blueprint)
     # Plain Flask blueprints: not JSON resources, documented by hand in the spec.

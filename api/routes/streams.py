@@ -10,6 +10,7 @@ from flask_smorest import Blueprint, Page
 
 from api import streams_service as service
 from api.generations import start_generation
+from api.limits import rate_limited
 from api.schemas.streams import (
     StreamAcceptedSchema,
     StreamCreateSchema,
@@ -40,6 +41,7 @@ def create_stream(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, 
 
 @bp.get("/streams")
 @require("read")
+@rate_limited  # up to 1000 rows from SQL
 @bp.arguments(StreamListQuerySchema, location="query")
 @bp.response(200, StreamSchema(many=True))
 @bp.paginate(Page)
@@ -69,6 +71,7 @@ def cancel_stream(stream_id: str) -> dict[str, Any]:
 
 @bp.post("/events/tickets")
 @require("read")
+@rate_limited  # each ticket opens a hub connection: reconnect storms count as requests
 @bp.arguments(TicketRequestSchema)
 @bp.response(201, TicketSchema)
 def create_event_ticket(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,24 @@
-"""Placeholder blueprint; filled in by its issue."""
+# mypy: disable-error-code="untyped-decorator"
+"""``GET /v1/usage``: your usage today and this minute, and what is left of every limit."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from flask_smorest import Blueprint
 
-bp = Blueprint("usage", __name__, url_prefix="/v1")
+from api import limits
+from api.schemas.limits import UsageReportSchema
+from auth.access import current_identity, require
+
+bp = Blueprint("usage", __name__, url_prefix="/v1", description="Your usage and remaining budget")
+
+
+@bp.get("/usage")
+@require("read")
+@bp.response(200, UsageReportSchema)
+def get_usage() -> dict[str, Any]:
+    """Your usage today and this minute, the remaining budget per limit, your open streams."""
+    ident = current_identity()
+    return {"tenant_id": ident.tenant_id, "user_id": ident.user_id,
+            **limits.usage(ident.tenant_id, ident.user_id)}
