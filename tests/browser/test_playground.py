@@ -141,3 +141,20 @@ def test_second_tab_picks_up_the_stream_and_an_admin_revoke_ends_it_everywhere(
     assert first.evaluate("document.cookie").count("csrf_access_token") == 1  # still logged in
     member.close()
     admin.close()
+
+
+def test_api_reference_renders_from_local_files_only(
+    live: Any, browser: Any, screenshot: Any
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
+    page.goto(live.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Streamgate")
+    expect(page.locator(".opblock-summary-path", has_text="/v1/streams").first).to_be_visible()
+    expect(page.locator(".opblock-summary-path", has_text="/v1/events").first).to_be_visible()
+    screenshot(page, "docs")
+    offsite = [url for url in requested if not url.startswith((live.url, "data:"))]
+    assert offsite == [], f"the reference page reached off the machine: {offsite}"
+    context.close()
