@@ -49,7 +49,12 @@ class Tally:
 
 
 async def follow(
-    base: str, stream_id: str, headers: dict[str, str], tally: Tally, rng: random.Random, stop_at: float
+    base: str,
+    stream_id: str,
+    headers: dict[str, str],
+    tally: Tally,
+    rng: random.Random,
+    stop_at: float,
 ) -> None:
     """Read one stream to its end, cutting the connection at random and resuming each time."""
     pieces: list[str] = []
@@ -72,8 +77,9 @@ async def follow(
         if last_id is not None:
             hdrs["Last-Event-ID"] = last_id
             tally.resumes += 1
-        proto = await exchange(base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=hdrs,
-                               on_event=on_event)
+        proto = await exchange(
+            base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=hdrs, on_event=on_event
+        )
         try:
             cut_after = rng.uniform(0.3, 3.0)
             await asyncio.wait_for(asyncio.shield(proto.done), cut_after)
@@ -100,17 +106,22 @@ async def soak(stack: Stack) -> Tally:
     owners = stack.users("member", GENERATORS)
     watchers = stack.users("admin", 10)  # tenant admins may read every stream of the tenant
     tally = Tally()
-    rng = random.Random(7)  # noqa: S311 - test randomness, reproducible
     stop_at = time.monotonic() + SECONDS
     recent: list[tuple[str, dict[str, str]]] = []
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": f"soak [[fake tokens={TOKENS} delay_ms={DELAY_MS}]]"}]}
+    body = {
+        "model": "fake-model",
+        "messages": [
+            {"role": "user", "content": f"soak [[fake tokens={TOKENS} delay_ms={DELAY_MS}]]"}
+        ],
+    }
 
     async def generator(slot: int) -> None:
         owner = owners[slot]
         await asyncio.sleep(slot * 2.0 / GENERATORS)
         while time.monotonic() < stop_at:
-            status, _, payload = await request_json(base, "POST", "/v1/streams", headers=owner.headers,
-                                                    json_body=body, timeout=30)
+            status, _, payload = await request_json(
+                base, "POST", "/v1/streams", headers=owner.headers, json_body=body, timeout=30
+            )
             tally.status(status)
             if status != 202:
                 tally.stream_failures.append(f"POST /v1/streams answered {status}: {payload}")
@@ -145,7 +156,9 @@ async def soak(stack: Stack) -> Tally:
     return tally
 
 
-async def read_to_end(base: str, stream_id: str, headers: dict[str, str]) -> tuple[int, str | None, str]:
+async def read_to_end(
+    base: str, stream_id: str, headers: dict[str, str]
+) -> tuple[int, str | None, str]:
     pieces: list[str] = []
     terminal: str | None = None
 
@@ -156,7 +169,9 @@ async def read_to_end(base: str, stream_id: str, headers: dict[str, str]) -> tup
         elif name in TERMINAL:
             terminal = name
 
-    proto = await exchange(base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=headers, on_event=on_event)
+    proto = await exchange(
+        base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=headers, on_event=on_event
+    )
     try:
         await asyncio.wait_for(asyncio.shield(proto.done), 120)
     finally:
@@ -182,7 +197,9 @@ def test_soak_subscribers_and_generations(monkeypatch: pytest.MonkeyPatch) -> No
             now = time.time()
             return {
                 "live": redis.zcard("sg:live"),
-                "subscriptions": sum(redis.zcount(k, now, "+inf") for k in redis.scan_iter("sg:subs:*")),
+                "subscriptions": sum(
+                    redis.zcount(k, now, "+inf") for k in redis.scan_iter("sg:subs:*")
+                ),
             }
 
         # Cut connections are noticed at the next heartbeat write; allow two heartbeats.
@@ -192,9 +209,13 @@ def test_soak_subscribers_and_generations(monkeypatch: pytest.MonkeyPatch) -> No
             time.sleep(0.5)
             leftovers = leftovers_now()
         summary = {
-            "seconds": round(elapsed, 1), "streams_started": tally.streams_started,
-            "streams_completed": tally.streams_completed, "subscriptions_followed": tally.followed,
-            "resumes": tally.resumes, "statuses": tally.statuses, "leftovers": leftovers,
+            "seconds": round(elapsed, 1),
+            "streams_started": tally.streams_started,
+            "streams_completed": tally.streams_completed,
+            "subscriptions_followed": tally.followed,
+            "resumes": tally.resumes,
+            "statuses": tally.statuses,
+            "leftovers": leftovers,
         }
         print("soak:", json.dumps(summary))
         assert not [code for code in tally.statuses if code >= 500], summary
