@@ -198,25 +198,33 @@ def test_sse_endpoints_document_every_event_and_the_chunk(spec: dict[str, Any]) 
 def test_channel_events_match_their_schemas(
     app: Any, client: Any, spec: dict[str, Any], make_user: Any, auth_headers: Any
 ) -> None:
+    from api.schemas.events import STREAM_EVENTS
+    from auth.store import get_redis
+    from streaming import control
     from streaming.control import services
 
     user = make_user()
     user_id, headers = user.id, auth_headers(user)  # views end the session: keep plain values
     log = services(app).event_log
 
-    def run(content: str, cancel: bool = False) -> list[tuple[str, str, str]]:
+    def run(content: str, stop: str | None = None) -> list[tuple[str, str, str]]:
         body = {"model": "fake-model", "messages": [{"role": "user", "content": content}]}
         accepted = client.post("/v1/streams", json=body, headers=headers)
         assert accepted.status_code == 202, accepted.get_json()
         assert validator(spec, "StreamAccepted").is_valid(accepted.get_json())
-        channel = accepted.get_json()["channel"]
-        if cancel:
+        channel, stream_id = accepted.get_json()["channel"], accepted.get_json()["id"]
+        if stop:
             wait_until(lambda: any(e == "token" for _, e, _ in log.replay(channel, None)))
-            assert (
-                client.delete(
-                    "/v1/streams/" + accepted.get_json()["id"], headers=headers
-                ).status_code
-                == 202
+        if stop == "cancel":
+            assert client.delete("/v1/streams/" + stream_id, headers=headers).status_code == 202
+        elif stop == "revoke":  # what POST /v1/admin/streams/<id>/revoke sends on the bus
+            control.send(
+                get_redis(),
+                "revoke_stream",
+                60,
+                stream_id=stream_id,
+                by=user_id,
+                reason="spec check",
             )
         return wait_until(
             lambda: (
@@ -228,12 +236,13 @@ def test_channel_events_match_their_schemas(
         )
 
     seen = set()
-    for content, cancel in (
-        ("hi [[fake tokens=5]]", False),
-        ("hi [[fake error_after=2]]", False),
-        ("hi [[fake infinite=1 delay_ms=20]]", True),
+    for content, stop in (
+        ("hi [[fake tokens=5]]", None),
+        ("hi [[fake error_after=2]]", None),
+        ("hi [[fake infinite=1 delay_ms=20]]", "cancel"),
+        ("hi [[fake infinite=1 delay_ms=20]]", "revoke"),
     ):
-        for _id, event, data in run(content, cancel):
+        for _id, event, data in run(content, stop):
             payload = json.loads(data)
             schema = spec["paths"]["/v1/events"]["get"]["responses"]["200"]["content"][
                 "text/event-stream"
@@ -242,18 +251,35 @@ def test_channel_events_match_their_schemas(
             assert not errors, (event, payload, errors)
             assert payload["type"] == event
             seen.add(event)
-    assert {
-        "stream.started",
-        "token",
-        "stream.completed",
-        "stream.failed",
-        "stream.cancelled",
-    } <= seen
+    assert seen == set(STREAM_EVENTS) - {"ping"}  # ping: the next test
     lifecycle = log.replay("users/" + user_id, None)
     assert lifecycle
     for _id, _event, data in lifecycle:
         assert validator(spec, "UserStreamEvent").is_valid(json.loads(data)), data
         assert validator(spec, "HubEvent").is_valid(json.loads(data)), data
+
+
+def test_ping_matches_its_schema(
+    app: Any, client: Any, spec: dict[str, Any], make_user: Any, auth_headers: Any
+) -> None:
+    user = make_user()
+    url, headers = "/v1/events?channel=users/" + user.id, auth_headers(user)
+    app.config["SSE_HEARTBEAT_S"] = 0.1  # an idle channel pings at once
+    response = client.get(url, headers=headers, buffered=False)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    received = ""
+    try:
+        for chunk in response.response:  # bounded: the first ping ends the loop
+            received += chunk.decode()
+            if "event: ping" in received and received.endswith("\n\n"):
+                break
+    finally:
+        response.close()
+    frame = received[received.index("event: ping") :]
+    data = json.loads(next(ln for ln in frame.splitlines() if ln.startswith("data: "))[6:])
+    assert validator(spec, "PingEvent").is_valid(data), data
+    assert validator(spec, "HubEvent").is_valid(data), data
 
 
 def test_direct_stream_chunks_match_the_chunk_schema(
