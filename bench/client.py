@@ -447,8 +447,14 @@ async def subscribe(
     *,
     keep_tokens: bool = False,
     timeout: float = 30.0,
+    method: str = "GET",
+    json_body: Any = None,
 ) -> Subscriber:
-    """Open a hub connection and wait for its first byte (the flush comment); raise on non-200."""
+    """Open an SSE response and wait for its first byte; raise on non-200.
+
+    A hub connection by default; ``method="POST"`` with a chat body follows a direct-mode stream
+    instead, whose in-band ``{"error": ...}`` counts as its terminal event ``error``.
+    """
     sub = Subscriber()
     first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -458,19 +464,22 @@ async def subscribe(
         if not first.done():
             first.set_result(None)
 
-    def on_event(name: str, _data: str, entry: str | None, now: float, wall: float) -> None:
+    def on_event(name: str, data: str, entry: str | None, now: float, wall: float) -> None:
         mark_open(now)
         sub.events[name] = sub.events.get(name, 0) + 1
         if name == "token" and keep_tokens:
             sub.token_recv.append((entry, now, wall))
         elif name in TERMINAL:
             sub.terminal, sub.terminal_at = name, now
+        elif name == "message" and data.startswith('{"error"') and sub.terminal is None:
+            sub.terminal, sub.terminal_at = "error", now
 
     sub.proto = await exchange(
         base_url,
-        "GET",
+        method,
         path,
         headers={**headers, "Accept": "text/event-stream"},
+        json_body=json_body,
         on_event=on_event,
         on_comment=mark_open,
     )

@@ -129,11 +129,10 @@ async def run_all(ctx: Ctx, names: list[str], stop_peer_after: str | None) -> No
         )
         target = ctx.targets.get(target_name)
         print(f"-- {name} ...", flush=True)
-        quiet = (
-            await wait_for_quiet(ctx, ctx.profile.quiet_wait_s)
-            if ctx.profile.quiet_wait_s
-            else None
-        )
+        quiet = None
+        if ctx.profile.quiet_wait_s:
+            quiet = await wait_for_quiet(ctx, ctx.profile.quiet_wait_s)
+            ctx.paused_s += quiet["waited_s"]
         t0 = time.monotonic()
         load = loadavg()
         try:
@@ -281,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM (make interrupted, CI timeout) unwinds through the finally below like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A hard stop however the run goes: the budget, every quiet wait, and setup/teardown slack.
+    signal.signal(signal.SIGALRM, _interrupt)
+    signal.alarm(int(profile.budget_s + len(names) * profile.quiet_wait_s + 600))
 
     stack = Stack(workers=args.workers, log_level="INFO", db_dir=args.db_dir)
     meta: dict[str, Any] = {
@@ -349,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         print(f"bench failed: {meta['error']}", flush=True)
     finally:
+        signal.alarm(0)
         stack.close()
         stack.remove_db()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -360,7 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out_json = args.out / f"{stamp}.json"
     out_json.write_text(json.dumps(document, indent=1) + "\n")
-    pngs = [] if args.no_plots else report.plots(results, args.out, stamp)
+    pngs: list[Path] = []
+    if not args.no_plots:
+        try:
+            pngs = report.plots(results, args.out, stamp)
+        except Exception as exc:  # noqa: BLE001 - the JSON is written; a figure must not hide it
+            print(f"plots failed: {type(exc).__name__}: {exc}")
     if args.docs_img is not None:
         args.docs_img.mkdir(parents=True, exist_ok=True)
         for png in pngs:

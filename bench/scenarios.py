@@ -69,6 +69,7 @@ PROFILES = {
         revoke_streams=5,
         profile_seconds=5.0,
         budget_s=240.0,
+        quiet_wait_s=0.0,
     ),
     "smoke": Profile(
         "smoke",
@@ -90,6 +91,7 @@ PROFILES = {
         profile_seconds=1.0,
         connect_parallel=5,
         budget_s=150.0,
+        quiet_wait_s=0.0,
     ),
 }
 
@@ -114,6 +116,7 @@ class Ctx:
     peer: Proc | None = None
     results: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    paused_s: float = 0.0
     py_spy: str | None = field(default_factory=lambda: _find_py_spy())
 
     def our_pids(self) -> list[int]:
@@ -121,7 +124,8 @@ class Ctx:
         return [os.getpid()] + [pid for proc in self.stack.procs for pid in proc.pids()]
 
     def remaining(self) -> float:
-        return self.profile.budget_s - (time.monotonic() - self.started)
+        """Seconds left of the profile's budget (time spent waiting for quiet is not counted)."""
+        return self.profile.budget_s - (time.monotonic() - self.started - self.paused_s)
 
 
 def _find_py_spy() -> str | None:
@@ -633,6 +637,7 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
 
 @scenario("channel.revoke")
 async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
+    """Revocation latency with ``revoke_streams`` live streams (half channel, half direct)."""
     missing = _channel_missing(ctx)
     if missing:
         return missing
@@ -643,36 +648,47 @@ async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
             "reason": "admin API not present (POST /v1/admin/streams/<id>/revoke)",
         }
     prof = ctx.profile
-    n = prof.revoke_streams
+    n = max(2, prof.revoke_streams)
     members = stack.users("member", n)
     admin = stack.users("admin", 1)[0]
-    live: list[tuple[str, client.Subscriber]] = []
+    endless = {"max_tokens": 4000, "infinite": 1}  # 80 s at 20 ms/token: live until revoked
+    live: list[tuple[str, str, client.Subscriber]] = []  # (mode, stream id, connection)
     try:
         for i in range(n):
-            status, _, body = await client.request_json(
-                stack.gateway_url,
-                "POST",
-                "/v1/streams",
-                headers=members[i].headers,
-                json_body=chat_payload(1, prof.delay_ms, stream=None, max_tokens=4000, infinite=1),
-            )
-            if status != 202 or not isinstance(body, dict):
-                return {"status": "error", "reason": f"POST /v1/streams answered {status}: {body}"}
-            sub = await client.subscribe(
-                stack.gateway_url,
-                f"/v1/events?channel={body['channel']}",
-                members[i].headers,
-                timeout=30,
-            )
-            live.append((body["id"], sub))
+            headers = members[i].headers
+            if i % 2 == 0:
+                status, _, body = await client.request_json(
+                    stack.gateway_url,
+                    "POST",
+                    "/v1/streams",
+                    headers=headers,
+                    json_body=chat_payload(1, prof.delay_ms, stream=None, **endless),
+                )
+                if status != 202 or not isinstance(body, dict):
+                    return {"status": "error", "reason": f"POST /v1/streams: {status} {body}"}
+                sub = await client.subscribe(
+                    stack.gateway_url, f"/v1/events?channel={body['channel']}", headers
+                )
+                live.append(("channel", body["id"], sub))
+            else:
+                sub = await client.subscribe(
+                    stack.gateway_url,
+                    "/v1/chat/completions",
+                    headers,
+                    method="POST",
+                    json_body=chat_payload(1, prof.delay_ms, **endless),
+                )
+                stream_id = sub.proto.headers.get("x-stream-id") if sub.proto else None
+                if not stream_id:
+                    return {"status": "error", "reason": "direct stream without X-Stream-Id"}
+                live.append(("direct", stream_id, sub))
         await asyncio.sleep(0.5)
-        samples: dict[str, list[float]] = {
-            "call_ms": [],
-            "event_ms": [],
-            "closed_ms": [],
-            "upstream_ms": [],
+        samples: dict[str, dict[str, list[float]]] = {
+            mode: {"call_ms": [], "event_ms": [], "closed_ms": [], "upstream_ms": []}
+            for mode in ("channel", "direct")
         }
-        for stream_id, sub in live:
+        missed: dict[str, int] = {}
+        for mode, stream_id, sub in live:
             stats0 = await _upstream_stats(ctx)
             t0 = time.perf_counter()
             status, _, body = await client.request_json(
@@ -685,7 +701,8 @@ async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
             t1 = time.perf_counter()
             if status >= 300:
                 return {"status": "error", "reason": f"revoke answered {status}: {body}"}
-            samples["call_ms"].append((t1 - t0) * 1000)
+            got = samples[mode]
+            got["call_ms"].append((t1 - t0) * 1000)
             upstream_at = None
             deadline = t0 + 5
             while time.perf_counter() < deadline:
@@ -695,20 +712,31 @@ async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
                 if upstream_at is not None and sub.proto is not None and sub.proto.done.done():
                     break
                 await asyncio.sleep(0.002)
-            if sub.terminal == "stream.revoked":
-                samples["event_ms"].append((sub.terminal_at - t0) * 1000)
+            if sub.terminal in {"stream.revoked", "error"}:
+                got["event_ms"].append((sub.terminal_at - t0) * 1000)
+            else:
+                key = f"{mode}: ended with {sub.terminal}"
+                missed[key] = missed.get(key, 0) + 1
             if sub.closed_at:
-                samples["closed_ms"].append((sub.closed_at - t0) * 1000)
+                got["closed_ms"].append((sub.closed_at - t0) * 1000)
+            else:
+                key = f"{mode}: not closed in 5 s"
+                missed[key] = missed.get(key, 0) + 1
             if upstream_at is not None:
-                samples["upstream_ms"].append((upstream_at - t0) * 1000)
+                got["upstream_ms"].append((upstream_at - t0) * 1000)
+            else:
+                key = f"{mode}: upstream open after 5 s"
+                missed[key] = missed.get(key, 0) + 1
     finally:
-        for _, sub in live:
+        for _, _, sub in live:
             sub.close()
     return {
         "status": "ok",
         "live_streams": n,
-        "from": "start of the admin call",
-        **{k: pct(v, 1, 2) for k, v in samples.items()},
+        "from": "start of the admin call; one revoke at a time while the others stay live",
+        "event": "channel: stream.revoked received; direct: in-band error received",
+        "missed": missed,
+        **{mode: {k: pct(v, 1, 2) for k, v in got.items()} for mode, got in samples.items()},
     }
 
 
