@@ -451,7 +451,7 @@ async def channel_idle(ctx: Ctx) -> dict[str, Any]:
     users = stack.users("member", max(prof.idle_counts))
     # Fresh workers, warmed by a few streams: earlier load leaves freed heap that idle
     # subscribers would silently reuse, hiding their cost.
-    await asyncio.to_thread(stack.restart_gateway)
+    stack.restart_gateway()  # main thread: children die with the thread that spawned them
     target = ctx.targets["channel"]
     target.base = stack.gateway_url
     if (direct := ctx.targets.get("direct")) is not None:

@@ -7,6 +7,7 @@ SIGKILL of the PIDs it had spawned) when the run ends, however it ends. All list
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import secrets
@@ -48,6 +49,16 @@ def raise_fd_limit(wanted: int = 65536) -> int:
         except (ValueError, OSError):
             continue
     return soft
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the run is killed outright (SIGKILL, OOM).
+
+    Linux sends it when the spawning *thread* ends, so every process is spawned from the main
+    thread.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_http(
@@ -182,6 +193,7 @@ class Stack:
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         proc = Proc(name, popen, log, stop_signal)
         self.procs.append(proc)
