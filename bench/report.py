@@ -409,3 +409,70 @@ def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     return path
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The results tables for docs/performance.md (``python -m bench.report <results.json>``)."""
+    results, meta = document["scenarios"], document["meta"]
+    lines = [
+        f"Run `{meta['date']}` at commit `{meta['commit']}`, profile `{meta['profile']}`, "
+        f"{meta['machine']['cores']} cores ({meta['machine']['cpu']}), "
+        f"{meta['gateway']['workers']} gunicorn gevent workers.",
+        "",
+        "| target | concurrent | ok | TTFT p50 ms | TTFT p99 ms | gap p50 ms | gap p99 ms | "
+        "total p50 s | x floor p50 | x floor p99 | tokens/s | CPU us/token | RSS MB | "
+        "other jobs (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target in TARGET_NAMES:
+        scen = results.get(f"latency.{target}") or {}
+        if scen.get("status") != "ok":
+            if scen:
+                lines.append(f"| {target} | {scen.get('status')}: {scen.get('reason', '')} |")
+            continue
+        for conc, lv in scen["levels"].items():
+            if "ttft_ms" not in lv:
+                continue
+            vs = lv.get("vs_floor") or {}
+            lines.append(
+                f"| {target} | {conc} | {lv['ok']}/{lv['streams']} | "
+                f"{_fmt(lv['ttft_ms']['p50'])} | {_fmt(lv['ttft_ms']['p99'])} | "
+                f"{_fmt(lv['gap_ms']['p50'])} | "
+                f"{_fmt(lv['gap_ms']['p99'])} | {_fmt(lv['total_s']['p50'], 3)} | "
+                f"{_fmt(vs.get('total_p50_ratio'), 3)} | {_fmt(vs.get('total_p99_ratio'), 3)} | "
+                f"{_fmt(lv['tokens_per_s'])} | {_fmt(lv['cpu']['us_per_token'])} | "
+                f"{_fmt(lv['rss_peak_mb'])} | "
+                f"{_fmt(lv.get('machine', {}).get('other_processes_cores'), 2)} |"
+            )
+    lines += [
+        "",
+        "| target | CPU us/token (200-token streams) | CPU s per 1,000 tokens | "
+        "fit: us per extra token | fit: ms per stream | client CPU us/token |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in TARGET_NAMES:
+        scen = results.get(f"cpu.{target}") or {}
+        if scen.get("status") != "ok":
+            continue
+        fit = scen.get("fit") or {}
+        head = scen["runs"][str(scen["headline_tokens_per_stream"])]
+        lines.append(
+            f"| {target} | {_fmt(scen['headline_us_per_token'])} | "
+            f"{_fmt(scen['headline_s_per_1000_tokens'], 4)} | "
+            f"{_fmt(fit.get('marginal_us_per_token'))} | {_fmt(fit.get('per_stream_ms'), 2)} | "
+            f"{_fmt(head['client']['us_per_token'])} |"
+        )
+    lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for c in document["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[c["met"]]
+        lines.append(
+            f"| {c['target']} | {c['goal']} | {_fmt(c['measured'], 2)} {c['unit']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
