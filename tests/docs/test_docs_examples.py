@@ -3,8 +3,9 @@
 A fenced block whose info string has ``title=...`` is an example: ``sh`` blocks of a page run in
 order as one bash script (later blocks use variables earlier ones set), each ``python`` block runs
 on its own, and ``js`` blocks are syntax-checked with node when it is installed (their packages,
-the openai SDK and fetch-event-source, are not part of this project). ``expect=...`` names text
-the example must print.
+the openai SDK and fetch-event-source, are not part of this project; the EventSource example runs
+in Chromium: tests/browser/test_docs_in_browser.py). ``expect=...`` names text the example must
+print.
 """
 
 from __future__ import annotations
