@@ -114,6 +114,7 @@
     const admin = (me.role === "admin" || me.role === "operator")
       && me.token && (me.token.scopes || []).includes("admin");
     $("admin-view").hidden = !admin;
+    $("admin-title").textContent = me.role === "operator" ? "Live streams, all tenants" : "Live streams in your tenant";
     if (admin) startAdmin();
   }
 
