@@ -14,7 +14,7 @@ from auth.store import db, get_redis
 from auth.tickets import issue_ticket
 from streaming import control, state
 from streaming.channel import LogSink, stream_channel
-from streaming.control import services
+from streaming.control import event_log, services
 from streaming.models import TERMINAL, StreamRecord
 from streaming.runner import Generation, RunHandle, run_generation, spawn
 
@@ -31,11 +31,18 @@ def launch(app: Flask, gen: Generation) -> None:
 
 def accepted(gen: Generation) -> dict[str, Any]:
     channel = stream_channel(gen.stream_id)
-    return {"id": gen.stream_id, "channel": channel, "events_url": events_url(channel), "status": "running"}
+    return {
+        "id": gen.stream_id,
+        "channel": channel,
+        "events_url": events_url(channel),
+        "status": "running",
+    }
 
 
 def user_streams(tenant_id: str, user_id: str, status: str | None) -> list[StreamRecord]:
-    query = select(StreamRecord).where(StreamRecord.tenant_id == tenant_id, StreamRecord.user_id == user_id)
+    query = select(StreamRecord).where(
+        StreamRecord.tenant_id == tenant_id, StreamRecord.user_id == user_id
+    )
     if status:
         query = query.where(StreamRecord.status == status)
     rows = db.session.scalars(query.order_by(StreamRecord.created_at.desc()).limit(1000)).all()
@@ -49,7 +56,9 @@ def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:
         raise ApiError(404, "No such stream.", code="stream_not_found")
     if ident.is_operator and ident.is_admin:
         return record
-    if record.tenant_id != ident.tenant_id or (record.user_id != ident.user_id and not ident.is_admin):
+    if record.tenant_id != ident.tenant_id or (
+        record.user_id != ident.user_id and not ident.is_admin
+    ):
         raise ApiError(404, "No such stream.", code="stream_not_found")
     return record
 
@@ -58,11 +67,14 @@ def _text_so_far(record: StreamRecord) -> str | None:
     if record.status not in TERMINAL or record.text is None:
         if record.mode != "channel":
             return record.text
-        rows = services(current_app._get_current_object()).event_log.replay(  # type: ignore[attr-defined]
-            stream_channel(record.id), None)
+        rows = event_log(current_app._get_current_object()).replay(  # type: ignore[attr-defined]
+            stream_channel(record.id), None
+        )
         import json
 
-        return "".join(json.loads(data).get("text", "") for _, event, data in rows if event == "token")
+        return "".join(
+            json.loads(data).get("text", "") for _, event, data in rows if event == "token"
+        )
     return record.text
 
 
@@ -73,12 +85,26 @@ def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
     completion = int(live.get("tokens") or record.completion_tokens or 0)
     channel = stream_channel(record.id)
     out: dict[str, Any] = {
-        "id": record.id, "channel": channel, "events_url": events_url(channel), "user_id": record.user_id,
-        "mode": record.mode, "model": record.model, "status": status, "created_at": record.created_at,
-        "finished_at": record.finished_at, "finish_reason": record.finish_reason,
-        "usage": {"prompt_tokens": record.prompt_tokens, "completion_tokens": completion,
-                  "total_tokens": record.prompt_tokens + completion},
-        "error": ({"code": record.error_code, "message": record.error_message} if record.error_code else None),
+        "id": record.id,
+        "channel": channel,
+        "events_url": events_url(channel),
+        "user_id": record.user_id,
+        "mode": record.mode,
+        "model": record.model,
+        "status": status,
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+        "finish_reason": record.finish_reason,
+        "usage": {
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": record.prompt_tokens + completion,
+        },
+        "error": (
+            {"code": record.error_code, "message": record.error_message}
+            if record.error_code
+            else None
+        ),
     }
     if with_text:
         out["text"] = _text_so_far(record)
@@ -89,10 +115,19 @@ def cancel(ident: Identity, record: StreamRecord) -> dict[str, Any]:
     """Ask the worker running the stream to stop it; 409 if it already ended."""
     live = state.live_status(record.id)
     if record.status in TERMINAL or live.get("status", "running") != "running":
-        raise ApiError(409, f"The stream already ended ({live.get('status', record.status)}).",
-                       code="stream_finished")
-    control.send(get_redis(), "cancel_stream", int(current_app.config["STREAM_MAX_DURATION_S"]),
-                 stream_id=record.id, by=ident.user_id, reason="cancelled by user")
+        raise ApiError(
+            409,
+            f"The stream already ended ({live.get('status', record.status)}).",
+            code="stream_finished",
+        )
+    control.send(
+        get_redis(),
+        "cancel_stream",
+        int(current_app.config["STREAM_MAX_DURATION_S"]),
+        stream_id=record.id,
+        by=ident.user_id,
+        reason="cancelled by user",
+    )
     out = describe(record, with_text=False)
     out["status"] = "cancelling"
     return out
@@ -111,5 +146,9 @@ def ticket(ident: Identity, claims: dict[str, Any], channel: str) -> dict[str, A
     if not may_read(ident, channel, owner_of=owner_of):
         raise ApiError(403, "You may not read this channel.", code="channel_forbidden")
     value, ttl = issue_ticket(claims, channel)
-    return {"ticket": value, "expires_in": ttl, "channel": channel,
-            "events_url": events_url(channel) + "&ticket=" + value}
+    return {
+        "ticket": value,
+        "expires_in": ttl,
+        "channel": channel,
+        "events_url": events_url(channel) + "&ticket=" + value,
+    }

@@ -24,10 +24,12 @@ from typing import Any
 
 import redis
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from auth.store import REDIS_EXTENSION
 from streaming import sse
-from streaming.log import EventLog, parse_id, topic
+from streaming.log import EVENT_TOPIC_PREFIX, EventLog, parse_id, topic
 
 log = logging.getLogger("streamgate.control")
 
@@ -51,15 +53,31 @@ def send(client: redis.Redis, op: str, ttl_s: int, **fields: Any) -> None:
 
 
 class Subscriber:
-    """One open hub connection in this process."""
+    """One open hub connection in this process.
 
-    __slots__ = ("channel", "user_id", "jti", "tenant_id", "queue", "closed")
+    ``claims`` are the verified token's (for the batched revocation re-check), ``conn_id`` its entry
+    in the user's subscription set (renewed in batch by the keeper, so an idle subscriber makes no
+    Redis call of its own).
+    """
 
-    def __init__(self, channel: str, user_id: str, jti: str, tenant_id: str, maxsize: int) -> None:
+    __slots__ = ("channel", "user_id", "jti", "tenant_id", "claims", "conn_id", "queue", "closed")
+
+    def __init__(
+        self,
+        channel: str,
+        user_id: str,
+        jti: str,
+        tenant_id: str,
+        maxsize: int,
+        claims: dict[str, Any] | None = None,
+        conn_id: str = "",
+    ) -> None:
         self.channel = channel
         self.user_id = user_id
         self.jti = jti
         self.tenant_id = tenant_id
+        self.claims = claims or {}
+        self.conn_id = conn_id
         self.queue: queue.Queue[Any] = queue.Queue(maxsize)
         self.closed: str | None = None
 
@@ -80,54 +98,106 @@ class Subscriber:
                 pass  # the reader finds ``closed`` set at its next item
 
 
+class _Channel:
+    """The local subscribers of one hub channel, and whether Redis confirmed our SUBSCRIBE."""
+
+    __slots__ = ("subs", "ready")
+
+    def __init__(self) -> None:
+        self.subs: set[Subscriber] = set()
+        self.ready = threading.Event()
+
+
 class Dispatcher:
-    """The worker's single pub/sub reader: control messages and hub fan-out."""
+    """The worker's single pub/sub reader: control messages and hub fan-out.
+
+    A subscriber must not replay the log before Redis has processed the SUBSCRIBE for its
+    channel, or an event appended in between would be neither replayed nor delivered. ``add``
+    returns an event that is set when Redis confirmed the subscription: SUBSCRIBE and UNSUBSCRIBE
+    replies arrive in the order the commands were sent, so a channel is ready when the reply to
+    the last SUBSCRIBE sent for it has arrived (``pending`` counts the unanswered ones).
+
+    The connection never reconnects silently (redis-py's default retry would re-subscribe and hide
+    the messages published while it was away): any failure surfaces here, every local subscriber
+    is closed (it resumes from the log with Last-Event-ID), and a fresh connection subscribes anew.
+    """
 
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.lock = threading.RLock()
-        self.channels: dict[str, set[Subscriber]] = {}
+        self.channels: dict[str, _Channel] = {}
+        self.pending: dict[str, int] = {}
         self.handlers: list[Callable[[dict[str, Any]], None]] = []
         self.pubsub: Any = None
         self.running = True
         self.healthy = threading.Event()
         url = app.config["REDIS_URL"]
-        # Its own connection without a read timeout: it waits for messages indefinitely.
-        self.client = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2,
-                                           socket_keepalive=True)
+        # Its own connection without a read timeout (it waits for messages indefinitely) and
+        # without retries (a reconnect must be seen, not papered over).
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"sg-hub:{os.getpid()}",
+        )
 
     # --- subscriptions --------------------------------------------------------------------
 
-    def add(self, sub: Subscriber) -> None:
+    def add(self, sub: Subscriber) -> threading.Event:
+        """Register ``sub`` for its channel's live events; wait on the result before replaying."""
         with self.lock:
-            subs = self.channels.get(sub.channel)
-            if subs is None:
-                subs = self.channels[sub.channel] = set()
-                if self.pubsub is not None:
-                    self.pubsub.subscribe(topic(sub.channel))
-            subs.add(sub)
+            state = self.channels.get(sub.channel)
+            if state is None:
+                state = self.channels[sub.channel] = _Channel()
+                self._send("subscribe", sub.channel)
+            state.subs.add(sub)
+            return state.ready
 
     def remove(self, sub: Subscriber) -> None:
         with self.lock:
-            subs = self.channels.get(sub.channel)
-            if subs is None:
+            state = self.channels.get(sub.channel)
+            if state is None or sub not in state.subs:
                 return
-            subs.discard(sub)
-            if not subs:
+            state.subs.discard(sub)
+            if not state.subs:
                 del self.channels[sub.channel]
-                if self.pubsub is not None:
-                    try:
-                        self.pubsub.unsubscribe(topic(sub.channel))
-                    except redis.RedisError:
-                        pass  # the reconnect resubscribes only to live channels
+                self._send("unsubscribe", sub.channel)
+
+    def _send(self, command: str, channel: str) -> None:
+        # Called with the lock held. When the connection is down, the next connect subscribes
+        # to every channel that still has subscribers; a failure here is the reader's to handle.
+        if self.pubsub is None or not self.healthy.is_set():
+            return
+        name = topic(channel)
+        try:
+            if command == "subscribe":
+                self.pending[name] = self.pending.get(name, 0) + 1
+                self.pubsub.subscribe(name)
+            else:
+                self.pubsub.unsubscribe(name)
+        except (redis.RedisError, OSError):
+            log.warning("hub %s %s failed; the reader reconnects", command, channel)
+
+    def _confirmed(self, name: str) -> None:
+        with self.lock:
+            left = self.pending.get(name, 0) - 1
+            if left > 0:
+                self.pending[name] = left
+                return
+            self.pending.pop(name, None)
+            state = self.channels.get(name[len(EVENT_TOPIC_PREFIX) :])
+            if state is not None:
+                state.ready.set()
 
     def subscribers(self, predicate: Callable[[Subscriber], bool]) -> list[Subscriber]:
         with self.lock:
-            return [s for subs in self.channels.values() for s in subs if predicate(s)]
+            return [s for state in self.channels.values() for s in state.subs if predicate(s)]
 
     def count(self) -> int:
         with self.lock:
-            return sum(len(s) for s in self.channels.values())
+            return sum(len(state.subs) for state in self.channels.values())
 
     # --- the reader -----------------------------------------------------------------------
 
@@ -139,13 +209,17 @@ class Dispatcher:
                 backoff = 0.1
                 self._listen()
             except Exception as exc:  # noqa: BLE001 - any failure of the connection means reconnect
-                self.healthy.clear()
+                with self.lock:
+                    self.healthy.clear()
+                    for state in self.channels.values():
+                        state.ready.clear()
+                    subs = [s for state in self.channels.values() for s in state.subs]
                 if not self.running:
                     return  # stop() closed the connection under us
                 log.warning("control/hub connection lost: %s; reconnecting", exc)
                 # Anything published while we were away was missed: close local subscribers so
                 # they resume from the log with Last-Event-ID, rather than silently skip events.
-                for sub in self.subscribers(lambda s: True):
+                for sub in subs:
                     sub.close("hub_reconnect")
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -155,11 +229,13 @@ class Dispatcher:
             if self.pubsub is not None:
                 try:
                     self.pubsub.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110 - it is being replaced either way
                     pass
-            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            self.pubsub.subscribe(CONTROL_TOPIC, *[topic(c) for c in self.channels])
-        self.healthy.set()
+            self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+            names = [topic(c) for c in self.channels]
+            self.pending = dict.fromkeys([CONTROL_TOPIC, *names], 1)
+            self.pubsub.subscribe(CONTROL_TOPIC, *names)
+            self.healthy.set()
 
     def _listen(self) -> None:
         idle_since = time.monotonic()
@@ -171,16 +247,20 @@ class Dispatcher:
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()
-            if message.get("type") != "message":
-                continue
+            kind = message.get("type")
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
+            if kind == "subscribe":
+                self._confirmed(channel)
+                continue
+            if kind != "message":
+                continue
             data = message["data"]
             data = data.decode() if isinstance(data, bytes) else data
             if channel == CONTROL_TOPIC:
                 self._control(data)
-            elif channel.startswith("sg:ev:"):
-                self._fan_out(channel[len("sg:ev:"):], data)
+            elif channel.startswith(EVENT_TOPIC_PREFIX):
+                self._fan_out(channel[len(EVENT_TOPIC_PREFIX) :], data)
 
     def _fan_out(self, channel: str, data: str) -> None:
         entry_id, event, payload = data.split("\n", 2)
@@ -190,7 +270,8 @@ class Dispatcher:
         frame = sse.frame(payload, event=event, id=entry_id)
         item = (parsed, entry_id, event, frame)
         with self.lock:
-            subs = list(self.channels.get(channel, ()))
+            state = self.channels.get(channel)
+            subs = list(state.subs) if state is not None else []
         for sub in subs:
             sub.offer(item)
 
@@ -211,7 +292,7 @@ class Dispatcher:
             if self.pubsub is not None:
                 try:
                     self.pubsub.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110 - it is being replaced either way
                     pass
         self.client.close()
 
@@ -223,14 +304,18 @@ class Services:
         self.app = app
         self.pid = os.getpid()
         self.dispatcher = Dispatcher(app)
-        self.event_log = EventLog(app.extensions[REDIS_EXTENSION], app.config["STREAM_LOG_MAXLEN"])
+        self.event_log = event_log(app)
         self.running = True
+        self.stopping = threading.Event()  # wakes the keeper's sleep at once on stop
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         from streaming.keeper import keep
 
-        for name, target in (("hub-dispatcher", self.dispatcher.run), ("keeper", lambda: keep(self))):
+        for name, target in (
+            ("hub-dispatcher", self.dispatcher.run),
+            ("keeper", lambda: keep(self)),
+        ):
             thread = threading.Thread(target=target, name=f"streamgate-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -238,9 +323,24 @@ class Services:
 
     def stop(self) -> None:
         self.running = False
+        self.stopping.set()
         self.dispatcher.stop()
         for thread in self.threads:
             thread.join(2)
+
+
+def event_log(app: Flask) -> EventLog:
+    """The app's event log (no background work: appending needs only the Redis client).
+
+    Publishing must not start the services: a run that outlives its app's services (a test's
+    teardown, a worker shutting down) would otherwise start them again.
+    """
+    current: EventLog | None = app.extensions.get("streamgate.event_log")
+    if current is None:
+        current = EventLog(app.extensions[REDIS_EXTENSION], app.config["STREAM_LOG_MAXLEN"],
+                           retry_s=app.config["REDIS_RETRY_S"])
+        app.extensions["streamgate.event_log"] = current
+    return current
 
 
 _start_lock = threading.Lock()

@@ -69,7 +69,35 @@ def keep(services: Services) -> None:
                 tick(app)
         except Exception:  # noqa: BLE001 - the keeper must survive Redis or database outages
             log.warning("keeper tick failed", exc_info=True)
-        time.sleep(max(0.0, period - (time.monotonic() - started)))
+        try:
+            with app.app_context():
+                maintain_subscribers(app, services)
+        except Exception:  # noqa: BLE001
+            log.warning("keeper: hub subscriber upkeep failed", exc_info=True)
+        services.stopping.wait(max(0.0, period - (time.monotonic() - started)))
+
+
+def maintain_subscribers(app: Flask, services: Services) -> None:
+    """Renew this worker's hub subscriptions and close those whose token was revoked, in batch.
+
+    The control bus closes them at once; this catches a revocation that came without a message
+    (logout, a disabled tenant) within one keeper interval, with two round trips per worker.
+    """
+    from auth.tokens import revoked_among
+    from streaming.hub import renew_subscriptions
+
+    subs = services.dispatcher.subscribers(lambda s: s.closed is None)
+    if not subs:
+        return
+    renew_subscriptions(app, subs)
+    tokens: dict[str, dict[str, Any]] = {}
+    for sub in subs:
+        tokens.setdefault(sub.jti, sub.claims)
+    hits = revoked_among(list(tokens.values()))
+    revoked = {jti for jti, hit in zip(tokens, hits, strict=True) if hit}
+    for sub in subs:
+        if sub.jti in revoked:
+            sub.close("revoked")
 
 
 def tick(app: Flask) -> None:

@@ -9,17 +9,31 @@ one slot.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
+
+T = TypeVar("T")
 
 EventId = tuple[int, int]
 ID_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 
+# ARGV[6] names this append; a retry after a lost reply finds it in KEYS[2] and gets the id
+# of the entry already written instead of writing the event twice.
 _APPEND = """
+local prev = redis.call('GET', KEYS[2])
+if prev then
+  local sep = string.find(prev, ' ', 1, true)
+  if sep and string.sub(prev, 1, sep - 1) == ARGV[6] then return string.sub(prev, sep + 1) end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. id, 'EX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 return id
 """
@@ -29,9 +43,34 @@ def log_key(channel: str) -> str:
     return "sg:log:{" + channel + "}"
 
 
+def _dedupe_key(channel: str) -> str:
+    return "sg:logdd:{" + channel + "}"
+
+
+def with_redis_retry(fn: Callable[[], T], seconds: float) -> T:
+    """Call ``fn``, retrying connection failures with backoff for up to ``seconds``.
+
+    A generation rides out a Redis restart (a second or two) instead of failing; past the
+    deadline the error propagates and the run fails cleanly.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+EVENT_TOPIC_PREFIX = "sg:ev:"
+
+
 def topic(channel: str) -> str:
     """The pub/sub topic that announces new entries of ``channel``."""
-    return "sg:ev:" + channel
+    return EVENT_TOPIC_PREFIX + channel
 
 
 def parse_id(raw: str | bytes | None) -> EventId | None:
@@ -46,17 +85,25 @@ def parse_id(raw: str | bytes | None) -> EventId | None:
 class EventLog:
     """Append to and read from channel logs on one Redis client."""
 
-    def __init__(self, client: redis.Redis, maxlen: int) -> None:
+    def __init__(self, client: redis.Redis, maxlen: int, retry_s: float = 0.0) -> None:
         self.client = client
         self.maxlen = maxlen
+        self.retry_s = retry_s
         self._append = client.register_script(_APPEND)
+        self._names = itertools.count()
+        self._pid = os.getpid()
 
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
-        """Append one event; returns its entry id (the SSE ``id``)."""
-        entry = self._append(keys=[log_key(channel)], args=[self.maxlen, event, data, ttl_s, topic(channel)])
+        """Append one event exactly once (retried through a Redis restart); returns its entry id."""
+        name = f"{self._pid}:{next(self._names)}"
+        args = [self.maxlen, event, data, ttl_s, topic(channel), name]
+        keys = [log_key(channel), _dedupe_key(channel)]
+        entry = with_redis_retry(lambda: self._append(keys=keys, args=args), self.retry_s)
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    def read_after(self, channel: str, after: str | None, count: int = 1000) -> list[tuple[str, str, str]]:
+    def read_after(
+        self, channel: str, after: str | None, count: int = 1000
+    ) -> list[tuple[str, str, str]]:
         """Entries strictly after ``after`` (or from the start): ``(id, event, data)``."""
         start = "-" if after is None else "(" + after
         rows = self.client.xrange(log_key(channel), min=start, max="+", count=count)
@@ -73,15 +120,32 @@ class EventLog:
                 return out
             cursor = page[-1][0]
 
-    def history_lost(self, channel: str, after: str) -> bool:
-        """True when entries after ``after`` were trimmed or expired (a gap we cannot fill)."""
+    def history_lost(self, channel: str, after: str | None) -> bool:
+        """True when entries after ``after`` (or, without it, from the start) are gone.
+
+        Trimming (``MAXLEN``) drops the oldest entries without moving ``max-deleted-entry-id``, so
+        the test is on the oldest entry still kept: a reader whose last id is older than it, in a
+        log that dropped entries, cannot be given what it missed. (Conservative by one case: a
+        last id that was exactly the newest entry dropped.)
+        """
         try:
             info: dict[Any, Any] = self.client.xinfo_stream(log_key(channel))
-        except redis.ResponseError:  # no such key: the whole log expired
+        except redis.ResponseError:  # no such key: the whole log expired (or never existed)
+            return after is not None
+        added = int(_get(info, "entries-added") or 0)
+        if added <= int(_get(info, "length") or 0):
+            return False  # nothing was ever dropped
+        if after is None:
             return True
-        deleted = parse_id(info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id"))
+        first = _get(info, "first-entry")
+        oldest = parse_id(first[0]) if first else parse_id(_get(info, "last-generated-id"))
         wanted = parse_id(after)
-        return deleted is not None and wanted is not None and wanted < deleted
+        return oldest is not None and wanted is not None and wanted < oldest
+
+    def last_event(self, channel: str) -> str | None:
+        """The name of the newest event in ``channel``'s log (None when empty or expired)."""
+        rows = self.client.xrevrange(log_key(channel), max="+", min="-", count=1)
+        return _s(rows[0][1][b"e"]) if rows else None
 
     def exists(self, channel: str) -> bool:
         return bool(self.client.exists(log_key(channel)))
@@ -92,3 +156,7 @@ class EventLog:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _get(info: dict[Any, Any], name: str) -> Any:
+    return info.get(name, info.get(name.encode()))

@@ -1,0 +1,273 @@
+"""Who may open ``GET /v1/events``: the gate refuses before it streams, and before Redis if it can.
+
+- a malformed channel (or ``Last-Event-ID``) is a 400 decided on the name alone: the app's Redis
+  points at a closed port here, and the answer is still the 400, not a 503;
+- a channel you may not read is a 403 with the same body whether or not it exists;
+- tokens are never taken from the query string; one-time tickets are, once, for their channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, wait_until
+from tests.streaming.conftest import open_hub, tenant_of
+
+GOOD_STREAM = "streams/str_" + "a" * 20
+GOOD_USER = "users/usr_" + "b" * 20
+
+MALFORMED = [
+    "",
+    "streams/",
+    "users/",
+    "streams",
+    "/streams/str_" + "a" * 20,
+    GOOD_STREAM + "/",
+    GOOD_STREAM + "/..",
+    "streams/../users/usr_" + "b" * 20,
+    "streams/str_" + "a" * 17 + "/..",
+    "../" + GOOD_STREAM,
+    "streams\\str_" + "a" * 20,
+    "streams/*",
+    "streams/str_*",
+    "users/*",
+    "*",
+    "streams/str_" + "a" * 19 + "?",
+    "streams%2Fstr_" + "a" * 20,  # arrives percent-encoded after the query's own decoding
+    "streams/str_%61" + "a" * 19,
+    "streams/str_" + "a" * 18 + "%00",
+    "streams/str_" + "\u0430" * 20,  # Cyrillic а
+    "\u0455treams/str_" + "a" * 20,  # Cyrillic ѕ
+    "\uff53treams/str_" + "a" * 20,  # fullwidth ｓ
+    "streams\uff0fstr_" + "a" * 20,  # fullwidth solidus
+    "streams/str_" + "\u0661" * 20,  # Arabic-Indic digits
+    "streams/str\uff3f" + "a" * 20,  # fullwidth low line
+    "streams/STR_" + "A" * 20,
+    "Streams/str_" + "a" * 20,
+    " " + GOOD_STREAM,
+    GOOD_STREAM + " ",
+    GOOD_STREAM + "\n",
+    GOOD_STREAM + "\x00",
+    "streams/str_" + "a" * 19,
+    "streams/str_" + "a" * 21,
+    "streams/str_" + "a" * 5000,
+    "users/str_" + "a" * 20,  # a users/ channel with a stream id
+    "streams/usr_" + "b" * 20,
+    "users/tok_" + "b" * 20,
+    "users/" + "b" * 24,
+    "users/usr-" + "b" * 20,
+    "tenants/ten_" + "c" * 20,
+    GOOD_STREAM + "," + GOOD_USER,
+]
+
+
+class TestWithoutRedis:
+    """The app's Redis is unreachable: only what needs no Redis can answer."""
+
+    @pytest.fixture()
+    def app_overrides(self) -> dict[str, Any]:
+        return {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
+
+    @pytest.mark.parametrize("channel", MALFORMED)
+    def test_malformed_channel_is_400_without_touching_redis(
+        self,
+        client: Any,
+        make_user: Callable[..., Any],
+        auth_headers: Callable[..., dict[str, str]],
+        channel: str,
+    ) -> None:
+        headers = auth_headers(make_user())
+        response = client.get("/v1/events", query_string={"channel": channel}, headers=headers)
+        assert response.status_code == 400, response.get_data(as_text=True)
+        body = response.get_json()
+        assert body["code"] == 400 and body["error_code"] == "invalid_channel"
+        assert "channel" in body["errors"]
+
+    def test_missing_channel_and_no_token_is_still_400(self, client: Any) -> None:
+        response = client.get("/v1/events")
+        assert response.status_code == 400
+        assert response.get_json()["error_code"] == "invalid_channel"
+
+    @pytest.mark.parametrize(
+        "last", ["abc", "1-", "-1", "1-2-3", "1 -2", "1-2\n", "0x1-2", "1" * 30 + "-0"]
+    )
+    def test_malformed_last_event_id_is_400_without_touching_redis(
+        self,
+        client: Any,
+        make_user: Callable[..., Any],
+        auth_headers: Callable[..., dict[str, str]],
+        last: str,
+    ) -> None:
+        headers = auth_headers(make_user())
+        by_query = client.get(
+            "/v1/events",
+            query_string={"channel": GOOD_STREAM, "last_event_id": last},
+            headers=headers,
+        )
+        assert by_query.status_code == 400
+        assert by_query.get_json()["error_code"] == "invalid_last_event_id"
+        if "\n" not in last:
+            by_header = client.get(
+                "/v1/events",
+                query_string={"channel": GOOD_STREAM},
+                headers={**headers, "Last-Event-ID": last},
+            )
+            assert by_header.status_code == 400
+
+    def test_a_well_formed_channel_does_need_redis(
+        self,
+        client: Any,
+        make_user: Callable[..., Any],
+        auth_headers: Callable[..., dict[str, str]],
+    ) -> None:
+        # The control: the same request with a valid name goes on to Redis, which is down.
+        headers = auth_headers(make_user())
+        response = client.get("/v1/events", query_string={"channel": GOOD_STREAM}, headers=headers)
+        assert response.status_code == 503
+
+
+def _forbidden(response: Any) -> dict[str, Any]:
+    assert response.status_code == 403, response.get_data(as_text=True)
+    return dict(response.get_json())
+
+
+def test_refusals_look_the_same_whether_or_not_the_channel_exists(
+    client: Any,
+    make_user: Callable[..., Any],
+    make_tenant: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+    fake_upstream: Any,
+) -> None:
+    owner = make_user()
+    colleague = make_user(tenant_of(owner))
+    outsider = make_user()  # another tenant
+    outsider_admin = make_user(tenant_of(outsider), role="admin")
+    owner_h, owner_id = auth_headers(owner), owner.id
+    refused = [auth_headers(who) for who in (colleague, outsider, outsider_admin)]
+    fake_upstream.reset(tokens=3)
+    created = client.post(
+        "/v1/streams",
+        headers=owner_h,
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
+    ).get_json()
+    real, missing = created["channel"], "streams/str_" + "z" * 20
+
+    bodies = []
+    for headers in refused:
+        for channel in (real, missing, f"users/{owner_id}", "users/usr_" + "q" * 20):
+            bodies.append(
+                _forbidden(
+                    client.get("/v1/events", query_string={"channel": channel}, headers=headers)
+                )
+            )
+    assert all(body == bodies[0] for body in bodies)
+    assert bodies[0]["error_code"] == "channel_forbidden"
+
+
+def test_no_token_is_401_and_tokens_are_never_read_from_the_query_string(
+    client: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user()
+    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    channel = f"users/{user.id}"
+    assert client.get("/v1/events", query_string={"channel": channel}).status_code == 401
+    for name in ("jwt", "token", "access_token", "sg_access", "authorization"):
+        response = client.get("/v1/events", query_string={"channel": channel, name: token})
+        assert response.status_code == 401, name
+    response = client.get("/v1/events", query_string={"channel": channel, "ticket": token})
+    assert response.status_code == 401  # a JWT is not a ticket either
+
+
+def test_a_ticket_opens_its_channel_once(
+    client: Any,
+    redis: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user()
+    headers = auth_headers(user)
+    channel = f"users/{user.id}"
+    issued = client.post("/v1/events/tickets", json={"channel": channel}, headers=headers)
+    assert issued.status_code == 201
+    body = issued.get_json()
+    assert body["channel"] == channel and body["expires_in"] == 60
+    assert body["events_url"] == f"/v1/events?channel={channel}&ticket={body['ticket']}"
+    assert 0 < redis.pttl(f"sg:ticket:{body['ticket']}") <= 60_000
+
+    first = open_hub(client, channel, ticket=body["ticket"])  # no Authorization header
+    try:
+        assert first.status == 200
+        assert first.response.headers["Content-Type"].startswith("text/event-stream")
+        assert first.response.headers["Access-Control-Allow-Origin"] == "*"  # for other origins
+    finally:
+        first.close()
+    again = client.get("/v1/events", query_string={"channel": channel, "ticket": body["ticket"]})
+    assert again.status_code == 401
+
+
+def test_a_ticket_is_only_for_its_channel_and_only_for_readable_ones(
+    client: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user()
+    other = make_user(tenant_of(user))
+    headers = auth_headers(user)
+    user, other = user.id, other.id
+    ticket = client.post(
+        "/v1/events/tickets", json={"channel": f"users/{user}"}, headers=headers
+    ).get_json()["ticket"]
+    elsewhere = client.get(
+        "/v1/events", query_string={"channel": f"users/{other}", "ticket": ticket}
+    )
+    assert elsewhere.status_code == 403
+
+    refused = client.post("/v1/events/tickets", json={"channel": f"users/{other}"}, headers=headers)
+    assert refused.status_code == 403 and refused.get_json()["error_code"] == "channel_forbidden"
+    malformed = client.post("/v1/events/tickets", json={"channel": "users/*"}, headers=headers)
+    assert malformed.status_code == 400
+    assert client.post("/v1/events/tickets", json={"channel": f"users/{user}"}).status_code == 401
+
+
+class TestTicketExpiry:
+    @pytest.fixture()
+    def app_overrides(self) -> dict[str, Any]:
+        return {"EVENT_TICKET_TTL_S": 1}
+
+    def test_an_unused_ticket_expires(
+        self,
+        client: Any,
+        redis: Any,
+        make_user: Callable[..., Any],
+        auth_headers: Callable[..., dict[str, str]],
+    ) -> None:
+        user = make_user()
+        channel = f"users/{user.id}"
+        ticket = client.post(
+            "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
+        ).get_json()["ticket"]
+        wait_until(lambda: not redis.exists(f"sg:ticket:{ticket}"))
+        response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+        assert response.status_code == 401
+
+
+def test_a_ticket_dies_with_the_token_it_came_from(
+    client: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    from auth.tokens import revoke_user_tokens
+
+    user = make_user()
+    channel = f"users/{user.id}"
+    ticket = client.post(
+        "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
+    ).get_json()["ticket"]
+    revoke_user_tokens(user.id)
+    response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+    assert response.status_code == 401
