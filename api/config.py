@@ -60,6 +60,7 @@ VARIABLES: tuple[Var, ...] = (
     # --- backing services -----------------------------------------------------------------
     Var("DATABASE_URL", "sqlite:///instance/streamgate.db", str, "SQLAlchemy URL of the durable store (SQLite or `postgresql+psycopg://...`)."),
     Var("REDIS_URL", "redis://127.0.0.1:6390/0", str, "Redis for limits, revocation, live state and the event log."),
+    Var("REDIS_RETRY_S", "5", float, "How long a running generation waits out a Redis outage (e.g. a restart) before it fails, seconds."),
     Var("REDIS_FAIL_OPEN_RATE_LIMITS", "false", _bool, "When Redis is down, let request-rate limits pass (every other check still fails closed)."),
     Var("LLM_BASE_URL", "http://127.0.0.1:8081/v1", str, "OpenAI-compatible model server (vLLM, Ollama, llama.cpp, OpenAI)."),
     Var("LLM_API_KEY", "not-needed", str, "API key sent to the model server.", secret=True),

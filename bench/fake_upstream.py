@@ -13,6 +13,7 @@ Knobs:
   status         answer this HTTP status (e.g. 429, 500) with an OpenAI error body, no stream
   hang           accept the request, then never answer (a timeout upstream)
   infinite       never finish (until the client goes away)
+  pad            append this many "x" to every streamed token (bulk, for slow-client tests)
 
 Counters (``stats()`` or ``GET /_stats``): requests, active, completed, disconnects (client went
 away before the response was complete), and the last request body.
@@ -61,6 +62,7 @@ class Knobs:
     status: int = 200
     hang: bool = False
     infinite: bool = False
+    pad: int = 0  # append this many "x" to every streamed token (bulk for slow-client tests)
 
     def merged(self, text: str) -> Knobs:
         """These knobs overridden by a ``[[fake k=v ...]]`` directive in ``text``."""
@@ -335,7 +337,7 @@ class FakeUpstream:
                     await writer.drain()
                     return
                 await pause(knobs.delay_ms)
-                await send(chunk({"content": token_text(i)}))
+                await send(chunk({"content": token_text(i) + "x" * knobs.pad}))
             usage.update(completion_tokens=count, total_tokens=usage["prompt_tokens"] + count)
             await send(chunk({}, finish))
             if (req.get("stream_options") or {}).get("include_usage"):

@@ -26,6 +26,7 @@ import openai
 from flask import Flask
 
 from streaming import state
+from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
 
 log = logging.getLogger("streamgate.runner")
@@ -275,9 +276,10 @@ def _settle(
          if gen.admission is not None else None),
         ("live-state", lambda: state.mark_finished(gen, outcome, prompt_tokens, completion_tokens)),
     ]
+    retry_s = app.config["REDIS_RETRY_S"]
     for name, step in steps:
         try:
-            step()
+            with_redis_retry(step, retry_s)  # a Redis restart must not leave the run half-settled
         except Exception:  # noqa: BLE001 - one failed release must not skip the others
             log.exception("releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id})
     text_of = getattr(sink, "text", None)
