@@ -91,6 +91,39 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, timeout: 
             time.sleep(0.1)
 
 
+def _launch(
+    bindir: Path, data: Path, sockets: Path, logfile: Path, port: int, drop: dict[str, object]
+) -> subprocess.Popen[bytes]:
+    """Run ``postgres`` on ``data`` in the background, listening on loopback ``port``."""
+    with logfile.open("ab") as out:
+        return subprocess.Popen(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command; `stop` ends it by PID
+            **drop,  # type: ignore[arg-type]
+        )
+
+
 def start(directory: Path) -> str:
     """Create and start the cluster; return its SQLAlchemy URL."""
     directory = directory.resolve()
@@ -130,35 +163,10 @@ def start(directory: Path) -> str:
     )
     pwfile.unlink()
     port = free_port()
-    with logfile.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                str(bindir / "postgres"),
-                "-D",
-                str(data),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-k",
-                str(sockets),
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives this command; `stop` ends it by PID
-            **drop,  # type: ignore[arg-type]
-        )
-    (directory / STATE).write_text(json.dumps({"pid": proc.pid, "port": port, "data": str(data)}))
+    proc = _launch(bindir, data, sockets, logfile, port, drop)
     url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+    state = {"pid": proc.pid, "port": port, "data": str(data), "url": url}
+    (directory / STATE).write_text(json.dumps(state))
     try:
         wait_ready(url, proc, logfile)
     except BaseException:
@@ -184,23 +192,45 @@ def _is_our_postgres(pid: int, data: str) -> bool:
     return data.encode() in cmdline
 
 
+def _stop_server(directory: Path, kill: bool = False) -> int:
+    """Stop the recorded server ("fast" shutdown: clients disconnected); returns its PID."""
+    state = json.loads((directory / STATE).read_text())
+    pid, data = int(state["pid"]), str(state["data"])
+    if _alive(pid) and _is_our_postgres(pid, data):
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if kill and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def stop(directory: Path) -> None:
     """Stop the cluster by the PID recorded in ``directory`` and remove the directory."""
     directory = directory.resolve()
-    state_file = directory / STATE
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        pid, data = int(state["pid"]), str(state["data"])
-        if _alive(pid) and _is_our_postgres(pid, data):
-            os.kill(pid, signal.SIGINT)  # "fast" shutdown: disconnect clients, exit cleanly
-            deadline = time.monotonic() + 15
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    if (directory / STATE).exists():
+        pid = _stop_server(directory, kill=True)
         log(f"==> PostgreSQL (pid {pid}) stopped")
     if directory.exists() and directory != Path("/"):
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def pause(directory: Path) -> None:
+    """Stop the server but keep its data: the database is "unavailable" (fault tests)."""
+    _stop_server(directory.resolve(), kill=True)
+
+
+def resume(directory: Path) -> None:
+    """Start a paused cluster again on the same port and data."""
+    directory = directory.resolve()
+    state = json.loads((directory / STATE).read_text())
+    data, port = Path(state["data"]), int(state["port"])
+    sockets, logfile = directory / "sockets", directory / "postgres.log"
+    proc = _launch(server_bindir(), data, sockets, logfile, port, run_as())
+    state["pid"] = proc.pid
+    (directory / STATE).write_text(json.dumps(state))
+    wait_ready(state["url"], proc, logfile)
 
 
 def main(argv: list[str] | None = None) -> None:
