@@ -49,6 +49,12 @@ def install_control_handlers(services: Services) -> None:
                 run.stop(stopped_outcome("revoked", **details))
             for sub in dispatcher.subscribers(lambda s: s.jti == jti):
                 sub.close("revoked")
+        elif op == "revoke_tenant":
+            tenant_id = message.get("tenant_id")
+            for run in runs.matching(lambda g: g.tenant_id == tenant_id):
+                run.stop(stopped_outcome("revoked", **details))
+            for sub in dispatcher.subscribers(lambda s: s.tenant_id == tenant_id):
+                sub.close("revoked")
 
     dispatcher.handlers.append(handle)
 
@@ -140,14 +146,19 @@ def reap(app: Flask, limit: int = 50) -> int:
         if not client.zrem(state.LIVE, stream_id):
             continue  # another worker claimed it
         info = state.live_status(stream_id)
-        if not info or info.get("status") != "running":
+        # "revoked": an admin revoked it (streaming.state.mark_revoked) but no runner settled it.
+        if not info or info.get("status") not in ("running", "revoked"):
             continue
         gen = Generation(
             stream_id=stream_id, tenant_id=info["tenant"], user_id=info["user"], token_jti=info.get("jti", ""),
             mode=info.get("mode", "channel"), model=info.get("model", ""), messages=[], params={},
             prompt_estimate=0, admission=json.loads(info.get("admission") or "{}") or None,
         )
-        outcome = stopped_outcome("worker_lost")
+        if info.get("status") == "revoked":
+            by, why = info.get("revoked_by"), info.get("revoke_reason") or None
+            outcome = stopped_outcome("revoked", by=by, reason=why)
+        else:
+            outcome = stopped_outcome("worker_lost")
         tokens = int(info.get("tokens") or 0)
         log.warning("reaping stream %s: its worker stopped renewing the lease", stream_id,
                     extra={"stream_id": stream_id})

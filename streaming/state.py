@@ -82,6 +82,25 @@ def mark_finished(gen: Generation, outcome: Outcome, prompt_tokens: int, complet
     pipe.execute()
 
 
+# Only a running stream becomes "revoked": one that ended meanwhile keeps its real outcome.
+_MARK_REVOKED = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_by', ARGV[1], 'revoke_reason', ARGV[2])
+end
+return status
+"""
+
+
+def mark_revoked(stream_id: str, by: str, reason: str | None) -> str | None:
+    """Mark a running stream revoked at once (a reconnect gets 410 before its runner reacts).
+
+    Returns the status it had (``None`` if its live state is gone); only ``running`` changes.
+    """
+    previous = get_redis().eval(_MARK_REVOKED, 1, live_key(stream_id), by, reason or "")
+    return None if previous is None else _text(previous)
+
+
 def _final_fields(gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int,
                   text: str | None) -> dict[str, Any]:
     return {

@@ -16,6 +16,7 @@ from auth.access import current_identity, require
 from auth.errors import ApiError
 from auth.store import db
 from streaming import sse
+from streaming.control import services
 from streaming.runner import Outcome, QueueSink, RunHandle, run_generation, spawn, stopped_outcome
 
 bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatible chat completions")
@@ -31,6 +32,7 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     handle, sink = RunHandle(gen), QueueSink()
     db.session.remove()  # nothing below needs the request's database session
+    services(app)  # this worker's control listener and keeper: the run must be revocable
     spawn(run_generation, app, handle, sink)
     headers = {"X-Stream-Id": gen.stream_id, **admission.headers}
     heartbeat = app.config["SSE_HEARTBEAT_S"]

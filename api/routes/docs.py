@@ -371,8 +371,9 @@ def _events_operation() -> dict[str, Any]:
             "On `users/<id>`: `stream.started` and the terminal events, data `UserStreamEvent`.\n\n"
             "A comment is sent as soon as the connection opens. After a terminal event the server "
             "closes the connection; reconnecting to a finished stream replays after "
-            "`Last-Event-ID` and closes; a revoked stream answers 410 (browsers stop retrying "
-            "on any non-200). A connection never outlives its token's `exp`."
+            "`Last-Event-ID` and closes (204 when nothing is left: the terminal event was "
+            "already received); a revoked stream answers 410 (browsers stop retrying on any "
+            "non-200). A connection never outlives its token's `exp`."
         ),
         "parameters": [
             {
@@ -433,6 +434,10 @@ def _events_operation() -> dict[str, Any]:
             "400": _ref("BAD_REQUEST"),
             "401": _ref("UNAUTHORIZED"),
             "403": _ref("FORBIDDEN"),
+            "204": {
+                "description": "You resumed after the stream's terminal event: you have "
+                "everything (a 204 tells EventSource to stop reconnecting).",
+            },
             "410": _envelope(
                 "410",
                 "The stream was revoked, or its events expired "
