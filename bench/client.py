@@ -266,6 +266,7 @@ class StreamResult:
     events: int = 0
     text_ok: bool = False
     stream_id: str | None = None
+    head: float | None = None  # direct: response headers; channel: the 202 answer
     token_times: list[float] = field(default_factory=list)  # perf_counter of each token event
     lags_ms: list[float] = field(default_factory=list)  # channel: receive wall - entry id ms
 
@@ -320,6 +321,7 @@ async def openai_stream(
         await asyncio.wait_for(proto.done, timeout)
         result.status = proto.status
         result.stream_id = proto.headers.get("x-stream-id")
+        result.head = proto.t_head - result.t_start if proto.t_head else None
         if proto.status != 200:
             result.error = f"HTTP {proto.status}: {bytes(proto.body)[:200]!r}"
         elif not finished and result.error is None:
@@ -383,6 +385,7 @@ async def channel_stream(
             base_url, "POST", stream_path, headers=headers, json_body=payload, timeout=timeout
         )
         result.status = status
+        result.head = time.perf_counter() - result.t_start
         if status != 202 or not isinstance(body, dict):
             raise HTTPError(status, json.dumps(body).encode())
         result.stream_id = body.get("id")

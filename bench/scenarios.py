@@ -225,6 +225,9 @@ def summarize_streams(results: list[client.StreamResult], wall: float) -> dict[s
         "tokens": tokens,
         "text_mismatches": sum(1 for r in ok if not r.text_ok),
         "ttft_ms": pct([r.ttft for r in ok if r.ttft is not None], 1000),
+        # Time to the response headers (direct) or to the 202 (channel): the part of TTFT spent
+        # before the upstream is even asked.
+        "head_ms": pct([r.head for r in ok if r.head is not None], 1000),
         "gap_ms": pct(gaps, 1000, 3),
         "total_s": pct([r.total for r in ok if r.total is not None], 1, 4),
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
