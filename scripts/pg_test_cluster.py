@@ -91,12 +91,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], logfile: Path, timeout: 
             time.sleep(0.1)
 
 
+# Servers started in-process (fault tests) outlive their Popen on purpose; keeping the objects
+# here stops Python from warning that a child it forgot about is still running.
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
 def _launch(
     bindir: Path, data: Path, sockets: Path, logfile: Path, port: int, drop: dict[str, object]
 ) -> subprocess.Popen[bytes]:
     """Run ``postgres`` on ``data`` in the background, listening on loopback ``port``."""
     with logfile.open("ab") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [
                 str(bindir / "postgres"),
                 "-D",
@@ -122,6 +127,8 @@ def _launch(
             start_new_session=True,  # outlives this command; `stop` ends it by PID
             **drop,  # type: ignore[arg-type]
         )
+    _DETACHED.append(proc)
+    return proc
 
 
 def start(directory: Path) -> str:

@@ -6,9 +6,11 @@ Each test runs real gunicorn gevent workers and asserts what clients see, then t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,6 @@ from httpx_sse import connect_sse
 
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.conftest import (
-    RedisServer,
     app_config,
     live_env,
     start_gunicorn,
@@ -37,15 +38,18 @@ TERMINAL = {"stream.completed", "stream.failed", "stream.cancelled", "stream.rev
 class Node:
     """One gunicorn master with its own Redis (AOF on), a SQLite file and an in-process app."""
 
-    def __init__(self, tmp_path: Path, upstream: FakeUpstream, **env: str) -> None:
+    def __init__(
+        self, tmp_path: Path, upstream: FakeUpstream, db_url: str | None = None, **env: str
+    ) -> None:
         from api import create_app
         from auth.store import db
 
         self.tmp = tmp_path
         os.makedirs(tmp_path / "redis", exist_ok=True)
-        self.redis = start_redis(["--appendonly", "yes", "--appendfsync", "always"],
-                                 workdir=str(tmp_path / "redis"))
-        self.db_url = f"sqlite:///{tmp_path / 'node.db'}"
+        self.redis = start_redis(
+            ["--appendonly", "yes", "--appendfsync", "always"], workdir=str(tmp_path / "redis")
+        )
+        self.db_url = db_url or f"sqlite:///{tmp_path / 'node.db'}"
         self.app = create_app(app_config(self.redis.url, self.db_url, upstream.base_url))
         self.ctx = self.app.app_context()
         self.ctx.push()
@@ -56,8 +60,11 @@ class Node:
     def restart_redis(self, down_s: float = 1.0) -> None:
         stop_process(self.redis.proc)
         time.sleep(down_s)
-        self.redis = start_redis(["--appendonly", "yes", "--appendfsync", "always"],
-                                 port=self.redis.port, workdir=self.redis.workdir)
+        self.redis = start_redis(
+            ["--appendonly", "yes", "--appendfsync", "always"],
+            port=self.redis.port,
+            workdir=self.redis.workdir,
+        )
 
     def close(self) -> None:
         from auth.store import db
@@ -65,7 +72,8 @@ class Node:
 
         stop_process(self.proc)
         stop_services(self.app)
-        db.session.remove()
+        with contextlib.suppress(Exception):  # its connection may have died with the database
+            db.session.remove()
         db.engine.dispose()
         self.ctx.pop()
         stop_process(self.redis.proc)
@@ -73,7 +81,9 @@ class Node:
 
 @pytest.fixture()
 def node(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Node]:
-    server = Node(tmp_path, fake_upstream, SSE_HEARTBEAT_S="1", LEASE_TTL_S="3", SSE_SEND_TIMEOUT_S="3")
+    server = Node(
+        tmp_path, fake_upstream, SSE_HEARTBEAT_S="1", LEASE_TTL_S="3", SSE_SEND_TIMEOUT_S="3"
+    )
     yield server
     server.close()
 
@@ -88,15 +98,21 @@ def headers_for(node: Node, role: str = "member") -> tuple[Any, dict[str, str]]:
     tenant = Tenant(slug=f"t-{time.monotonic_ns()}", name="T", allowed_models=["fake-model"])
     db.session.add(tenant)
     db.session.commit()
-    user = User(tenant_id=tenant.id, email="u@example.com", role=role,
-                password_hash=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("x"))
+    user = User(
+        tenant_id=tenant.id,
+        email="u@example.com",
+        role=role,
+        password_hash=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("x"),
+    )
     db.session.add(user)
     db.session.commit()
     token = issue_user_tokens(user_id=user.id, tenant_id=tenant.id, role=role)["access_token"]
     return user, {"Authorization": "Bearer " + token}
 
 
-def read_resuming(url: str, channel: str, headers: dict[str, str], deadline_s: float = 60) -> dict[str, Any]:
+def read_resuming(
+    url: str, channel: str, headers: dict[str, str], deadline_s: float = 60
+) -> dict[str, Any]:
     """Follow a channel to its terminal event, resuming with Last-Event-ID whenever cut off."""
     seen: list[tuple[str, str, dict[str, Any]]] = []
     last: str | None = None
@@ -109,7 +125,9 @@ def read_resuming(url: str, channel: str, headers: dict[str, str], deadline_s: f
             if last:
                 hdrs["Last-Event-ID"] = last
             try:
-                with connect_sse(client, "GET", f"/v1/events?channel={channel}", headers=hdrs) as source:
+                with connect_sse(
+                    client, "GET", f"/v1/events?channel={channel}", headers=hdrs
+                ) as source:
                     statuses.append(source.response.status_code)
                     if source.response.status_code != 200:
                         time.sleep(0.3)
@@ -130,12 +148,17 @@ def read_resuming(url: str, channel: str, headers: dict[str, str], deadline_s: f
 
 def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None:
     user, headers = headers_for(node)
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": "[[fake tokens=80 delay_ms=50]]"}]}
+    body = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "[[fake tokens=80 delay_ms=50]]"}],
+    }
     response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
     assert response.status_code == 202, response.text
     stream = response.json()
     result: dict[str, Any] = {}
-    reader = threading.Thread(target=lambda: result.update(read_resuming(node.url, stream["channel"], headers)))
+    reader = threading.Thread(
+        target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
+    )
     reader.start()
     time.sleep(1.0)
     node.restart_redis(down_s=1.0)
@@ -144,7 +167,13 @@ def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None
     ids = [entry for entry, _, _ in events]
     assert len(ids) == len(set(ids)), "a resumed subscriber saw an event twice"
     terminal = events[-1][1]
-    print("redis restart: terminal", terminal, "reconnects", result["reconnects"], events[-1][2].get("error"))
+    print(
+        "redis restart: terminal",
+        terminal,
+        "reconnects",
+        result["reconnects"],
+        events[-1][2].get("error"),
+    )
     assert terminal in {"stream.completed", "stream.failed"}, events[-3:]
     text = "".join(payload["text"] for _, name, payload in events if name == "token")
     if terminal == "stream.completed":
@@ -180,14 +209,22 @@ def worker_pids(master: int) -> list[int]:
 
 def test_worker_killed_mid_generation_is_reaped_and_subscribers_told(node: Node) -> None:
     _, headers = headers_for(node)
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": "[[fake tokens=400 delay_ms=50]]"}]}
+    body = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "[[fake tokens=400 delay_ms=50]]"}],
+    }
     response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
     assert response.status_code == 202
     stream = response.json()
     result: dict[str, Any] = {}
-    reader = threading.Thread(target=lambda: result.update(read_resuming(node.url, stream["channel"], headers)))
+    reader = threading.Thread(
+        target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
+    )
     reader.start()
-    wait_until(lambda: int(node.redis.client().hget(f"sg:st:{stream['id']}", "tokens") or 0) > 0, timeout=20)
+    wait_until(
+        lambda: int(node.redis.client().hget(f"sg:st:{stream['id']}", "tokens") or 0) > 0,
+        timeout=20,
+    )
     # Kill every worker: whichever ran the generation dies without a chance to clean up.
     for pid in worker_pids(node.proc.pid):
         os.kill(pid, signal.SIGKILL)
@@ -211,16 +248,21 @@ def test_a_client_that_never_reads_is_dropped_and_released(node: Node) -> None:
     """A subscriber that stops reading is disconnected; its subscription slot is freed."""
     user, headers = headers_for(node)
     # ~8 MB of events: more than the kernel's socket buffers can absorb for a reader that stops.
-    body = {"model": "fake-model", "max_tokens": 4096,
-            "messages": [{"role": "user", "content": "[[fake tokens=4096 pad=2000]]"}]}
+    body = {
+        "model": "fake-model",
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": "[[fake tokens=4096 pad=2000]]"}],
+    }
     response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
     stream = response.json()
     import socket
 
     sock = socket.create_connection(("127.0.0.1", int(node.url.rsplit(":", 1)[1])))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    request = (f"GET /v1/events?channel={stream['channel']} HTTP/1.1\r\nHost: x\r\n"
-               f"Authorization: {headers['Authorization']}\r\n\r\n")
+    request = (
+        f"GET /v1/events?channel={stream['channel']} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {headers['Authorization']}\r\n\r\n"
+    )
     sock.sendall(request.encode())
     key = f"sg:subs:{user.id}"
     client = node.redis.client()
@@ -228,3 +270,53 @@ def test_a_client_that_never_reads_is_dropped_and_released(node: Node) -> None:
     # Never read. The stream finishes; the server cannot deliver; the slot must still be freed.
     wait_until(lambda: client.zcard(key) == 0, timeout=60)
     sock.close()
+
+
+def test_database_outage_during_a_stream_keeps_tokens_flowing(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    """PostgreSQL stops mid-stream: tokens keep flowing, the record is written when it returns."""
+    from scripts import pg_test_cluster as pg
+
+    try:
+        pg.server_bindir()
+    except SystemExit:
+        pytest.skip("PostgreSQL server binaries are not installed")
+    cluster = Path(tempfile.mkdtemp(prefix="sg-pg-"))  # postgres (not root) must traverse it
+    url = pg.start(cluster)
+    node = Node(tmp_path, fake_upstream, db_url=url, SSE_HEARTBEAT_S="1", LEASE_TTL_S="3")
+    try:
+        _, headers = headers_for(node)
+        body = {
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "[[fake tokens=60 delay_ms=50]]"}],
+        }
+        response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
+        assert response.status_code == 202, response.text
+        stream = response.json()
+        result: dict[str, Any] = {}
+        reader = threading.Thread(
+            target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
+        )
+        reader.start()
+        time.sleep(0.5)
+        pg.pause(cluster)
+        # While the database is down, requests that need it say so (never a 500).
+        during = httpx.get(node.url + f"/v1/streams/{stream['id']}", headers=headers, timeout=10)
+        assert during.status_code == 503, during.text
+        assert during.json()["error_code"] == "database_unavailable"
+        reader.join(60)
+        events = result["events"]
+        assert events[-1][1] == "stream.completed"
+        assert "".join(p["text"] for _, n, p in events if n == "token") == expected_text(60)
+        client = node.redis.client()
+        wait_until(lambda: client.llen("sg:pending-records") == 1, timeout=10)
+        pg.resume(cluster)
+        wait_until(lambda: client.llen("sg:pending-records") == 0, timeout=20)
+        after = httpx.get(node.url + f"/v1/streams/{stream['id']}", headers=headers, timeout=10)
+        assert after.status_code == 200, after.text
+        assert after.json()["status"] == "completed"
+        assert after.json()["usage"]["completion_tokens"] == 60
+    finally:
+        node.close()
+        pg.stop(cluster)
