@@ -193,14 +193,20 @@ def list_tenants() -> list[Tenant]:
     )
 
 
-def disable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = None) -> Tenant:
+def disable_tenant(
+    tenant_id: str,
+    actor_id: str | None,
+    reason: str | None = None,
+    *,
+    details: dict[str, Any] | None = None,
+) -> Tenant:
     """Disable a tenant: every token of every user in it stops working, logins are refused."""
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         raise _not_found("Tenant")
     tokens.set_tenant_disabled(tenant.id, True)
     tenant.disabled = True
-    _audit(tenant.id, actor_id, "tenant.disable", "tenant", tenant.id, reason)
+    _audit(tenant.id, actor_id, "tenant.disable", "tenant", tenant.id, reason, details)
     db.session.commit()
     return tenant
 
@@ -213,6 +219,33 @@ def enable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = Non
     tokens.set_tenant_disabled(tenant.id, False)
     tenant.disabled = False
     _audit(tenant.id, actor_id, "tenant.enable", "tenant", tenant.id, reason)
+    db.session.commit()
+    return tenant
+
+
+def set_tenant_models(
+    tenant_id: str, models: list[str], actor_id: str | None, reason: str | None = None
+) -> Tenant:
+    """Replace a tenant's model allow-list (at least one model; order kept, duplicates dropped)."""
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise _not_found("Tenant")
+    wanted = list(dict.fromkeys(name.strip() for name in models))
+    if not 1 <= len(wanted) <= 100:
+        raise _invalid("allowed_models", "Give between 1 and 100 models.")
+    if any(not 1 <= len(name) <= 200 or not name.isprintable() for name in wanted):
+        raise _invalid("allowed_models", "Model names are 1-200 printable characters.")
+    old = list(tenant.allowed_models or [])
+    tenant.allowed_models = wanted
+    _audit(
+        tenant.id,
+        actor_id,
+        "tenant.set_models",
+        "tenant",
+        tenant.id,
+        reason,
+        {"from": old, "to": wanted},
+    )
     db.session.commit()
     return tenant
 
@@ -272,14 +305,24 @@ def list_users(tenant_id: str) -> list[User]:
 
 
 def disable_user(
-    tenant_id: str | None, user_id: str, actor_id: str | None, reason: str | None = None
+    tenant_id: str | None,
+    user_id: str,
+    actor_id: str | None,
+    reason: str | None = None,
+    *,
+    action: str = "user.disable",
+    details: dict[str, Any] | None = None,
 ) -> User:
-    """Disable a user: every token they hold (app tokens too) stops working, logins refused."""
+    """Disable a user: every token they hold (app tokens too) stops working, logins refused.
+
+    ``action`` / ``details`` name the admin action in the audit log (the admin API's
+    ``user.revoke`` also lists the streams it revoked).
+    """
     user = _user_in_scope(tenant_id, user_id)
     tokens.revoke_user_tokens(user.id, disable=True)
     user.disabled = True
     user.tokens_valid_after = utcnow()
-    _audit(user.tenant_id, actor_id, "user.disable", "user", user.id, reason)
+    _audit(user.tenant_id, actor_id, action, "user", user.id, reason, details)
     db.session.commit()
     return user
 
@@ -435,7 +478,12 @@ def list_app_tokens(tenant_id: str) -> list[AppToken]:
 
 
 def revoke_app_token(
-    tenant_id: str | None, jti: str, actor_id: str | None, reason: str | None = None
+    tenant_id: str | None,
+    jti: str,
+    actor_id: str | None,
+    reason: str | None = None,
+    *,
+    details: dict[str, Any] | None = None,
 ) -> AppToken:
     """Revoke an app token by ``jti``: refused everywhere from the next request (idempotent)."""
     row = get_for_tenant(AppToken, tenant_id, jti)
@@ -445,7 +493,7 @@ def revoke_app_token(
         return row
     tokens.revoke_jti(row.jti, row.expires_at.timestamp())
     row.revoked_at = utcnow()
-    _audit(row.tenant_id, actor_id, "app_token.revoke", "app_token", row.jti, reason)
+    _audit(row.tenant_id, actor_id, "app_token.revoke", "app_token", row.jti, reason, details)
     db.session.commit()
     return row
 
