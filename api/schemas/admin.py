@@ -1,0 +1,232 @@
+"""Admin console schemas: live streams, revocation, users, tenants, usage and the audit log.
+
+Schemas validate shape only; scoping (which tenant, which user) is the service's job.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from auth.models import ROLES
+from auth.passwords import MAX_PASSWORD_LENGTH
+from auth.schemas import AppTokenSchema, no_control_chars
+
+ID = validate.Length(min=1, max=64)
+
+
+class Instant(fields.Field[datetime]):
+    """A date (``2026-01-31``: midnight UTC) or an ISO 8601 date-time (naive means UTC)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or len(value) > 40:
+            raise ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 date-time.")
+        try:
+            if len(value) == 10:
+                return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 date-time.") from exc
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class ReasonSchema(Schema):
+    reason = fields.String(
+        load_default=None,
+        validate=[validate.Length(max=500), no_control_chars],
+        metadata={"description": "Why; kept in the audit log and sent with `stream.revoked`"},
+    )
+
+
+# --- live streams -----------------------------------------------------------------------------
+
+
+class LiveStreamQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    tenant = fields.String(validate=ID, metadata={"description": "Operators: one tenant's streams"})
+    user = fields.String(validate=ID, metadata={"description": "One user's streams"})
+    mode = fields.String(validate=validate.OneOf(["direct", "channel"]))
+
+
+class AdminStreamSchema(Schema):
+    id = fields.String(required=True)
+    tenant_id = fields.String()
+    user_id = fields.String()
+    user_email = fields.String(allow_none=True)
+    token_jti = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The token that started it (revoke with DELETE /v1/admin/tokens/<jti>)"
+        },
+    )
+    mode = fields.String(metadata={"description": "`direct` or `channel`"})
+    model = fields.String()
+    status = fields.String(metadata={"description": "`running`, `revoked`, `completed`, ..."})
+    started_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+    tokens = fields.Integer(metadata={"description": "Completion tokens so far"})
+    prompt_tokens = fields.Integer()
+    subscribers = fields.Integer(metadata={"description": "Open hub connections, all nodes"})
+    revoked_by = fields.String(allow_none=True)
+    revoke_reason = fields.String(allow_none=True)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+class UserQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    tenant = fields.String(validate=ID, metadata={"description": "Operators: one tenant's users"})
+    role = fields.String(validate=validate.OneOf(ROLES))
+    disabled = fields.Boolean()
+
+
+class UserSchema(Schema):
+    id = fields.String()
+    tenant_id = fields.String()
+    email = fields.String()
+    role = fields.String()
+    disabled = fields.Boolean()
+    created_at = fields.DateTime()
+    tokens_valid_after = fields.DateTime(allow_none=True)
+
+
+class UserCreateSchema(Schema):
+    email = fields.String(
+        required=True, validate=[validate.Length(min=3, max=254), no_control_chars]
+    )
+    password = fields.String(
+        required=True, load_only=True, validate=validate.Length(min=1, max=MAX_PASSWORD_LENGTH)
+    )
+    role = fields.String(
+        load_default="member",
+        validate=validate.OneOf(ROLES),
+        metadata={"description": "`member` or `admin` (operators are made with the CLI only)"},
+    )
+    tenant_id = fields.String(
+        validate=ID, metadata={"description": "Operators: the tenant (tenant admins: their own)"}
+    )
+
+
+class UserUpdateSchema(ReasonSchema):
+    role = fields.String(validate=validate.OneOf(ROLES))
+    disabled = fields.Boolean(
+        metadata={"description": "`true` disables the user and revokes their tokens and streams"}
+    )
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if "role" not in data and "disabled" not in data:
+            raise ValidationError("Give role or disabled.", "_schema")
+
+
+class UserRevokedSchema(Schema):
+    user = fields.Nested(UserSchema)
+    streams_revoked = fields.List(fields.String(), metadata={"description": "Streams stopped"})
+
+
+class TokenRevokedSchema(Schema):
+    token = fields.Nested(AppTokenSchema)
+    streams_revoked = fields.List(fields.String())
+
+
+# --- tenants ----------------------------------------------------------------------------------
+
+
+class TenantSchema(Schema):
+    id = fields.String()
+    slug = fields.String()
+    name = fields.String()
+    disabled = fields.Boolean()
+    allowed_models = fields.List(fields.String(), allow_none=True)
+    created_at = fields.DateTime()
+
+
+class TenantCreateSchema(Schema):
+    slug = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    name = fields.String(
+        required=True, validate=[validate.Length(min=1, max=200), no_control_chars]
+    )
+    allowed_models = fields.List(
+        fields.String(validate=[validate.Length(min=1, max=200), no_control_chars]),
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Defaults to the deployment's LLM_MODELS"},
+    )
+
+
+class TenantUpdateSchema(ReasonSchema):
+    allowed_models = fields.List(
+        fields.String(validate=[validate.Length(min=1, max=200), no_control_chars]),
+        validate=validate.Length(min=1, max=100),
+    )
+    disabled = fields.Boolean(
+        metadata={"description": "`true` revokes every token and stream of the tenant"}
+    )
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if "allowed_models" not in data and "disabled" not in data:
+            raise ValidationError("Give allowed_models or disabled.", "_schema")
+
+
+# --- usage and audit --------------------------------------------------------------------------
+
+
+class RangeSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    start = Instant(
+        data_key="from", metadata={"description": "Inclusive; a date or date-time (UTC)"}
+    )
+    end = Instant(data_key="to", metadata={"description": "Exclusive; a date or date-time (UTC)"})
+    tenant = fields.String(validate=ID, metadata={"description": "Operators: one tenant"})
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("start") and data.get("end") and data["start"] >= data["end"]:
+            raise ValidationError("'from' must be before 'to'.", "from")
+
+
+class UsageQuerySchema(RangeSchema):
+    group_by = fields.String(
+        load_default="tenant", validate=validate.OneOf(["tenant", "user", "day"])
+    )
+    user = fields.String(validate=ID)
+
+
+class UsageRowSchema(Schema):
+    tenant_id = fields.String()
+    user_id = fields.String(metadata={"description": "group_by=user"})
+    user_email = fields.String(allow_none=True, metadata={"description": "group_by=user"})
+    day = fields.String(metadata={"description": "group_by=day: YYYY-MM-DD (UTC)"})
+    streams = fields.Integer()
+    prompt_tokens = fields.Integer()
+    completion_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class AuditQuerySchema(RangeSchema):
+    actor = fields.String(validate=ID)
+    action = fields.String(validate=validate.Length(min=1, max=64))
+    target_type = fields.String(validate=validate.Length(min=1, max=32))
+    target_id = fields.String(validate=ID)
+
+
+class AuditEventSchema(Schema):
+    id = fields.String()
+    tenant_id = fields.String(allow_none=True)
+    actor_id = fields.String(allow_none=True, metadata={"description": "None: the command line"})
+    actor_email = fields.String(allow_none=True)
+    action = fields.String(metadata={"description": "e.g. `stream.revoke`, `user.create`"})
+    target_type = fields.String()
+    target_id = fields.String()
+    reason = fields.String(allow_none=True)
+    details = fields.Dict(allow_none=True)
+    created_at = fields.DateTime()

@@ -1,0 +1,280 @@
+"""Revocation across two nodes: two gunicorn masters (gevent workers), one Redis, one database.
+
+A stream runs on node A, its subscriber is on node B and the revoke is sent to node B: the
+upstream request closes, the subscriber receives ``stream.revoked`` and then the end of the
+stream, a reconnect to either node is refused with 410, and nothing of the stream is left in
+Redis (live set, concurrency leases). Revoking a user closes everything they had open on both
+nodes: subscriptions and generations, channel and direct mode.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from tests.conftest import (
+    LiveServer,
+    app_config,
+    live_env,
+    start_gunicorn,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = pytest.mark.live
+
+SLOW = "go [[fake infinite=1 delay_ms=20]]"
+READ_TIMEOUT_S = 30  # every read below ends by then at the latest
+
+
+@dataclass
+class Nodes:
+    a: LiveServer
+    b: LiveServer
+
+    @property
+    def app(self) -> Any:
+        return self.a.app
+
+
+@pytest.fixture()
+def nodes(redis: Any, redis_server: Any, fake_upstream: Any, tmp_path: Path) -> Iterator[Nodes]:
+    """Two gunicorn masters (two gevent workers each) on one Redis and one SQLite file."""
+    from api import create_app
+    from auth.store import db
+    from streaming.control import stop_services
+
+    db_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
+    servers: list[LiveServer] = []
+    with application.app_context():
+        db.create_all()
+        env = live_env(redis_server.url, db_url, fake_upstream.base_url, SSE_HEARTBEAT_S="1")
+        try:
+            for name in ("a", "b"):
+                log_path = tmp_path / f"gunicorn-{name}.log"
+                url, proc = start_gunicorn(env, log_path)
+                servers.append(LiveServer(url, proc, application, env, log_path))
+            yield Nodes(*servers)
+        finally:
+            for server in servers:
+                stop_process(server.proc)
+            stop_services(application)
+            db.session.remove()
+            db.engine.dispose()
+    application.extensions["streamgate.redis"].close()
+
+
+@pytest.fixture()
+def people(nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
+    """A tenant with an admin and a member; their ids and auth headers."""
+    with nodes.app.app_context():
+        tenant = make_tenant()
+        admin, member = make_user(tenant, role="admin"), make_user(tenant)
+        return {
+            "admin_id": admin.id,
+            "member_id": member.id,
+            "slug": tenant.slug,
+            "member_email": member.email,
+            "admin_h": auth_headers(admin),
+            "member_h": auth_headers(member),
+        }
+
+
+@dataclass
+class Reader:
+    """An SSE response read to its end on a thread (hub subscription or direct-mode stream)."""
+
+    base_url: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    params: dict[str, str] | None = None
+    body: dict[str, Any] | None = None
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    eof: bool = False
+    error: BaseException | None = None
+    opened: threading.Event = field(default_factory=threading.Event)
+    got_token: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> Reader:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(READ_TIMEOUT_S), "no response"
+        assert self.status == 200, (self.status, self.error)
+        return self
+
+    def _run(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.base_url, timeout=READ_TIMEOUT_S) as client,
+                connect_sse(
+                    client,
+                    self.method,
+                    self.path,
+                    params=self.params,
+                    headers=self.headers,
+                    json=self.body,
+                ) as source,
+            ):
+                self.status = source.response.status_code
+                self.response_headers = dict(source.response.headers)
+                self.opened.set()
+                if self.status != 200:
+                    return
+                for sse in source.iter_sse():
+                    if sse.data == "" or sse.event == "ping":
+                        continue
+                    self.events.append((sse.event, sse.data))
+                    if (
+                        sse.event == "token"
+                        or '"content":"' in sse.data
+                        and '"content":""' not in sse.data
+                    ):
+                        self.got_token.set()
+                self.eof = True
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            self.opened.set()
+
+    def finish(self) -> Reader:
+        """Wait for the server to end the response."""
+        assert self.thread is not None
+        self.thread.join(READ_TIMEOUT_S)
+        assert not self.thread.is_alive(), "the response is still open"
+        assert self.error is None, self.error
+        assert self.eof
+        return self
+
+    @property
+    def last(self) -> tuple[str, dict[str, Any]]:
+        event, data = self.events[-1]
+        return event, json.loads(data)
+
+
+def subscribe(node: LiveServer, channel: str, headers: dict[str, str]) -> Reader:
+    return Reader(node.url, "GET", "/v1/events", headers, params={"channel": channel}).start()
+
+
+def start_channel(node: LiveServer, headers: dict[str, str]) -> str:
+    body = {
+        "model": "fake-model",
+        "max_tokens": 4000,
+        "messages": [{"role": "user", "content": SLOW}],
+    }
+    with node.client() as client:
+        response = client.post("/v1/streams", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def start_direct(node: LiveServer, headers: dict[str, str]) -> Reader:
+    body = {
+        "model": "fake-model",
+        "max_tokens": 4000,
+        "stream": True,
+        "messages": [{"role": "user", "content": SLOW}],
+    }
+    return Reader(node.url, "POST", "/v1/chat/completions", headers, body=body).start()
+
+
+def holders_of(redis: Any, stream_id: str) -> list[str]:
+    """Every sorted set that still has the stream as a member (live set, concurrency leases)."""
+    found = []
+    for key in redis.scan_iter(count=1000):
+        if redis.type(key) == "zset" and redis.zscore(key, stream_id) is not None:
+            found.append(key)
+    return found
+
+
+def test_a_revoke_sent_to_node_b_stops_a_stream_running_on_node_a(
+    nodes: Nodes, people: dict[str, Any], fake_upstream: Any, redis: Any
+) -> None:
+    stream_id = start_channel(nodes.a, people["member_h"])
+    subscriber = subscribe(nodes.b, f"streams/{stream_id}", people["member_h"])
+    assert subscriber.got_token.wait(READ_TIMEOUT_S)
+    assert holders_of(redis, stream_id)  # it is live (and holds its leases)
+
+    with nodes.b.client() as client:
+        response = client.post(
+            f"/v1/admin/streams/{stream_id}/revoke",
+            json={"reason": "runaway"},
+            headers=people["admin_h"],
+        )
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "revoked"
+
+    subscriber.finish()
+    event, data = subscriber.last
+    assert event == "stream.revoked"
+    assert data["by"] == people["admin_id"] and data["reason"] == "runaway"
+    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1 and s["active"] == 0, timeout=15)
+    for node in (nodes.a, nodes.b):
+        with node.client() as client:
+            again = client.get(
+                "/v1/events", params={"channel": f"streams/{stream_id}"}, headers=people["member_h"]
+            )
+        assert again.status_code == 410
+    wait_until(lambda: not holders_of(redis, stream_id), timeout=15)
+    with nodes.a.client() as client:
+        detail = client.get(f"/v1/admin/streams/{stream_id}", headers=people["admin_h"]).json()
+        listed = client.get("/v1/admin/streams", headers=people["admin_h"]).json()
+    assert detail["status"] == "revoked" and detail["revoked_by"] == people["admin_id"]
+    assert listed == []
+
+
+def test_revoking_a_user_closes_their_subscriptions_and_generations_on_both_nodes(
+    nodes: Nodes, people: dict[str, Any], fake_upstream: Any, redis: Any
+) -> None:
+    h, user_id = people["member_h"], people["member_id"]
+    on_a = start_channel(nodes.a, h)
+    direct_on_b = start_direct(nodes.b, h)
+    subscriptions = [
+        subscribe(nodes.b, f"streams/{on_a}", h),
+        subscribe(nodes.a, f"users/{user_id}", h),
+        subscribe(nodes.b, f"users/{user_id}", h),
+    ]
+    assert subscriptions[0].got_token.wait(READ_TIMEOUT_S)
+    assert direct_on_b.got_token.wait(READ_TIMEOUT_S)
+    direct_id = direct_on_b.response_headers["x-stream-id"]
+    assert fake_upstream.snapshot()["active"] == 2
+
+    with nodes.a.client() as client:
+        response = client.post(
+            f"/v1/admin/users/{user_id}/revoke", json={"reason": "abuse"}, headers=people["admin_h"]
+        )
+    assert response.status_code == 202, response.text
+    assert sorted(response.json()["streams_revoked"]) == sorted([on_a, direct_id])
+
+    for reader in [*subscriptions, direct_on_b]:  # all five end
+        reader.finish()
+    # The user's own connections are cut at once (they may or may not see stream.revoked first).
+    assert subscriptions[0].last[0] in {"token", "stream.revoked"}
+    assert direct_on_b.last[1]["error"]["code"] == "stream_revoked"
+    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 2 and s["active"] == 0, timeout=15)
+    wait_until(lambda: not holders_of(redis, on_a) and not holders_of(redis, direct_id), timeout=15)
+    with nodes.b.client() as client:
+        assert client.get("/v1/auth/me", headers=h).status_code == 401
+        login = client.post(
+            "/v1/auth/login",
+            json={
+                "tenant": people["slug"],
+                "email": people["member_email"],
+                "password": "correct horse battery staple",
+            },
+        )
+        assert login.status_code == 401
+        again = client.get("/v1/events", params={"channel": f"users/{user_id}"}, headers=h)
+        assert again.status_code == 401
