@@ -78,7 +78,6 @@ def test_the_429_is_the_same_whether_or_not_the_account_exists(
     _assert_throttled(for_real)
     _assert_throttled(for_ghost)
     assert for_real.get_json() == for_ghost.get_json()
-    assert for_real.headers["Retry-After"] == for_ghost.headers["Retry-After"]
 
 
 @pytest.mark.db

@@ -63,36 +63,51 @@ def test_a_user_disabled_on_one_node_is_refused_on_the_other(
 
     user = make_user()
     pair = tokens_for(user)
+    # Read the ids here: touching an expired attribute inside the other app's context would
+    # load it through that app's engine (Flask-SQLAlchemy binds by current_app).
+    tenant_id, user_id = user.tenant_id, user.id
     other = second_app.test_client()
     assert other.get("/v1/auth/me", headers=bearer(pair["access_token"])).status_code == 200
 
     with second_app.app_context():
-        service.disable_user(user.tenant_id, user.id, None, "compromised")
+        service.disable_user(tenant_id, user_id, None, "compromised")
 
     assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
     assert_auth_error(other.get("/v1/auth/me", headers=bearer(pair["access_token"])))
 
 
-def test_without_redis_authenticated_requests_fail_closed_with_503(
-    app: Any, make_user: Any, db_url: str, fake_upstream: Any
-) -> None:
+@pytest.fixture()
+def app_without_redis(app: Any, db_url: str, fake_upstream: Any) -> Iterator[Any]:
+    """A node whose Redis is down (nothing listens on its port), sharing the database."""
     from api import create_app
+
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    broken = create_app(app_config(closed, db_url, fake_upstream.base_url))
+    yield broken
+    broken.extensions["streamgate.redis"].close()
+    with broken.app_context():
+        from auth.store import db
+
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_without_redis_authenticated_requests_fail_closed_with_503(
+    app_without_redis: Any, make_user: Any
+) -> None:
     from auth.tokens import issue_user_tokens
 
     user = make_user(role="admin")
-    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    broken = create_app(app_config(closed, db_url, fake_upstream.base_url))
-    with broken.app_context():
-        pair = issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
-    client = broken.test_client()
+    user_id, tenant_id, email = user.id, user.tenant_id, user.email
+    with app_without_redis.app_context():
+        pair = issue_user_tokens(user_id=user_id, tenant_id=tenant_id, role="admin")
+    client = app_without_redis.test_client()
 
     for response in (
         client.get("/v1/auth/me", headers=bearer(pair["access_token"])),
         client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])),
         client.get("/v1/tokens", headers=bearer(pair["access_token"])),
-        client.post(
-            "/v1/auth/login", json={"tenant": "any", "email": user.email, "password": "whatever"}
-        ),
+        client.post("/v1/auth/login", json={"tenant": "any", "email": email, "password": "x"}),
     ):
         assert response.status_code == 503
         body = response.get_json()
@@ -101,4 +116,3 @@ def test_without_redis_authenticated_requests_fail_closed_with_503(
 
     # A request without a token is still told to authenticate (no Redis needed to say so).
     assert_auth_error(client.get("/v1/auth/me"), error="")
-    broken.extensions["streamgate.redis"].close()
