@@ -224,6 +224,10 @@ def _revoke_live(stream_ids: list[str], by: str, reason: str | None) -> None:
     pipe.execute()
 
 
+def _count_revocation(target: str) -> None:
+    current_app.extensions["streamgate.metrics"].revocations.labels(target).inc()
+
+
 def revoke_stream(ident: Identity, stream_id: str, reason: str | None) -> dict[str, Any]:
     """Stop a stream on whatever node runs it; its subscribers get ``stream.revoked``.
 
@@ -240,6 +244,7 @@ def revoke_stream(ident: Identity, stream_id: str, reason: str | None) -> dict[s
             f"The stream already ended ({status}); there is nothing to revoke.",
             code="stream_finished",
         )
+    _count_revocation("stream")
     control.send(
         get_redis(),
         "revoke_stream",
@@ -281,6 +286,7 @@ def revoke_user(
         details={"streams": streams},
     )
     _revoke_live(streams, ident.user_id, reason)
+    _count_revocation("user")
     control.send(
         get_redis(), "revoke_user", _flag_ttl(), user_id=user.id, by=ident.user_id, reason=reason
     )
@@ -296,6 +302,7 @@ def revoke_token(ident: Identity, jti: str, reason: str | None) -> dict[str, Any
         ident.tenant_scope, jti, ident.user_id, reason, details={"streams": streams}
     )
     _revoke_live(streams, ident.user_id, reason)
+    _count_revocation("token")
     control.send(get_redis(), "revoke_token", _flag_ttl(), jti=jti, by=ident.user_id, reason=reason)
     return {"token": row, "streams_revoked": streams}
 

@@ -12,7 +12,7 @@ import logging
 import redis
 import sqlalchemy.exc
 from flask import Flask, Response, current_app
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from auth.errors import ApiError, error_response
 
@@ -24,6 +24,9 @@ def handle_http_exception(exc: HTTPException) -> Response:
         if original is not None:
             log.error("unhandled error", exc_info=original)
         exc = ApiError(500, "Internal server error; the request id identifies it in the logs.")
+    elif isinstance(exc, RequestEntityTooLarge):
+        limit = current_app.config["MAX_BODY_BYTES"]
+        exc = ApiError(413, f"Request body is too large: at most {limit} bytes.")
     return error_response(exc)
 
 

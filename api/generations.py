@@ -31,7 +31,9 @@ def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
     return sum(len(m["content"]) // 4 + 4 for m in messages) + 2
 
 
-def start_generation(ident: Identity, body: dict[str, Any], mode: str) -> tuple[Generation, limits.Admission]:
+def start_generation(
+    ident: Identity, body: dict[str, Any], mode: str
+) -> tuple[Generation, limits.Admission]:
     """Check the request against the tenant's models and bounds, admit it and record it."""
     cfg = current_app.config
     model = body["model"]
@@ -43,12 +45,16 @@ def start_generation(ident: Identity, body: dict[str, Any], mode: str) -> tuple[
         raise ApiError(400, f"Too many messages: at most {cfg['MAX_MESSAGES']}.", param="messages",
                        code="too_many_messages", errors={"messages": ["Too many messages."]})
     if sum(len(m["content"]) for m in messages) > cfg["MAX_PROMPT_CHARS"]:
-        raise ApiError(400, f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters in all.",
+        raise ApiError(400, f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters"
+                       " in all.",
                        param="messages", code="context_length_exceeded",
                        errors={"messages": ["Too long."]})
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or cfg["DEFAULT_MAX_TOKENS"]
+    # A request that names no limit gets the default, never more than the cap allows.
+    max_tokens = (body.get("max_tokens") or body.get("max_completion_tokens")
+                  or min(cfg["DEFAULT_MAX_TOKENS"], cfg["MAX_TOKENS_CAP"]))
     if max_tokens > cfg["MAX_TOKENS_CAP"]:
-        raise ApiError(400, f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.", param="max_tokens",
+        raise ApiError(400, f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.",
+                       param="max_tokens",
                        code="max_tokens_too_large", errors={"max_tokens": ["Too large."]})
     params = {
         "max_tokens": max_tokens,

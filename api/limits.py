@@ -533,6 +533,9 @@ _TITLE = {
 def _refusal(results: list[_Result], cost: int | None) -> ApiError:
     """A 429 naming the limit that holds the caller back longest."""
     refused = max((r for r in results if r.retry_ms > 0), key=lambda r: r.retry_ms)
+    current_app.extensions["streamgate.metrics"].rate_limited.labels(
+        f"{refused.scope}_{refused.key}"
+    ).inc()
     retry_s = max(1, math.ceil(refused.retry_ms / 1000))
     what = f"{_TITLE[refused.key]} for {_WHOSE[refused.scope]}: limit {refused.limit}"
     if refused.key == "rpm":

@@ -33,10 +33,13 @@ class Provider:
     base_url: str
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def stream(self, model: str, messages: list[dict[str, str]], params: Mapping[str, Any]) -> Iterator[Chunk]:
+    def stream(
+        self, model: str, messages: list[dict[str, str]], params: Mapping[str, Any]
+    ) -> Iterator[Chunk]:
         """Iterate the upstream generation; closing the iterator closes the upstream request."""
         kwargs = {key: value for key, value in params.items() if value is not None}
-        for piece in self.llm.stream(to_langchain(messages), model=model, stream_usage=True, **kwargs):
+        pieces = self.llm.stream(to_langchain(messages), model=model, stream_usage=True, **kwargs)
+        for piece in pieces:
             meta = piece.response_metadata or {}
             usage = piece.usage_metadata
             yield Chunk(
@@ -45,6 +48,22 @@ class Provider:
                 prompt_tokens=usage["input_tokens"] if usage else None,
                 completion_tokens=usage["output_tokens"] if usage else None,
             )
+
+
+class _ChatOpenAI(ChatOpenAI):
+    """ChatOpenAI that sends the completion cap as ``max_tokens``.
+
+    ChatOpenAI renames it ``max_completion_tokens`` (OpenAI's newer name), which llama.cpp's
+    server, llama-cpp-python and older vLLM / Ollama ignore: the cap would silently not apply.
+    ``max_tokens`` is understood by every OpenAI-compatible server, OpenAI's chat models included.
+    """
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None,
+                             **kwargs: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if "max_completion_tokens" in payload and "max_tokens" not in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        return payload
 
 
 def to_langchain(messages: list[dict[str, str]]) -> list[BaseMessage]:
@@ -61,7 +80,7 @@ def build_provider(config: Mapping[str, Any]) -> Provider:
         write=10.0,
         pool=10.0,
     )
-    llm = ChatOpenAI(
+    llm = _ChatOpenAI(
         base_url=config["LLM_BASE_URL"],
         api_key=config["LLM_API_KEY"],
         model=(config["LLM_MODELS"] or ["default"])[0],

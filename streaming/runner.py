@@ -12,7 +12,6 @@ request closes at once); otherwise the runner notices before its next chunk.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -25,7 +24,7 @@ import httpx
 import openai
 from flask import Flask
 
-from streaming import state
+from streaming import sse, state
 from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
 
@@ -77,14 +76,18 @@ class AdmissionControl(Protocol):
     """Implemented by ``api.limits``; the runner only renews and settles what was admitted."""
 
     def renew(self, admission: dict[str, Any]) -> None: ...
-    def release(self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None: ...
+    def release(
+        self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int
+    ) -> None: ...
 
 
 class NoAdmission:
     def renew(self, admission: dict[str, Any]) -> None:
         return None
 
-    def release(self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> None:
+    def release(
+        self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int
+    ) -> None:
         return None
 
 
@@ -106,7 +109,8 @@ def classify(exc: BaseException) -> Outcome:
                        error_message=f"The model server answered {status}.")
     if isinstance(exc, openai.APIError):
         return Outcome("failed", error_code="upstream_error", http_status=502,
-                       error_message="The model server reported an error: " + str(exc.message)[:300])
+                       error_message="The model server reported an error: "
+                       + str(exc.message)[:300])
     if isinstance(exc, httpx.HTTPError):
         return Outcome("failed", error_code="upstream_disconnected", http_status=502,
                        error_message="The model server dropped the connection.")
@@ -190,7 +194,6 @@ def registry(app: Flask) -> Registry:
 def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     """Drive one generation to its end and release everything it held. Never raises."""
     gen = handle.gen
-    cfg = app.config
     metrics = app.extensions["streamgate.metrics"]
     provider: Provider = app.extensions["streamgate.llm"]
     admission: AdmissionControl = app.extensions.get("streamgate.admission") or NoAdmission()
@@ -243,6 +246,9 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
             outcome = classify(exc)
             if accepted:
                 outcome.http_status = None  # the upstream answered 200: the failure is in-band
+                if outcome.error_code == "upstream_unavailable":  # it was reached, then went away
+                    outcome.error_code = "upstream_disconnected"
+                    outcome.error_message = "The model server dropped the connection."
             metrics.upstream_errors.labels(outcome.error_code or "unknown").inc()
             log.warning("generation %s failed: %s: %s", gen.stream_id, type(exc).__name__, exc,
                         extra={"stream_id": gen.stream_id})
@@ -270,20 +276,24 @@ def _settle(
     """The one place a run's resources are released, whatever happened."""
     gen = handle.gen
     metrics = app.extensions["streamgate.metrics"]
+    # The sink goes last: once a client sees the end, its lease and live entry are already gone,
+    # so a follow-up request is not refused as one stream too many.
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("sink", lambda: sink.finished(outcome, prompt_tokens, completion_tokens)),
         ("admission", lambda: admission.release(gen.admission, prompt_tokens, completion_tokens)
          if gen.admission is not None else None),
         ("live-state", lambda: state.mark_finished(gen, outcome, prompt_tokens, completion_tokens)),
+        ("sink", lambda: sink.finished(outcome, prompt_tokens, completion_tokens)),
     ]
     retry_s = app.config["REDIS_RETRY_S"]
     for name, step in steps:
         try:
             with_redis_retry(step, retry_s)  # a Redis restart must not leave the run half-settled
         except Exception:  # noqa: BLE001 - one failed release must not skip the others
-            log.exception("releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id})
+            log.exception("releasing %s of %s failed", name, gen.stream_id,
+                          extra={"stream_id": gen.stream_id})
     text_of = getattr(sink, "text", None)
-    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens, text_of() if text_of else None)
+    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens,
+                       text_of() if text_of else None)
     registry(app).remove(handle)
     metrics.active_streams.labels(gen.mode).dec()
     metrics.streams_total.labels(gen.mode, outcome.status).inc()
@@ -359,7 +369,8 @@ def stopped_outcome(kind: str, **details: Any) -> Outcome:
     """An outcome for a stop requested from outside the run (control bus, client, keeper)."""
     if kind == "revoked":
         return Outcome("revoked", error_code="stream_revoked", revoked_by=details.get("by"),
-                       reason=details.get("reason"), error_message="The stream was revoked by an administrator.")
+                       reason=details.get("reason"),
+                       error_message="The stream was revoked by an administrator.")
     if kind == "max_duration":
         return Outcome("failed", error_code="max_duration",
                        error_message="The generation exceeded its maximum duration.")
@@ -375,4 +386,5 @@ def outcome_payload(outcome: Outcome) -> dict[str, Any]:
 
 
 def dumps(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON for event payloads (``sse.dumps``: safe for every line reader)."""
+    return sse.dumps(payload)

@@ -1,10 +1,14 @@
 """Server-Sent Events framing: pure functions, exact to the WHATWG rules.
 
 - every field is written ``name: value`` (with the space, so a value's own leading space survives);
-- ``data`` is split only on CRLF, CR or LF, one ``data:`` line each, so text round-trips byte for byte
-  (U+2028, NEL and friends are not line breaks in SSE and are left alone);
+- ``data`` is split only on CRLF, CR or LF, one ``data:`` line each, so text round-trips byte for
+  byte (U+2028, NEL and friends are not line breaks in SSE and are left alone);
 - ``event`` and ``id`` may never contain CR, LF or NUL (``id``) — refused, never silently cleaned;
 - a frame ends with one blank line.
+
+JSON payloads (``dumps`` / ``json_frame``) additionally escape U+2028, U+2029 and NEL: they are not
+SSE line breaks, but clients that read lines with ``str.splitlines`` (httpx's ``iter_lines``, many
+hand-written readers) would cut a data line there. Escaped, the JSON decodes to the same text.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
+_UNICODE_BREAKS = re.compile("[\u2028\u2029\x85]")
 
 HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -33,7 +38,10 @@ def _field(name: str, value: str) -> str:
     return f"{name}: {value}\n"
 
 
-def frame(data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None) -> bytes:  # noqa: A002 - the SSE field is called id
+def frame(
+    data: str, *, event: str | None = None, id: str | None = None,  # noqa: A002 - the SSE field
+    retry: int | None = None,
+) -> bytes:
     """One complete event as UTF-8 bytes."""
     parts: list[str] = []
     if event is not None:
@@ -48,9 +56,17 @@ def frame(data: str, *, event: str | None = None, id: str | None = None, retry: 
     return "".join(parts).encode("utf-8")
 
 
-def json_frame(payload: Any, *, event: str | None = None, id: str | None = None) -> bytes:  # noqa: A002
-    """An event whose data is compact JSON (never contains a raw line break)."""
-    return frame(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), event=event, id=id)
+def dumps(payload: Any) -> str:
+    """Compact UTF-8 JSON with no character any line reader splits on (same value when parsed)."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _UNICODE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def json_frame(
+    payload: Any, *, event: str | None = None, id: str | None = None,  # noqa: A002
+) -> bytes:
+    """An event whose data is one line of compact JSON (see ``dumps``)."""
+    return frame(dumps(payload), event=event, id=id)
 
 
 def comment(text: str = "") -> bytes:

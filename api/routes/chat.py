@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app, request, stream_with_context
 from flask_smorest import Blueprint
 
 from api.generations import start_generation
@@ -20,6 +20,7 @@ from streaming.control import services
 from streaming.runner import Outcome, QueueSink, RunHandle, run_generation, spawn, stopped_outcome
 
 bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatible chat completions")
+
 
 @bp.post("/chat/completions")
 @require("chat")
@@ -34,21 +35,89 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     db.session.remove()  # nothing below needs the request's database session
     services(app)  # this worker's control listener and keeper: the run must be revocable
     spawn(run_generation, app, handle, sink)
+    unwatch = _watch_client(request.environ, handle, app.config["SSE_SEND_TIMEOUT_S"])
     headers = {"X-Stream-Id": gen.stream_id, **admission.headers}
     heartbeat = app.config["SSE_HEARTBEAT_S"]
-    early = sink.wait_accepted(heartbeat)
-    if early is not None and early.http_status is not None:
-        raise ApiError(early.http_status, early.error_message or "Upstream failure",
-                       code=early.error_code, headers=headers)
+    try:
+        # Up to one heartbeat for the upstream to answer, so that a refusal or an HTTP error
+        # before the first token can still be a 5xx; after that the 200 goes out and any
+        # failure travels in-band.
+        early = sink.wait_accepted(heartbeat)
+        if early is not None and early.http_status is not None:
+            raise _failure(early, headers)
+        if not body["stream"]:
+            return _completion(gen.stream_id, gen.model, sink, heartbeat, headers), 200, headers
+    except BaseException:
+        unwatch()
+        raise
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    if not body["stream"]:
-        return _completion(gen.stream_id, gen.model, sink, heartbeat), 200, headers
     chunks = _Chunks(gen.stream_id, gen.model)
-    response = Response(
-        stream_with_context(_stream(chunks, handle, sink, heartbeat, include_usage)),
+    return Response(
+        stream_with_context(_stream(chunks, handle, sink, heartbeat, include_usage, unwatch)),
         headers={**sse.HEADERS, **headers},
     )
-    return response
+
+
+def _watch_client(
+    environ: dict[str, Any], handle: RunHandle, send_timeout_s: float,
+) -> Callable[[], None]:
+    """Stop the run as soon as the client closes its connection; returns the watch's stopper.
+
+    Under gunicorn's gevent worker a greenlet blocks on the client socket (a ``MSG_PEEK`` read
+    that consumes nothing): EOF means the client left, even while no byte is being written
+    (slow first token, ``stream: false``), so the upstream request closes at once instead of at
+    the next failed write. Elsewhere (tests in-process) the failed write alone notices.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None or not _gevent_patched():
+        return lambda: None
+    import gevent
+
+    previous_timeout = sock.gettimeout()
+    sock.settimeout(send_timeout_s)  # a client that stops reading is dropped, as on the hub
+
+    def watch() -> None:
+        while handle.stopped is None:
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            except TimeoutError:
+                continue  # nothing to read is the normal case: keep watching
+            except OSError:
+                data = b""
+            if not data:
+                handle.stop(stopped_outcome("cancelled", reason="client_disconnected"))
+            return  # EOF, or the client sent more (a pipelined request): nothing left to watch
+
+    watcher = gevent.spawn(watch)
+
+    def unwatch() -> None:
+        watcher.kill()  # blocks until it no longer waits on the socket
+        try:
+            sock.settimeout(previous_timeout)  # the connection may serve another request
+        except OSError:
+            pass
+
+    return unwatch
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
+def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
+    """The error answered when a generation ends badly before any byte of the response."""
+    if outcome.status == "revoked":
+        return ApiError(403, outcome.error_message or "The stream was revoked.",
+                        code="stream_revoked", headers=headers)
+    if outcome.status == "cancelled":
+        return ApiError(409, "The generation was cancelled before it finished.",
+                        code="stream_cancelled", headers=headers)
+    return ApiError(outcome.http_status or 502, outcome.error_message or "The generation failed.",
+                    code=outcome.error_code or "upstream_error", headers=headers)
 
 
 class _Chunks:
@@ -58,13 +127,13 @@ class _Chunks:
         self.id = "chatcmpl-" + stream_id.removeprefix("str_")
         self.created = int(time.time())
         self.model = model
-        head = json.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                           "model": model}, ensure_ascii=False, separators=(",", ":"))[:-1]
-        self._token_prefix = "data: " + head + ',"choices":[{"index":0,"delta":{"content":'
-        self._token_suffix = '},"finish_reason":null}]}\n\n'
+        head = sse.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                          "model": model})[:-1]
+        self._before_text = "data: " + head + ',"choices":[{"index":0,"delta":{"content":'
+        self._after_text = '},"finish_reason":null}]}\n\n'
 
     def token(self, text: str) -> bytes:
-        return (self._token_prefix + json.dumps(text, ensure_ascii=False) + self._token_suffix).encode()
+        return (self._before_text + sse.dumps(text) + self._after_text).encode()
 
     def event(self, **fields: Any) -> bytes:
         payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -85,7 +154,10 @@ def _in_band_error(outcome: Outcome) -> bytes:
     }})
 
 
-def _stream(chunks: _Chunks, handle: RunHandle, sink: QueueSink, heartbeat: float, include_usage: bool) -> Iterator[bytes]:
+def _stream(
+    chunks: _Chunks, handle: RunHandle, sink: QueueSink, heartbeat: float, include_usage: bool,
+    unwatch: Callable[[], None],
+) -> Iterator[bytes]:
     finished = False
     try:
         yield sse.comment("stream " + handle.gen.stream_id)  # flush headers at once
@@ -101,18 +173,22 @@ def _stream(chunks: _Chunks, handle: RunHandle, sink: QueueSink, heartbeat: floa
                 if outcome.status != "completed":
                     yield _in_band_error(outcome)
                     return
-                yield chunks.event(choices=[{"index": 0, "delta": {}, "finish_reason": outcome.finish_reason}])
+                yield chunks.event(choices=[{"index": 0, "delta": {},
+                                             "finish_reason": outcome.finish_reason}])
                 if include_usage:
                     yield chunks.event(choices=[], usage={
                         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                         "total_tokens": prompt_tokens + completion_tokens})
                 yield b"data: [DONE]\n\n"
     finally:
+        unwatch()
         if not finished:  # the client went away: stop the generation and close the upstream
             handle.stop(stopped_outcome("cancelled", reason="client_disconnected"))
 
 
-def _completion(stream_id: str, model: str, sink: QueueSink, heartbeat: float) -> dict[str, Any]:
+def _completion(
+    stream_id: str, model: str, sink: QueueSink, heartbeat: float, headers: dict[str, str],
+) -> dict[str, Any]:
     parts: list[str] = []
     for item in sink.drain(heartbeat):
         if isinstance(item, str):
@@ -120,15 +196,14 @@ def _completion(stream_id: str, model: str, sink: QueueSink, heartbeat: float) -
         elif item is not None:
             outcome, prompt_tokens, completion_tokens = item
             if outcome.status != "completed":
-                raise ApiError(outcome.http_status or 502, outcome.error_message or "Generation failed",
-                               code=outcome.error_code)
+                raise _failure(outcome, headers)
             return {
                 "id": "chatcmpl-" + stream_id.removeprefix("str_"),
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                             "finish_reason": outcome.finish_reason}],
+                "choices": [{"index": 0, "finish_reason": outcome.finish_reason,
+                             "message": {"role": "assistant", "content": "".join(parts)}}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens},
             }

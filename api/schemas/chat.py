@@ -26,7 +26,8 @@ class MessageSchema(Schema):
         unknown = EXCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
-    content = fields.String(required=True)
+    content = fields.String(required=True, error_messages={
+        "invalid": "Must be a string (content parts and images are not supported)."})
     name = fields.String(validate=[validate.Length(max=64), NO_CONTROL])
 
 
@@ -44,9 +45,13 @@ class ChatRequestSchema(Schema):
         unknown = EXCLUDE
 
     model = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_CONTROL])
-    messages = fields.List(fields.Nested(MessageSchema), required=True, validate=validate.Length(min=1))
+    messages = fields.List(
+        fields.Nested(MessageSchema), required=True,
+        validate=validate.Length(min=1, error="At least one message is required."),
+    )
     max_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
-    max_completion_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    max_completion_tokens = fields.Integer(strict=True, allow_none=True,
+                                           validate=validate.Range(min=1))
     temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
     stop = StopField(allow_none=True)
@@ -57,7 +62,37 @@ class ChatRequestSchema(Schema):
     @validates_schema
     def _one_limit(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("max_tokens") and data.get("max_completion_tokens"):
-            raise ValidationError("Give max_tokens or max_completion_tokens, not both.", "max_tokens")
+            raise ValidationError("Give max_tokens or max_completion_tokens, not both.",
+                                  "max_tokens")
+
+    def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
+        """Name each bad field by its path (``messages[2].role``), as a client would write it."""
+        if not isinstance(data, dict):
+            kind = _JSON_KINDS.get(type(data), "something else")
+            raise ValidationError({"body": [f"The body must be a JSON object, not {kind}."]})
+        raise ValidationError(flatten_errors(error.normalized_messages()))
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def flatten_errors(messages: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"messages": {0: {"role": [...]}}}`` -> ``{"messages[0].role": [...]}``."""
+    flat: dict[str, Any] = {}
+    for key, value in messages.items():
+        if key == "_schema":
+            path = prefix or "_schema"
+            value = ["Must be an object."] if value == ["Invalid input type."] else value
+        elif isinstance(key, int):
+            path = f"{prefix}[{key}]"
+        else:
+            path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_errors(value, path))
+        else:
+            flat[path] = value
+    return flat
 
 
 class UsageSchema(Schema):

@@ -2,8 +2,8 @@
 
 - ``parse`` below is a reference implementation of the WHATWG "event stream interpretation"
   algorithm, written from the specification, working on raw bytes;
-- httpx-sse's incremental ``SSELineDecoder`` + ``SSEDecoder`` (what the tests' clients use) is fed the
-  same bytes cut at arbitrary points, as a network would deliver them.
+- httpx-sse's incremental ``SSELineDecoder`` + ``SSEDecoder`` (what the tests' clients use) is fed
+  the same bytes cut at arbitrary points, as a network would deliver them.
 """
 
 from __future__ import annotations
@@ -156,7 +156,9 @@ def test_cr_lf_or_nul_in_event_or_id_is_refused(field: str, bad: str) -> None:
         sse.frame("x", **{field: bad})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fine", ["stream.completed", "1712000000000-0", " spaced ", "caf\u00e9", "\u2028"])
+@pytest.mark.parametrize(
+    "fine", ["stream.completed", "1712000000000-0", " spaced ", "caf\u00e9", "\u2028"]
+)
 def test_other_event_and_id_values_are_written_verbatim(fine: str) -> None:
     events, _, _ = parse(sse.frame("x", event=fine, id=fine))
     assert (events[0].type, events[0].last_event_id) == (fine, fine)
@@ -192,7 +194,15 @@ def test_json_frames_are_one_compact_line_whatever_the_text() -> None:
     payload = {"text": " a\r\nb\rc\nd\u2028e \U0001f642", "index": 3}
     raw = sse.json_frame(payload, event="token", id="5-0")
     assert raw.count(b"\n") == 4 and b"\r" not in raw  # event, id, data, blank line
-    assert "\u2028".encode() in raw  # not escaped: U+2028 is not an SSE line break
+    assert json.loads(parse(raw)[0][0].data) == payload
+
+
+def test_json_frames_escape_what_naive_line_readers_split_on() -> None:
+    """U+2028/U+2029/NEL are fine in SSE, but ``str.splitlines`` readers would cut the line."""
+    payload = {"text": "a\u2028b\u2029c\x85d"}
+    raw = sse.json_frame(payload)
+    assert raw == b'data: {"text":"a\\u2028b\\u2029c\\u0085d"}\n\n'
+    assert raw.decode().splitlines() == [raw.decode().rstrip("\n"), ""]
     assert json.loads(parse(raw)[0][0].data) == payload
 
 
@@ -210,10 +220,28 @@ def test_the_stream_headers_disable_caching_and_proxy_buffering() -> None:
 
 # Any Unicode scalar value (no lone surrogates: they cannot be UTF-8), weighted towards the
 # characters that break naive framing.
-TRICKY = st.sampled_from(["\r", "\n", "\r\n", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x00",
-                          " ", ":", "data: ", "id: ", "\ufeff", "\U0001f642"])
-TEXT = st.lists(st.one_of(st.text(st.characters(codec="utf-8"), max_size=8), TRICKY),
-                max_size=12).map("".join)
+TRICKY = st.sampled_from(
+    [
+        "\r",
+        "\n",
+        "\r\n",
+        "\u2028",
+        "\u2029",
+        "\x85",
+        "\x0b",
+        "\x0c",
+        "\x00",
+        " ",
+        ":",
+        "data: ",
+        "id: ",
+        "\ufeff",
+        "\U0001f642",
+    ]
+)
+TEXT = st.lists(
+    st.one_of(st.text(st.characters(codec="utf-8"), max_size=8), TRICKY), max_size=12
+).map("".join)
 NAME = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\x00"), max_size=12)
 
 
@@ -223,10 +251,17 @@ def _cuts(raw: bytes, points: list[int]) -> list[bytes]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(texts=st.lists(TEXT, min_size=1, max_size=4), names=st.lists(NAME, min_size=4, max_size=4),
-       points=st.lists(st.integers(min_value=0), max_size=10))
-def test_random_text_round_trips_through_both_parsers(texts: list[str], names: list[str], points: list[int]) -> None:
-    raw = b"".join(sse.frame(t, event=names[i] or None, id=names[-1 - i]) for i, t in enumerate(texts))
+@given(
+    texts=st.lists(TEXT, min_size=1, max_size=4),
+    names=st.lists(NAME, min_size=4, max_size=4),
+    points=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_random_text_round_trips_through_both_parsers(
+    texts: list[str], names: list[str], points: list[int]
+) -> None:
+    raw = b"".join(
+        sse.frame(t, event=names[i] or None, id=names[-1 - i]) for i, t in enumerate(texts)
+    )
 
     events, _, _ = parse(raw)
     assert [e.data for e in events] == [sse_lines(t) for t in texts]
@@ -253,3 +288,7 @@ def test_tokens_as_json_round_trip_byte_for_byte_cr_included(tokens: list[str]) 
     raw = b"".join(sse.json_frame({"text": t}) for t in tokens)
     events, _, _ = parse(raw)
     assert [json.loads(e.data)["text"].encode() for e in events] == [t.encode() for t in tokens]
+    # and each event is exactly one line to any reader, even one splitting on Unicode breaks
+    assert raw.decode().splitlines() == [
+        line for t in tokens for line in (sse.json_frame({"text": t}).decode().split("\n")[:2])
+    ]

@@ -1,0 +1,149 @@
+"""GET /v1/models: the models this tenant may use, in OpenAI's list shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture()
+def app_overrides() -> dict[str, Any]:
+    return {"LLM_MODELS": ["default-a", "default-b"]}
+
+
+def model_ids(response: Any) -> list[str]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["object"] == "list"
+    for model in body["data"]:
+        assert (
+            model["object"] == "model" and isinstance(model["created"], int) and model["owned_by"]
+        )
+    return [model["id"] for model in body["data"]]
+
+
+def test_a_tenant_sees_its_allow_list(
+    client: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user(make_tenant(models=["fake-model", "big-model"]))
+    assert model_ids(client.get("/v1/models", headers=auth_headers(user))) == [
+        "fake-model",
+        "big-model",
+    ]
+
+
+def test_another_tenants_models_are_not_shown(
+    client: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    mine = make_user(make_tenant(models=["mine-1"]))
+    theirs = make_user(make_tenant(models=["theirs-1", "theirs-2"]))
+    assert model_ids(client.get("/v1/models", headers=auth_headers(mine))) == ["mine-1"]
+    assert model_ids(client.get("/v1/models", headers=auth_headers(theirs))) == [
+        "theirs-1",
+        "theirs-2",
+    ]
+
+
+def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
+    client: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    from auth.store import db
+
+    tenant = make_tenant()
+    tenant.allowed_models = []
+    db.session.commit()
+    user = make_user(tenant)
+    assert model_ids(client.get("/v1/models", headers=auth_headers(user))) == [
+        "default-a",
+        "default-b",
+    ]
+
+
+def test_every_listed_model_can_be_used_and_no_other(
+    client: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user(make_tenant(models=["fake-model"]))
+    headers = auth_headers(user)
+    listed = model_ids(client.get("/v1/models", headers=headers))
+    body = {"messages": [{"role": "user", "content": "hi [[fake tokens=1]]"}]}
+    for model in listed:
+        assert (
+            client.post(
+                "/v1/chat/completions", headers=headers, json={**body, "model": model}
+            ).status_code
+            == 200
+        )
+    refused = client.post(
+        "/v1/chat/completions", headers=headers, json={**body, "model": "default-a"}
+    )
+    assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "model_not_found"
+
+
+def test_without_a_token_it_is_a_401_in_openai_shape(client: Any) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 401
+    error = response.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "authentication_error" and error["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_app_token_with_any_scope_may_list_models(
+    client: Any,
+    make_user: Callable[..., Any],
+) -> None:
+    from datetime import timedelta
+
+    from auth.tokens import issue_app_token
+
+    user = make_user()
+    token = issue_app_token(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        role=user.role,
+        scopes=["read"],
+        ttl=timedelta(hours=1),
+    )
+    assert model_ids(client.get("/v1/models", headers={"Authorization": "Bearer " + token})) == [
+        "fake-model"
+    ]
+
+
+def test_the_openai_sdk_lists_models(
+    client: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+    app: Any,
+) -> None:
+    import httpx
+    import openai
+
+    user = make_user(make_tenant(models=["fake-model", "big-model"]))
+    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, base_url="http://streamgate") as http:
+        sdk = openai.OpenAI(
+            base_url="http://streamgate/v1", api_key=token, http_client=http, max_retries=0
+        )
+        assert [m.id for m in sdk.models.list()] == ["fake-model", "big-model"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url="http://streamgate/v1", api_key="nope", http_client=http, max_retries=0
+            ).models.list()
