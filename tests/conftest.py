@@ -308,7 +308,11 @@ def start_gunicorn(env: dict[str, str], log_path: Path, workers: int = 2) -> tup
         except httpx.HTTPError:
             return False
 
-    wait_until(up, timeout=30, interval=0.1)
+    try:
+        wait_until(up, timeout=30, interval=0.1)
+    except BaseException:
+        stop_process(proc)  # a server that came up too late must not outlive the failed test
+        raise
     return url, proc
 
 
