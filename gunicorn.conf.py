@@ -34,6 +34,20 @@ def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
     os.makedirs(path, exist_ok=True)
 
 
+def post_worker_init(worker):
+    """Start this worker's keeper and control-bus reader at boot, not on its first channel request.
+
+    Every worker must renew the leases of its direct-mode runs and reap the runs of a worker that
+    died, whatever traffic it has served so far.
+    """
+    from streaming.control import services
+
+    try:
+        services(worker.wsgi)
+    except Exception:  # noqa: BLE001 - serve anyway; services() is retried on first channel use
+        worker.log.exception("streamgate services did not start at boot")
+
+
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
     """A dead worker's live gauges no longer count."""
     from prometheus_client import multiprocess

@@ -155,6 +155,23 @@ class RunHandle:
             if gevent.getcurrent() is not greenlet:
                 greenlet.kill(StopRun(outcome.status), block=False)
 
+    def absorb_pending_stop(self) -> None:
+        """Let a stop that was scheduled before finalizing land here, not mid-release.
+
+        ``stop`` schedules the greenlet kill for the hub's next turn; a runner that noticed
+        ``stopped`` first and went on to settle would otherwise get ``StopRun`` thrown into a
+        release (a lease or token reservation left behind). The kill callback was queued before
+        ours, so one trip through the hub delivers it.
+        """
+        if self._greenlet is None or self.stopped is None:
+            return
+        import gevent
+
+        try:
+            gevent.sleep(0)
+        except StopRun:
+            pass
+
 
 class Registry:
     """The runs of this process, indexed for the control bus (stream, user, token)."""
@@ -254,6 +271,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                         extra={"stream_id": gen.stream_id})
         finally:
             handle.finalizing = True
+            handle.absorb_pending_stop()
             if upstream is not None:
                 close = getattr(upstream, "close", None)
                 if close is not None:

@@ -384,12 +384,14 @@ def test_new_limits_apply_to_the_next_request(
     _, admin = member(tenant, role="admin")
     user, headers = member(tenant)
     user_id = user.id
-    assert client.post("/v1/streams", json=body(), headers=headers).status_code == 202  # cached
-    changed = client.put(f"/v1/admin/users/{user_id}/limits", json={"rpm": 1}, headers=admin)
+    running = client.post("/v1/streams", json=SLOW, headers=headers)
+    assert running.status_code == 202  # this user's limits (the defaults) are now cached
+    changed = client.put(f"/v1/admin/users/{user_id}/limits", json={"concurrent": 1},
+                         headers=admin)
     assert changed.status_code == 200
     refused = client.post("/v1/streams", json=body(), headers=headers)
     assert refused.status_code == 429
-    assert refused.get_json()["errors"]["limit"] == "user.rpm"
+    assert refused.get_json()["errors"]["limit"] == "user.concurrent"
     reset = client.put(f"/v1/admin/users/{user_id}/limits", json={}, headers=admin)
     assert reset.status_code == 200
     assert client.post("/v1/streams", json=body(), headers=headers).status_code == 202
