@@ -1,0 +1,153 @@
+"""What admission adds to a generation start: the limits Lua scripts timed at a fixed request rate.
+
+    python -m bench.admission [--rate 200] [--seconds 20] [--users 50] [--tenants 5]
+
+Starts its own redis-server on a free loopback port (stopped by PID at the end) and an app on a
+throwaway SQLite file, then, open loop at ``--rate`` calls per second from one client, times:
+
+- ``ping``: one Redis round trip, the floor any Redis-backed check pays;
+- ``admit``: ``api.limits.admit`` (the one script checking all eight limits, limits cached);
+- ``release``: the settlement at the end of a run (lease dropped, reservation reconciled).
+
+Admission is on the request path of every generation start; release runs after the stream.
+Prints p50 / p99 / max in milliseconds and writes them to ``bench/results/admission.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+HIGH = {"rpm": 10**9, "concurrent": 10**9, "tpm": 10**12, "tpd": 10**13}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered) * 1000, 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+        "max_ms": round(ordered[-1] * 1000, 3),
+    }
+
+
+def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
+    from tests.conftest import free_port
+
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):  # bounded: 10 s
+        try:
+            if probe.ping():
+                break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    probe.close()
+    return proc, port
+
+
+def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]:
+    from api import create_app, limits
+    from auth.access import Identity
+    from auth.models import Tenant, User, new_id
+    from auth.store import db, get_redis
+
+    workdir = tempfile.mkdtemp(prefix="sg-bench-admission-")
+    proc, port = start_redis(workdir)
+    try:
+        app = create_app({
+            "TESTING": True, "JWT_SECRET_KEY": "bench-" + "x" * 40, "LOG_LEVEL": "WARNING",
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
+        })
+        with app.app_context():
+            db.create_all()
+            idents = []
+            for t in range(tenants):
+                tenant = Tenant(slug=f"bench-{t}", name=f"Bench {t}", limits=HIGH)
+                db.session.add(tenant)
+                db.session.flush()
+                for _ in range(users // tenants):
+                    user = User(tenant_id=tenant.id, email=f"{new_id('u')}@bench", role="member",
+                                password_hash="x", limits=HIGH)
+                    db.session.add(user)
+                    db.session.flush()
+                    idents.append(Identity(user.id, tenant.id, "member",
+                                           frozenset({"chat"}), "jti", "user", time.time() + 3600))
+            db.session.commit()
+            control = limits.control()
+            client = get_redis()
+            for ident in idents:  # warm: limits cached, scripts loaded, as in a running worker
+                admission = limits.admit(ident, 600, new_id("str"))
+                control.release(admission.info, 100, 50)  # type: ignore[arg-type]
+            timings: dict[str, list[float]] = {"ping": [], "admit": [], "release": []}
+            total = int(rate * seconds)
+            start = time.perf_counter()
+            late = 0
+            for i in range(total):
+                target = start + i / rate
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    late += 1
+                ident = idents[i % len(idents)]
+                t0 = time.perf_counter()
+                client.ping()
+                t1 = time.perf_counter()
+                admission = limits.admit(ident, 600, new_id("str"))
+                t2 = time.perf_counter()
+                control.release(admission.info, 100, 50)  # type: ignore[arg-type]
+                t3 = time.perf_counter()
+                timings["ping"].append(t1 - t0)
+                timings["admit"].append(t2 - t1)
+                timings["release"].append(t3 - t2)
+            elapsed = time.perf_counter() - start
+        return {
+            "rate_per_s": rate, "achieved_per_s": round(total / elapsed, 1), "late_starts": late,
+            "users": len(idents), "tenants": tenants,
+            **{name: percentiles(samples) for name, samples in timings.items()},
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--tenants", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "admission.json")
+    args = parser.parse_args(argv)
+    result = run(args.rate, min(args.seconds, 600.0), args.users, args.tenants)
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
