@@ -112,12 +112,18 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     api.init_app(app)
     init_jwt(app)
-    app.extensions[REDIS_EXTENSION] = redis.Redis.from_url(
-        app.config["REDIS_URL"],
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
-        max_connections=200,
+    # A blocking pool: under gevent a burst of greenlets (thousands of subscribers opening or
+    # hanging up at once) waits for one of a bounded set of connections instead of opening one
+    # each (the default pool grows per concurrent caller, then fails past max_connections).
+    app.extensions[REDIS_EXTENSION] = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            app.config["REDIS_URL"],
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=64,
+            timeout=5,
+        )
     )
     app.extensions["streamgate.metrics"] = Metrics()
     app.extensions["streamgate.llm"] = build_provider(app.config)

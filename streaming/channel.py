@@ -15,7 +15,9 @@ from flask import Flask
 
 from streaming.runner import Generation, Outcome, dumps
 
-TERMINAL_EVENTS = frozenset({"stream.completed", "stream.failed", "stream.cancelled", "stream.revoked"})
+TERMINAL_EVENTS = frozenset(
+    {"stream.completed", "stream.failed", "stream.cancelled", "stream.revoked"}
+)
 
 
 def stream_channel(stream_id: str) -> str:
@@ -34,32 +36,56 @@ def _publish(app: Flask, channel: str, event: str, payload: dict[str, Any], ttl_
 
 def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
     cfg = app.config
-    _publish(app, user_channel(gen.user_id), event, {
-        "stream_id": gen.stream_id, "channel": stream_channel(gen.stream_id),
-        "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id), "mode": gen.mode,
-        "model": gen.model, **extra,
-    }, int(cfg["STREAM_LOG_TTL_S"]))
+    _publish(
+        app,
+        user_channel(gen.user_id),
+        event,
+        {
+            "stream_id": gen.stream_id,
+            "channel": stream_channel(gen.stream_id),
+            "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
+            "mode": gen.mode,
+            "model": gen.model,
+            **extra,
+        },
+        int(cfg["STREAM_LOG_TTL_S"]),
+    )
 
 
-def terminal_event(outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> tuple[str, dict[str, Any]]:
+def terminal_event(
+    outcome: Outcome, prompt_tokens: int, completion_tokens: int
+) -> tuple[str, dict[str, Any]]:
     """The terminal event name and payload for an outcome."""
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
     if outcome.status == "completed":
         return "stream.completed", {"finish_reason": outcome.finish_reason, "usage": usage}
     if outcome.status == "revoked":
-        return "stream.revoked", {"by": outcome.revoked_by, "reason": outcome.reason, "usage": usage}
+        return "stream.revoked", {
+            "by": outcome.revoked_by,
+            "reason": outcome.reason,
+            "usage": usage,
+        }
     if outcome.status == "cancelled":
         return "stream.cancelled", {"reason": outcome.reason, "usage": usage}
-    return "stream.failed", {"error": {"code": outcome.error_code, "message": outcome.error_message},
-                             "usage": usage}
+    return "stream.failed", {
+        "error": {"code": outcome.error_code, "message": outcome.error_message},
+        "usage": usage,
+    }
 
 
-def publish_terminal(app: Flask, gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+def publish_terminal(
+    app: Flask, gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int
+) -> None:
     """Close the stream's log with its terminal event and tell the user's channel."""
     ttl = int(app.config["STREAM_LOG_TTL_S"])
     event, payload = terminal_event(outcome, prompt_tokens, completion_tokens)
-    _publish(app, stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl)
+    _publish(
+        app, stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl
+    )
     _lifecycle(app, gen, event, {"status": outcome.status})
 
 
@@ -92,9 +118,18 @@ class LogSink:
 
     def started(self) -> None:
         gen = self.gen
-        _publish(self.app, self.channel, "stream.started", {
-            "stream_id": gen.stream_id, "model": gen.model, "mode": gen.mode, "created": gen.created,
-        }, self.running_ttl)
+        _publish(
+            self.app,
+            self.channel,
+            "stream.started",
+            {
+                "stream_id": gen.stream_id,
+                "model": gen.model,
+                "mode": gen.mode,
+                "created": gen.created,
+            },
+            self.running_ttl,
+        )
         _lifecycle(self.app, gen, "stream.started", {"status": "running"})
 
     def accepted(self) -> None:
@@ -112,7 +147,7 @@ class LogSink:
                 self._flush_locked(now)
             elif not self.timer_armed:
                 self.timer_armed = True
-                _later(self.last_flush + self.window - now, self._timer_flush)
+                call_later(self.last_flush + self.window - now, self._timer_flush)
 
     def _timer_flush(self) -> None:
         with self.lock:
@@ -122,13 +157,20 @@ class LogSink:
 
     def _flush_locked(self, now: float) -> None:
         text = "".join(self.buffer)
-        payload = {"type": "token", "text": text, "index": self.buffer_index, "count": len(self.buffer)}
+        payload = {
+            "type": "token",
+            "text": text,
+            "index": self.buffer_index,
+            "count": len(self.buffer),
+        }
         self.buffer.clear()
         self.buffer_bytes = 0
         self.last_flush = now
         from streaming.hub import hub
 
-        hub.publish_to(self.app, self.channel, "token", payload, self.running_ttl, encoded=dumps(payload))
+        hub.publish_to(
+            self.app, self.channel, "token", payload, self.running_ttl, encoded=dumps(payload)
+        )
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:
@@ -137,7 +179,7 @@ class LogSink:
         publish_terminal(self.app, self.gen, outcome, prompt_tokens, completion_tokens)
 
 
-def _later(delay: float, fn: Any) -> None:
+def call_later(delay: float, fn: Any) -> None:
     """Call ``fn`` after ``delay`` seconds: a gevent timer when monkey-patched, else a thread."""
     try:
         from gevent import monkey

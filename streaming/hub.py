@@ -14,8 +14,11 @@ it already replayed: no gap, no duplicate.
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,15 +31,17 @@ from flask_sse import ServerSentEventsBlueprint
 from auth.access import Identity, may_read, parse_channel
 from auth.errors import ApiError
 from auth.models import User
-from auth.store import db, get_redis
+from auth.store import REDIS_EXTENSION, db, get_redis
 from auth.tickets import redeem_ticket
 from auth.tokens import auth_error
 from streaming import sse, state
-from streaming.channel import TERMINAL_EVENTS
+from streaming.channel import TERMINAL_EVENTS, call_later
 from streaming.control import CLOSE, Services, Subscriber, event_log, services
 from streaming.log import parse_id
 from streaming.models import StreamRecord
 from streaming.runner import dumps
+
+log = logging.getLogger("streamgate.hub")
 
 SUBS_KEY = "sg:subs:{}"
 STREAM_SUBS_KEY = "sg:ss:{}"  # a stream's open connections (conn id -> expiry): the admin's count
@@ -287,16 +292,51 @@ def subscriber_counts(stream_ids: list[str]) -> dict[str, int]:
     return {stream_id: int(n) for stream_id, n in zip(stream_ids, pipe.execute(), strict=True)}
 
 
-def _release_subscription(sub: Subscriber) -> None:
-    try:
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.zrem(SUBS_KEY.format(sub.user_id), sub.conn_id)
-        stream_id = _stream_of(sub.channel)
-        if stream_id is not None:
-            pipe.zrem(STREAM_SUBS_KEY.format(stream_id), sub.conn_id)
-        pipe.execute()
-    except Exception:  # noqa: BLE001, S110 - the entries expire on their own
-        pass
+class _Releaser:
+    """Removes released subscription entries in batches: a mass hang-up costs one round trip
+    (and one pooled connection) per batch, not one per subscriber."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.pending: list[Subscriber] = []
+        self.scheduled = False
+
+    def release(self, sub: Subscriber) -> None:
+        with self.lock:
+            self.pending.append(sub)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        call_later(0.0, self.flush)
+
+    def flush(self) -> None:
+        # One flush in flight at a time: what is released meanwhile goes in its next round.
+        for _ in range(1_000_000):
+            with self.lock:
+                batch, self.pending = self.pending, []
+                if not batch:
+                    self.scheduled = False
+                    return
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for sub in batch:
+                    pipe.zrem(SUBS_KEY.format(sub.user_id), sub.conn_id)
+                    stream_id = _stream_of(sub.channel)
+                    if stream_id is not None:
+                        pipe.zrem(STREAM_SUBS_KEY.format(stream_id), sub.conn_id)
+                pipe.execute()
+            except Exception:  # noqa: BLE001 - the entries expire on their own
+                log.warning("releasing %d hub subscriptions failed; they expire", len(batch))
+
+
+def _releaser(app: Flask) -> _Releaser:
+    current: _Releaser | None = app.extensions.get("streamgate.hub_releaser")
+    if current is None or current.pid != os.getpid():
+        current = _Releaser(app.extensions[REDIS_EXTENSION])
+        app.extensions["streamgate.hub_releaser"] = current
+    return current
 
 
 class _Release:
@@ -321,8 +361,7 @@ class _Release:
             self.watcher.close()
         if self.counted:
             self.app.extensions["streamgate.metrics"].active_subscribers.dec()
-        with self.app.app_context():
-            _release_subscription(self.sub)
+        _releaser(self.app).release(self.sub)
 
 
 class _Body:
