@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 
 from auth.access import Identity, may_read, parse_channel
 from auth.errors import ApiError
@@ -39,14 +40,31 @@ def accepted(gen: Generation) -> dict[str, Any]:
     }
 
 
-def user_streams(tenant_id: str, user_id: str, status: str | None) -> list[StreamRecord]:
+class StreamPages:
+    """The caller's streams as an SQL query that flask-smorest's ``Page`` slices and counts:
+    one page is read from the database (OFFSET/LIMIT), never the whole history."""
+
+    def __init__(self, query: Select[tuple[StreamRecord]]) -> None:
+        self.query = query
+
+    def __len__(self) -> int:
+        return int(db.session.scalar(select(func.count()).select_from(self.query.subquery())) or 0)
+
+    def __getitem__(self, window: slice) -> list[dict[str, Any]]:
+        start, stop = window.start or 0, window.stop
+        query = self.query.order_by(StreamRecord.created_at.desc(), StreamRecord.id.desc())
+        query = query.offset(start) if stop is None else query.offset(start).limit(stop - start)
+        return [describe(row, with_text=False) for row in db.session.scalars(query)]
+
+
+def user_streams(tenant_id: str, user_id: str, status: str | None) -> StreamPages:
+    """The user's own streams, newest first (paged by the route)."""
     query = select(StreamRecord).where(
         StreamRecord.tenant_id == tenant_id, StreamRecord.user_id == user_id
     )
     if status:
         query = query.where(StreamRecord.status == status)
-    rows = db.session.scalars(query.order_by(StreamRecord.created_at.desc()).limit(1000)).all()
-    return [describe(row, with_text=False) for row in rows]  # type: ignore[misc]
+    return StreamPages(query)
 
 
 def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:
@@ -78,6 +96,11 @@ def _text_so_far(record: StreamRecord) -> str | None:
     return record.text
 
 
+def _ended(live: dict[str, str]) -> datetime | None:
+    # Between the end of a run and its record's final write, the live state knows the time.
+    return datetime.fromtimestamp(float(live["ended"]), UTC) if live.get("ended") else None
+
+
 def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
     """A stream as the API shows it; live fields come from Redis while it runs."""
     live = state.live_status(record.id) if record.status == "running" else {}
@@ -93,7 +116,7 @@ def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
         "model": record.model,
         "status": status,
         "created_at": record.created_at,
-        "finished_at": record.finished_at,
+        "finished_at": record.finished_at or _ended(live),
         "finish_reason": record.finish_reason,
         "usage": {
             "prompt_tokens": record.prompt_tokens,

@@ -141,7 +141,7 @@ class LogSink:
             if not self.buffer:
                 self.buffer_index = index
             self.buffer.append(text)
-            self.buffer_bytes += len(text)
+            self.buffer_bytes += len(text.encode())
             now = time.monotonic()
             if now - self.last_flush >= self.window or self.buffer_bytes >= self.max_bytes:
                 self._flush_locked(now)

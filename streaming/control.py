@@ -117,9 +117,10 @@ class Dispatcher:
     replies arrive in the order the commands were sent, so a channel is ready when the reply to
     the last SUBSCRIBE sent for it has arrived (``pending`` counts the unanswered ones).
 
-    The connection never reconnects silently (redis-py's default retry would re-subscribe and hide
-    the messages published while it was away): any failure surfaces here, every local subscriber
-    is closed (it resumes from the log with Last-Event-ID), and a fresh connection subscribes anew.
+    The connection never reconnects silently (a client with retries, as ``redis.Redis(host=...)``
+    gets by default, would re-subscribe inside ``get_message`` and hide what was published while
+    it was away): retries are pinned to 0, any failure surfaces here, every local subscriber is
+    closed (it resumes from the log with Last-Event-ID), and a fresh connection subscribes anew.
     """
 
     def __init__(self, app: Flask) -> None:

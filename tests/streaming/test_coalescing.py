@@ -1,0 +1,134 @@
+"""LogSink: tokens merged into ``token`` events without loss, overlap or delay past the window.
+
+Real Redis; the sink is driven directly (as the runner drives it) and the stream's log is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import pytest
+
+from auth.models import new_id
+from streaming.channel import LogSink, stream_channel
+from streaming.control import event_log
+from streaming.runner import Generation, Outcome
+from tests.conftest import wait_until
+
+
+def _sink(app: Any) -> tuple[LogSink, str]:
+    gen = Generation(
+        stream_id=new_id("str"),
+        tenant_id="ten_x",
+        user_id="usr_x",
+        token_jti="j",
+        mode="channel",
+        model="fake-model",
+        messages=[],
+        params={},
+        prompt_estimate=1,
+    )
+    sink = LogSink(app, gen)
+    sink.started()
+    return sink, stream_channel(gen.stream_id)
+
+
+def _tokens(app: Any, channel: str) -> list[dict[str, Any]]:
+    rows = event_log(app).replay(channel, None)
+    return [json.loads(data) for _, event, data in rows if event == "token"]
+
+
+def _assert_exact(events: list[dict[str, Any]], parts: list[str]) -> None:
+    assert "".join(e["text"] for e in events) == "".join(parts)
+    expected = 0
+    for e in events:
+        assert e["type"] == "token" and e["index"] == expected and e["count"] >= 1 and e["text"]
+        expected += e["count"]
+    assert expected == len(parts)
+
+
+def _finish(sink: LogSink, count: int) -> None:
+    sink.finished(Outcome("completed", finish_reason="stop"), 1, count)
+
+
+@pytest.fixture()
+def app_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.mark.parametrize("app_overrides", [{"SSE_COALESCE_MS": 20}], indirect=True)
+def test_tokens_arriving_close_together_are_merged_without_loss_or_overlap(app: Any) -> None:
+    rng = random.Random(5)
+    sink, channel = _sink(app)
+    parts = [
+        rng.choice([" a", "b", "\n", " \u00e9t\u00e9", "\u2028", " \U0001f642"]) for _ in range(300)
+    ]
+    for index, text in enumerate(parts):
+        sink.token(text, index)
+        time.sleep(rng.choice([0, 0, 0.001, 0.003]))
+    _finish(sink, len(parts))
+    events = _tokens(app, channel)
+    _assert_exact(events, parts)
+    assert len(events) < len(parts)  # merged
+    assert events[0]["count"] == 1  # the first token is never held back
+    assert event_log(app).last_event(channel) == "stream.completed"
+
+
+@pytest.mark.parametrize("app_overrides", [{"SSE_COALESCE_MS": 50}], indirect=True)
+def test_a_stalled_upstream_does_not_hold_back_what_already_arrived(app: Any) -> None:
+    sink, channel = _sink(app)
+    parts = ["one", " two", " three", " four"]
+    for index, text in enumerate(parts):
+        sink.token(text, index)
+    # No further token, no finish: the timer alone must deliver the merged tail.
+    events = wait_until(
+        lambda: (lambda ev: ev if sum(e["count"] for e in ev) == 4 else None)(_tokens(app, channel))
+    )
+    _assert_exact(events, parts)
+    _finish(sink, 4)
+    _assert_exact(_tokens(app, channel), parts)  # finishing adds nothing twice
+
+
+@pytest.mark.parametrize(
+    "app_overrides", [{"SSE_COALESCE_MS": 60_000, "SSE_COALESCE_BYTES": 64}], indirect=True
+)
+def test_the_size_bound_flushes_a_long_burst(app: Any) -> None:
+    sink, channel = _sink(app)
+    parts = [f" w{i:03d}\u00e9" for i in range(200)]  # 7 bytes each in UTF-8
+    for index, text in enumerate(parts):
+        sink.token(text, index)
+    _finish(sink, len(parts))
+    events = _tokens(app, channel)
+    _assert_exact(events, parts)
+    assert events[0]["count"] == 1
+    for e in events[1:-1]:
+        assert 64 <= len(e["text"].encode()) < 64 + 7
+
+
+@pytest.mark.parametrize("app_overrides", [{"SSE_COALESCE_MS": 0}], indirect=True)
+def test_a_zero_window_sends_every_token_as_its_own_event(app: Any) -> None:
+    sink, channel = _sink(app)
+    parts = ["a", "b", "c", "d", "e"]
+    for index, text in enumerate(parts):
+        sink.token(text, index)
+    _finish(sink, 5)
+    events = _tokens(app, channel)
+    assert [e["count"] for e in events] == [1] * 5
+    _assert_exact(events, parts)
+
+
+def test_lifecycle_events_also_reach_the_users_channel(app: Any) -> None:
+    sink, channel = _sink(app)
+    sink.token("x", 0)
+    _finish(sink, 1)
+    rows = event_log(app).replay("users/usr_x", None)
+    assert [event for _, event, _ in rows] == ["stream.started", "stream.completed"]
+    started = json.loads(rows[0][2])
+    assert (
+        started["channel"] == channel and started["events_url"] == "/v1/events?channel=" + channel
+    )
+    done = json.loads(rows[1][2])
+    assert done["status"] == "completed" and done["stream_id"] == channel.split("/")[1]

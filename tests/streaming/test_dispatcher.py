@@ -1,0 +1,111 @@
+"""The worker's one pub/sub connection: shared by every channel, never silently reconnected, and a
+subscriber that joins while events pour in misses none of them.
+
+In-process app (threads instead of greenlets), real Redis; the hub is read with the test client.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from streaming.control import event_log
+from streaming.log import log_key
+from tests.conftest import wait_until
+from tests.streaming.conftest import open_hub
+
+
+def _hub_connection(redis: Any) -> dict[str, Any]:
+    (conn,) = [c for c in redis.client_list() if c.get("name") == f"sg-hub:{os.getpid()}"]
+    return dict(conn)
+
+
+def test_one_pubsub_connection_carries_every_channel_and_lets_go_of_them(
+    app: Any,
+    client: Any,
+    redis: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    users = [(u.id, auth_headers(u)) for u in (make_user() for _ in range(12))]
+    readers = [open_hub(client, f"users/{uid}", headers) for uid, headers in users]
+    try:
+        assert all(r.status == 200 for r in readers)
+        conn = _hub_connection(redis)  # one connection for this process...
+        assert int(conn["sub"]) == 12 + 1  # ...subscribed to 12 channels and the control topic
+    finally:
+        for reader in readers:
+            reader.close()
+    # Closed subscribers unsubscribe at once (stock flask-sse waits for the next message).
+    wait_until(lambda: int(_hub_connection(redis)["sub"]) == 1)
+
+
+def test_resuming_while_events_pour_in_never_skips_or_repeats_one(
+    app: Any,
+    client: Any,
+    redis: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user()
+    headers = auth_headers(user)
+    channel = f"users/{user.id}"  # read before any request detaches the row
+    log = event_log(app)
+    stop = threading.Event()
+
+    def publish() -> None:
+        for n in range(1_000_000):  # bounded; stopped by the test
+            if stop.is_set():
+                return
+            log.append(channel, "stream.started", f'{{"type":"stream.started","n":{n}}}', 600)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_until(lambda: redis.xlen(log_key(channel)) > 10)
+        for _ in range(60):
+            last = redis.xrevrange(log_key(channel), count=1)[0][0]
+            reader = open_hub(client, channel, headers, last_event_id=last)
+            try:
+                seen = reader.read(until=lambda _e, r=reader: len(r.events) >= 20)
+            finally:
+                reader.close()
+            ids = [e.id for e in seen]
+            expected = [
+                row[0] for row in redis.xrange(log_key(channel), min="(" + last, count=len(ids))
+            ]
+            assert ids == expected  # the first entries after the resume point, in order
+    finally:
+        stop.set()
+        publisher.join(10)
+
+
+def test_a_dropped_pubsub_connection_closes_local_subscribers_instead_of_hiding_the_gap(
+    app: Any,
+    client: Any,
+    redis: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    user = make_user()
+    headers = auth_headers(user)
+    channel = f"users/{user.id}"
+    reader = open_hub(client, channel, headers)
+    try:
+        assert reader.status == 200
+        assert redis.client_kill_filter(_type="pubsub") >= 1
+        reader.read()  # returns when the server ends the stream
+        assert reader.eof
+    finally:
+        reader.close()
+    # The dispatcher is back, on a fresh connection, and delivers again.
+    wait_until(lambda: any(c.get("name") == f"sg-hub:{os.getpid()}" for c in redis.client_list()))
+    again = open_hub(client, channel, headers)
+    try:
+        event_log(app).append(channel, "stream.started", '{"type":"stream.started"}', 60)
+        events = again.read(until=lambda e: e.event == "stream.started")
+        assert events[-1].data == {"type": "stream.started"}
+    finally:
+        again.close()
