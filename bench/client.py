@@ -58,6 +58,8 @@ class _Protocol(asyncio.Protocol):
             asyncio.get_running_loop().create_future()
         )
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Streams read ``done`` only; an unread failure of ``head`` must not be logged as lost.
+        self.head.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()

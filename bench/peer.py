@@ -110,5 +110,10 @@ def start(stack: Stack, workers: int) -> tuple[Proc, str]:
         cwd=stack.workdir,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health/liveliness", proc.popen, 120, proc.log)
+    try:
+        wait_http(url + "/health/liveliness", proc.popen, 300, proc.log)  # slow on a busy box
+    except RuntimeError:
+        proc.stop()
+        stack.procs.remove(proc)
+        raise
     return proc, url
