@@ -64,16 +64,17 @@ class Identity:
         )
 
 
+def _remember(ident: Identity) -> Identity:
+    g.identity = ident
+    g.tenant_id, g.user_id = ident.tenant_id, ident.user_id
+    return ident
+
+
 def current_identity() -> Identity:
     """The identity of the verified token of this request."""
-    claims = get_jwt()
     ident = g.get("identity")
-    # ``g`` lives as long as the app context, which can span several requests (tests, CLI):
-    # the cache is only good for the very token this request verified.
-    if ident is None or ident.jti != str(claims.get("jti")):
-        ident = Identity.from_claims(claims)
-        g.identity = ident
-        g.tenant_id, g.user_id = ident.tenant_id, ident.user_id
+    if ident is None:
+        ident = _remember(Identity.from_claims(get_jwt()))
     return cast(Identity, ident)
 
 
@@ -86,7 +87,9 @@ def require(
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             verify_jwt_in_request(refresh=refresh)
-            ident = current_identity()
+            # Always from the token just verified: ``g`` outlives a request when one app
+            # context spans several (tests, CLI), so a cached identity could be another's.
+            ident = _remember(Identity.from_claims(get_jwt()))
             if scope is not None and scope not in ident.scopes:
                 raise auth_error(
                     f"This token lacks the '{scope}' scope",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, after_this_request, request
+from flask import Response, after_this_request, g, request
 from flask_jwt_extended import (
     get_jwt,
     get_jwt_request_location,
@@ -48,6 +48,13 @@ tokens_bp = Blueprint(
     url_prefix="/v1/tokens",
     description="App tokens for third-party apps: named, scoped, long-lived, revocable.",
 )
+
+
+@bp.before_app_request
+def forget_identity() -> None:
+    """Start every request with no identity: ``g`` can outlive one request (tests, CLI)."""
+    for name in ("identity", "tenant_id", "user_id"):
+        g.pop(name, None)
 
 
 _ERRORS = {
