@@ -17,6 +17,7 @@ import redis
 from flask import Flask, Response, g, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.config import load_config
 from api.errors import register_error_handlers
@@ -40,6 +41,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
 
+    if app.config["TRUSTED_PROXIES"] > 0:
+        # Client addresses (login throttle, logs) come from X-Forwarded-For set by our own proxies.
+        n = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     _init_extensions(app)
     register_error_handlers(app)
     _register_blueprints(app)
