@@ -126,6 +126,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
 
 RATE_LIMIT_HEADERS: dict[str, Any] = {
     "Retry-After": {
+        "required": True,  # on every 429 (a Reference Object cannot say so, so the header does)
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0},
     },
@@ -219,7 +220,6 @@ def _responses(shape: str) -> dict[str, Any]:
         }
     }
     limited = {name: {"$ref": f"#/components/headers/{name}"} for name in RATE_LIMIT_HEADERS}
-    limited["Retry-After"] = {**limited["Retry-After"], "required": True}
     return {
         "BAD_REQUEST": _envelope("400", "Malformed request (invalid JSON, bad parameter)", shape),
         "UNAUTHORIZED": _envelope(
