@@ -78,8 +78,12 @@ Send the access token as `Authorization: Bearer <jwt>` (apps, mobile), or log in
 **Errors.** Every error is `{"code", "status", "message", "errors"?, "error_code"?}`, except on
 `/v1/chat/completions` and `/v1/models`, which use OpenAI's `{"error": {"message", "type",
 "param", "code"}}` so that SDKs parse them. A `429` carries `Retry-After` and `RateLimit-*`
-headers and names the limit that was hit. Another tenant's object is a `404`.
+headers and names the limit that was hit. Another tenant's object is a `404`. Every response
+carries `X-Request-Id` (send your own, `[A-Za-z0-9._-]{1,64}`, to correlate with the logs).
 """
+
+# Operations that start a generation: their success carries the stream id and the budget left.
+GENERATION_STARTS = {"chat.create_chat_completion", "streams.create_stream"}
 
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearerAuth": {
@@ -338,6 +342,23 @@ def _decorate_operation(
         (op["description"].rstrip() + "\n\n" + note) if op.get("description") else note
     )
     op.setdefault("operationId", endpoint.replace(".", "_"))
+    if endpoint in GENERATION_STARTS:
+        for status, response in responses.items():
+            if status.startswith("2") and "$ref" not in response:
+                response.setdefault("headers", {}).update(_generation_headers())
+
+
+def _generation_headers() -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        "X-Stream-Id": {
+            "required": True,
+            "description": "The stream's id (`str_...`): `GET /v1/streams/<id>`, admin revoke",
+            "schema": {"type": "string"},
+        },
+    }
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
+        headers[name] = {"$ref": f"#/components/headers/{name}"}
+    return headers
 
 
 def _chat_stream_content() -> dict[str, Any]:

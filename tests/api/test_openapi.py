@@ -300,6 +300,11 @@ def test_direct_stream_chunks_match_the_chunk_schema(
     response = client.post("/v1/chat/completions", json=body, headers=auth_headers(make_user()))
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
+    documented = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["headers"]
+    assert documented["X-Stream-Id"]["required"] and response.headers["X-Stream-Id"].startswith(
+        "str_"
+    )
+    assert {"RateLimit-Limit", "RateLimit-Remaining"} <= set(response.headers.keys())
     chunk = validator(spec, "ChatCompletionChunk")
     data = [
         line[len("data: ") :]
