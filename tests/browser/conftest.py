@@ -47,6 +47,7 @@ class Account:
     email: str
     user_id: str
     role: str
+    tenant_id: str
 
 
 @pytest.fixture()
@@ -58,7 +59,8 @@ def accounts(
         tenant = make_tenant()
         made = {role: make_user(tenant, role=role) for role in ("member", "admin")}
         return {
-            role: Account(tenant.slug, user.email, user.id, role) for role, user in made.items()
+            role: Account(tenant.slug, user.email, user.id, role, tenant.id)
+            for role, user in made.items()
         }
 
 

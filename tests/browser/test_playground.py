@@ -105,8 +105,6 @@ def test_second_tab_picks_up_the_stream_and_an_admin_revoke_ends_it_everywhere(
     expect(second.locator("#output")).to_contain_text("Hello, world")
     assert second.locator("#output").evaluate("el => el.textContent").startswith(expected_text(3))
 
-    if "admin.revoke_stream" not in live.app.view_functions:
-        pytest.skip("the admin API (POST /v1/admin/streams/<id>/revoke) has not landed yet")
     admin = browser.new_context()
     console = admin.new_page()
     console.set_default_timeout(TIMEOUT_MS)
@@ -159,4 +157,41 @@ def test_api_reference_renders_from_local_files_only(
     screenshot(page, "docs")
     offsite = [url for url in requested if not url.startswith((live.url, "data:"))]
     assert offsite == [], f"the reference page reached off the machine: {offsite}"
+    context.close()
+
+
+def test_a_revoked_user_is_signed_out_and_nothing_reconnects(
+    live: Any, browser: Any, accounts: Any, screenshot: Any
+) -> None:
+    from auth.tokens import issue_user_tokens
+
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, live.url, accounts["member"])
+    send(page, "Forever [[fake infinite=1 delay_ms=30]]")
+    expect(page.locator("#tokens")).not_to_have_text("0")
+
+    admin = accounts["admin"]
+    with live.app.app_context():
+        token = issue_user_tokens(
+            user_id=admin.user_id,
+            tenant_id=admin.tenant_id,
+            role="admin",
+        )["access_token"]
+    events: list[str] = []
+    page.on("request", lambda req: "/v1/events" in req.url and events.append(req.url))
+    with live.client() as http:
+        answer = http.post(
+            f"/v1/admin/users/{accounts['member'].user_id}/revoke",
+            json={"reason": "left the company"},
+            headers={"Authorization": "Bearer " + token},
+        )
+    assert answer.status_code == 202, answer.text
+
+    expect(page.locator("#login-view")).to_be_visible()
+    expect(page.locator("#login-error")).to_contain_text("session ended")
+    screenshot(page, "signed-out")
+    seen = len(events)  # at most the one reconnect that was refused with 401
+    page.wait_for_timeout(1000)  # ten retry intervals: a reconnecting tab would show up here
+    assert len(events) == seen <= 2, events
     context.close()

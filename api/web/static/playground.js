@@ -356,9 +356,12 @@
     es.onerror = async () => {
       if (es !== state.userES || es.readyState !== EventSource.CLOSED) return;
       es.close();
-      if (state.me && state.userReopens < MAX_REOPENS && (await refresh())) {
+      if (!state.me || state.userReopens >= MAX_REOPENS) return;
+      if (await refresh()) {
         state.userReopens += 1;
         openUserChannel();
+      } else {
+        signedOut("Your session ended; please log in again."); // e.g. an admin revoked you
       }
     };
   }
