@@ -162,11 +162,11 @@ def _stream(
     try:
         yield sse.comment("stream " + handle.gen.stream_id)  # flush headers at once
         yield chunks.role()
-        for item in sink.drain(heartbeat):
+        for item in sink.drain_batches(heartbeat):
             if item is None:
                 yield sse.comment("keep-alive")
-            elif isinstance(item, str):
-                yield chunks.token(item)
+            elif isinstance(item, list):
+                yield b"".join(chunks.token(text) for text in item)
             else:
                 outcome, prompt_tokens, completion_tokens = item
                 finished = True
