@@ -1,6 +1,6 @@
 """The documented contract: ``GET /openapi.yaml`` and the API reference at ``GET /docs``.
 
-flask-smorest collects every smorest blueprint's schemas; ``openapi_spec`` adds what it cannot
+flask-smorest collects every smorest blueprint's schemas; ``build_spec`` adds what it cannot
 infer (security read from each view's ``require`` guard, the two error shapes, rate-limit
 headers, the Server-Sent Events endpoints and their event payloads, the plain Flask routes).
 The same function feeds ``/openapi.yaml`` and ``python -m scripts.gen_openapi``, so the committed
@@ -587,7 +587,7 @@ def _plain_operations() -> dict[str, dict[str, Any]]:
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
-    """The complete OpenAPI document of ``app`` (a fresh dict; see ``openapi_spec``)."""
+    """The complete OpenAPI document of ``app`` (a fresh dict; ``openapi_yaml`` caches its YAML)."""
     with app.app_context():
         spec = copy.deepcopy(api.spec.to_dict())
     endpoints = _endpoints(app)
