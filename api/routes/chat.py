@@ -46,7 +46,11 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
         if early is not None and early.http_status is not None:
             raise _failure(early, headers)
         if not body["stream"]:
-            return _completion(gen.stream_id, gen.model, sink, heartbeat, headers), 200, headers
+            completion = _completion(gen.stream_id, gen.model, sink, heartbeat, headers)
+            # The watcher must let go of the socket before gunicorn reads the next request of
+            # this keep-alive connection from it (two waiters on one socket: a 500).
+            unwatch()
+            return completion, 200, headers
     except BaseException:
         unwatch()
         raise

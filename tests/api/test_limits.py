@@ -251,7 +251,9 @@ def start_and_see_tokens(client: Any, headers: Headers, request: dict[str, Any])
     started = client.post("/v1/streams", json=request, headers=headers)
     assert started.status_code == 202, started.get_json()
     stream_id = started.get_json()["id"]
-    wait_until(lambda: len(stream_status(client, headers, stream_id)["text"] or "") >= 2)
+    two_tokens = expected_text(2)
+    wait_until(lambda: (stream_status(client, headers, stream_id)["text"] or "").startswith(
+        two_tokens))
     return stream_id
 
 
@@ -395,6 +397,9 @@ def test_new_limits_apply_to_the_next_request(
     reset = client.put(f"/v1/admin/users/{user_id}/limits", json={}, headers=admin)
     assert reset.status_code == 200
     assert client.post("/v1/streams", json=body(), headers=headers).status_code == 202
+    stream_id = running.get_json()["id"]
+    assert client.delete(f"/v1/streams/{stream_id}", headers=headers).status_code == 202
+    settled(usage_of(client, headers))
 
 
 # --- Redis unavailable -------------------------------------------------------------------------
