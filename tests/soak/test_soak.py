@@ -119,9 +119,13 @@ async def soak(stack: Stack) -> Tally:
         owner = owners[slot]
         await asyncio.sleep(slot * 2.0 / GENERATORS)
         while time.monotonic() < stop_at:
-            status, _, payload = await request_json(
-                base, "POST", "/v1/streams", headers=owner.headers, json_body=body, timeout=30
-            )
+            try:
+                status, _, payload = await request_json(
+                    base, "POST", "/v1/streams", headers=owner.headers, json_body=body, timeout=30
+                )
+            except (TimeoutError, OSError) as exc:  # an overloaded gateway: count it, go on
+                tally.stream_failures.append(f"POST /v1/streams: {type(exc).__name__}")
+                continue
             tally.status(status)
             if status != 202:
                 tally.stream_failures.append(f"POST /v1/streams answered {status}: {payload}")
