@@ -77,9 +77,14 @@ async def follow(
         if last_id is not None:
             hdrs["Last-Event-ID"] = last_id
             tally.resumes += 1
-        proto = await exchange(
-            base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=hdrs, on_event=on_event
-        )
+        try:
+            proto = await exchange(
+                base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=hdrs,
+                on_event=on_event,
+            )
+        except OSError as exc:
+            tally.mismatches.append(f"{stream_id}: connect failed: {exc}")
+            return
         try:
             cut_after = rng.uniform(0.3, 3.0)
             await asyncio.wait_for(asyncio.shield(proto.done), cut_after)
@@ -173,11 +178,17 @@ async def read_to_end(
         elif name in TERMINAL:
             terminal = name
 
-    proto = await exchange(
-        base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=headers, on_event=on_event
-    )
+    try:
+        proto = await exchange(
+            base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=headers,
+            on_event=on_event,
+        )
+    except OSError:
+        return 0, None, ""
     try:
         await asyncio.wait_for(asyncio.shield(proto.done), 120)
+    except TimeoutError:
+        return proto.status, None, "".join(pieces)
     finally:
         proto.close()
     return proto.status, terminal, "".join(pieces)
