@@ -79,7 +79,10 @@ async def follow(
             tally.resumes += 1
         try:
             proto = await exchange(
-                base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=hdrs,
+                base,
+                "GET",
+                f"/v1/events?channel=streams/{stream_id}",
+                headers=hdrs,
                 on_event=on_event,
             )
         except OSError as exc:
@@ -180,7 +183,10 @@ async def read_to_end(
 
     try:
         proto = await exchange(
-            base, "GET", f"/v1/events?channel=streams/{stream_id}", headers=headers,
+            base,
+            "GET",
+            f"/v1/events?channel=streams/{stream_id}",
+            headers=headers,
             on_event=on_event,
         )
     except OSError:
