@@ -18,6 +18,7 @@ from auth.errors import ApiError, error_response
 
 log = logging.getLogger("streamgate.errors")
 
+
 def handle_http_exception(exc: HTTPException) -> Response:
     if isinstance(exc, InternalServerError):
         original = getattr(exc, "original_exception", None)
@@ -33,7 +34,9 @@ def handle_http_exception(exc: HTTPException) -> Response:
 def handle_redis_error(exc: redis.RedisError) -> Response:
     log.error("redis unavailable: %s", exc)
     current_app.extensions["streamgate.metrics"].backend_errors.labels("redis").inc()
-    return error_response(ApiError(503, "Redis is unavailable; try again shortly.", code="redis_unavailable"))
+    return error_response(
+        ApiError(503, "Redis is unavailable; try again shortly.", code="redis_unavailable")
+    )
 
 
 def handle_db_error(exc: sqlalchemy.exc.SQLAlchemyError) -> Response:
@@ -41,7 +44,9 @@ def handle_db_error(exc: sqlalchemy.exc.SQLAlchemyError) -> Response:
     current_app.extensions["streamgate.metrics"].backend_errors.labels("database").inc()
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
         return error_response(
-            ApiError(503, "The database is unavailable; try again shortly.", code="database_unavailable")
+            ApiError(
+                503, "The database is unavailable; try again shortly.", code="database_unavailable"
+            )
         )
     return handle_http_exception(InternalServerError(original_exception=exc))
 

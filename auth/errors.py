@@ -98,7 +98,9 @@ def error_response(exc: HTTPException) -> Response:
         body: dict[str, Any] = {
             "error": {
                 "message": message,
-                "type": OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
+                "type": OPENAI_TYPES.get(
+                    status, "api_error" if status >= 500 else "invalid_request_error"
+                ),
                 "param": getattr(exc, "param", None) or _first_param(errors),
                 "code": getattr(exc, "error_code", None) or phrase.lower().replace(" ", "_"),
             }

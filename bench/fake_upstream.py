@@ -36,8 +36,22 @@ from typing import Any
 # Tokens chosen to catch framing bugs: leading spaces, line breaks of every kind, U+2028, emoji,
 # text that looks like SSE fields, and quotes.
 VOCAB = (
-    " Hello", ",", " world", "\n", "  two spaces", " caf\u00e9", "\u2028", " \U0001f642",
-    " data: x", "\r\n", ' "quoted"', " id: 7", "\r", " event: y", " \u00fc", ".",
+    " Hello",
+    ",",
+    " world",
+    "\n",
+    "  two spaces",
+    " caf\u00e9",
+    "\u2028",
+    " \U0001f642",
+    " data: x",
+    "\r\n",
+    ' "quoted"',
+    " id: 7",
+    "\r",
+    " event: y",
+    " \u00fc",
+    ".",
 )
 _DIRECTIVE = re.compile(r"\[\[fake([^\]]*)\]\]")
 
@@ -197,7 +211,12 @@ class FakeUpstream:
                 keep = await self._route(method, path, body, reader, writer)
                 if not keep:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError, _ClientGone, asyncio.LimitOverrunError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            _ClientGone,
+            asyncio.LimitOverrunError,
+        ):
             pass
         finally:
             with contextlib.suppress(Exception):
@@ -212,13 +231,22 @@ class FakeUpstream:
         await writer.drain()
 
     async def _route(
-        self, method: str, path: str, body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         path = path.split("?", 1)[0]
         if method == "GET" and path == "/v1/models":
             await self._send_json(
-                writer, 200,
-                {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]},
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}],
+                },
             )
             return True
         if method == "GET" and path == "/_stats":
@@ -229,7 +257,9 @@ class FakeUpstream:
         await self._send_json(writer, 404, {"error": {"message": "not found", "type": "not_found"}})
         return True
 
-    async def _chat(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _chat(
+        self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         messages = req.get("messages") or []
         last = str(messages[-1].get("content", "")) if messages else ""
         with self._lock:
@@ -244,9 +274,16 @@ class FakeUpstream:
                 raise _ClientGone
             if knobs.status != 200:
                 await self._send_json(
-                    writer, knobs.status,
-                    {"error": {"message": f"fake upstream status {knobs.status}", "type": "server_error",
-                               "param": None, "code": str(knobs.status)}},
+                    writer,
+                    knobs.status,
+                    {
+                        "error": {
+                            "message": f"fake upstream status {knobs.status}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": str(knobs.status),
+                        }
+                    },
                 )
                 finished = True
                 return True
@@ -258,18 +295,33 @@ class FakeUpstream:
             elif knobs.infinite:
                 count = 10**12
             model = req.get("model", "fake-model")
-            usage = {"prompt_tokens": prompt_tokens(messages), "completion_tokens": 0, "total_tokens": 0}
+            usage = {
+                "prompt_tokens": prompt_tokens(messages),
+                "completion_tokens": 0,
+                "total_tokens": 0,
+            }
             if not req.get("stream"):
                 await self._sleep_or_gone(knobs.first_delay_ms + knobs.delay_ms * count, reader)
                 text = expected_text(count)
                 usage.update(completion_tokens=count, total_tokens=usage["prompt_tokens"] + count)
-                await self._send_json(writer, 200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                    "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": finish}],
-                    "usage": usage,
-                })
+                await self._send_json(
+                    writer,
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": finish,
+                            }
+                        ],
+                        "usage": usage,
+                    },
+                )
                 finished = True
                 return True
             await self._stream(writer, reader, knobs, req, model, count, finish, usage)
@@ -293,8 +345,15 @@ class FakeUpstream:
         eof.cancel()
 
     async def _stream(
-        self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader, knobs: Knobs,
-        req: dict[str, Any], model: str, count: int, finish: str, usage: dict[str, int],
+        self,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        knobs: Knobs,
+        req: dict[str, Any],
+        model: str,
+        count: int,
+        finish: str,
+        usage: dict[str, int],
     ) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -307,7 +366,11 @@ class FakeUpstream:
         async def send(payload: Any) -> None:
             if eof.done():
                 raise _ClientGone
-            data = b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+            data = (
+                b"data: "
+                + (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+                + b"\n\n"
+            )
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
             await writer.drain()
 
@@ -320,8 +383,13 @@ class FakeUpstream:
                 raise _ClientGone
 
         def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-            return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
 
         try:
             await send(chunk({"role": "assistant", "content": ""}))
@@ -331,8 +399,16 @@ class FakeUpstream:
                     writer.transport.abort()
                     raise _ClientGone
                 if i == knobs.error_after:
-                    await send({"error": {"message": "fake upstream failed mid-stream", "type": "server_error",
-                                          "param": None, "code": "upstream_error"}})
+                    await send(
+                        {
+                            "error": {
+                                "message": "fake upstream failed mid-stream",
+                                "type": "server_error",
+                                "param": None,
+                                "code": "upstream_error",
+                            }
+                        }
+                    )
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
@@ -341,8 +417,14 @@ class FakeUpstream:
             usage.update(completion_tokens=count, total_tokens=usage["prompt_tokens"] + count)
             await send(chunk({}, finish))
             if (req.get("stream_options") or {}).get("include_usage"):
-                final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
-                         "model": model, "choices": [], "usage": usage}
+                final = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
                 await send(final)
             await send(b"[DONE]")
             writer.write(b"0\r\n\r\n")
@@ -356,7 +438,9 @@ class FakeUpstream:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--tokens", type=int, default=200)

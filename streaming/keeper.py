@@ -150,9 +150,16 @@ def reap(app: Flask, limit: int = 50) -> int:
         if not info or info.get("status") not in ("running", "revoked"):
             continue
         gen = Generation(
-            stream_id=stream_id, tenant_id=info["tenant"], user_id=info["user"], token_jti=info.get("jti", ""),
-            mode=info.get("mode", "channel"), model=info.get("model", ""), messages=[], params={},
-            prompt_estimate=0, admission=json.loads(info.get("admission") or "{}") or None,
+            stream_id=stream_id,
+            tenant_id=info["tenant"],
+            user_id=info["user"],
+            token_jti=info.get("jti", ""),
+            mode=info.get("mode", "channel"),
+            model=info.get("model", ""),
+            messages=[],
+            params={},
+            prompt_estimate=0,
+            admission=json.loads(info.get("admission") or "{}") or None,
         )
         if info.get("status") == "revoked":
             by, why = info.get("revoked_by"), info.get("revoke_reason") or None
@@ -160,8 +167,11 @@ def reap(app: Flask, limit: int = 50) -> int:
         else:
             outcome = stopped_outcome("worker_lost")
         tokens = int(info.get("tokens") or 0)
-        log.warning("reaping stream %s: its worker stopped renewing the lease", stream_id,
-                    extra={"stream_id": stream_id})
+        log.warning(
+            "reaping stream %s: its worker stopped renewing the lease",
+            stream_id,
+            extra={"stream_id": stream_id},
+        )
         settle_orphan(app, gen, outcome, tokens)
         reaped += 1
     return reaped

@@ -22,22 +22,40 @@ class Metrics:
         reg = {"registry": self.registry} if self.registry is not None else {}
         gauge_mode = {"multiprocess_mode": "livesum"} if multiproc else {}
         self.active_streams = Gauge(
-            "streamgate_active_streams", "Generations running in this process", ["mode"], **reg, **gauge_mode
+            "streamgate_active_streams",
+            "Generations running in this process",
+            ["mode"],
+            **reg,
+            **gauge_mode,
         )
         self.active_subscribers = Gauge(
-            "streamgate_active_subscribers", "Open hub (SSE) connections in this process", **reg, **gauge_mode
+            "streamgate_active_subscribers",
+            "Open hub (SSE) connections in this process",
+            **reg,
+            **gauge_mode,
         )
         self.streams_total = Counter(
-            "streamgate_streams_total", "Generations finished, by mode and final status", ["mode", "status"], **reg
+            "streamgate_streams_total",
+            "Generations finished, by mode and final status",
+            ["mode", "status"],
+            **reg,
         )
-        self.tokens_out = Counter("streamgate_tokens_out_total", "Completion tokens delivered", ["mode"], **reg)
+        self.tokens_out = Counter(
+            "streamgate_tokens_out_total", "Completion tokens delivered", ["mode"], **reg
+        )
         self.ttft = Histogram(
-            "streamgate_time_to_first_token_seconds", "Admission to first token", ["mode"],
-            buckets=_LATENCY_BUCKETS, **reg,
+            "streamgate_time_to_first_token_seconds",
+            "Admission to first token",
+            ["mode"],
+            buckets=_LATENCY_BUCKETS,
+            **reg,
         )
         self.inter_token = Histogram(
-            "streamgate_inter_token_seconds", "Gap between consecutive upstream chunks", ["mode"],
-            buckets=_LATENCY_BUCKETS, **reg,
+            "streamgate_inter_token_seconds",
+            "Gap between consecutive upstream chunks",
+            ["mode"],
+            buckets=_LATENCY_BUCKETS,
+            **reg,
         )
         self.upstream_errors = Counter(
             "streamgate_upstream_errors_total", "Model-server failures by kind", ["kind"], **reg
@@ -52,5 +70,7 @@ class Metrics:
             "streamgate_backend_errors_total", "Redis or database errors", ["backend"], **reg
         )
         self.record_write_failures = Counter(
-            "streamgate_record_write_failures_total", "Stream records that could not be written", **reg
+            "streamgate_record_write_failures_total",
+            "Stream records that could not be written",
+            **reg,
         )

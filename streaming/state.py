@@ -34,8 +34,14 @@ def live_key(stream_id: str) -> str:
 def create(gen: Generation) -> StreamRecord:
     """Insert the record and register the run as live (called at admission, before the 200)."""
     record = StreamRecord(
-        id=gen.stream_id, tenant_id=gen.tenant_id, user_id=gen.user_id, token_jti=gen.token_jti,
-        mode=gen.mode, model=gen.model, status="running", started_at=utcnow(),
+        id=gen.stream_id,
+        tenant_id=gen.tenant_id,
+        user_id=gen.user_id,
+        token_jti=gen.token_jti,
+        mode=gen.mode,
+        model=gen.model,
+        status="running",
+        started_at=utcnow(),
         prompt_tokens=gen.prompt_estimate,
     )
     db.session.add(record)
@@ -43,11 +49,21 @@ def create(gen: Generation) -> StreamRecord:
     cfg = current_app.config
     ttl = int(cfg["STREAM_MAX_DURATION_S"] + cfg["STREAM_LOG_TTL_S"])
     pipe = get_redis().pipeline(transaction=False)
-    pipe.hset(live_key(gen.stream_id), mapping={
-        "tenant": gen.tenant_id, "user": gen.user_id, "jti": gen.token_jti, "mode": gen.mode,
-        "model": gen.model, "status": "running", "created": f"{gen.created:.3f}", "tokens": 0,
-        "subscribers": 0, "admission": json.dumps(gen.admission or {}),
-    })
+    pipe.hset(
+        live_key(gen.stream_id),
+        mapping={
+            "tenant": gen.tenant_id,
+            "user": gen.user_id,
+            "jti": gen.token_jti,
+            "mode": gen.mode,
+            "model": gen.model,
+            "status": "running",
+            "created": f"{gen.created:.3f}",
+            "tokens": 0,
+            "subscribers": 0,
+            "admission": json.dumps(gen.admission or {}),
+        },
+    )
     pipe.expire(live_key(gen.stream_id), ttl)
     pipe.zadd(LIVE, {gen.stream_id: time.time() + cfg["LEASE_TTL_S"]})
     pipe.execute()
@@ -69,14 +85,21 @@ def live_status(stream_id: str) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
-def mark_finished(gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+def mark_finished(
+    gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int
+) -> None:
     """Live state: no longer running; keep the hash as long as the log stays replayable."""
     cfg = current_app.config
     pipe = get_redis().pipeline(transaction=False)
-    pipe.hset(live_key(gen.stream_id), mapping={
-        "status": outcome.status, "tokens": completion_tokens, "prompt_tokens": prompt_tokens,
-        "ended": f"{time.time():.3f}",
-    })
+    pipe.hset(
+        live_key(gen.stream_id),
+        mapping={
+            "status": outcome.status,
+            "tokens": completion_tokens,
+            "prompt_tokens": prompt_tokens,
+            "ended": f"{time.time():.3f}",
+        },
+    )
     pipe.expire(live_key(gen.stream_id), int(cfg["STREAM_LOG_TTL_S"]))
     pipe.zrem(LIVE, gen.stream_id)
     pipe.execute()
@@ -101,19 +124,31 @@ def mark_revoked(stream_id: str, by: str, reason: str | None) -> str | None:
     return None if previous is None else _text(previous)
 
 
-def _final_fields(gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int,
-                  text: str | None) -> dict[str, Any]:
+def _final_fields(
+    gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int, text: str | None
+) -> dict[str, Any]:
     return {
-        "status": outcome.status, "finished_at": time.time(), "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens, "finish_reason": outcome.finish_reason,
-        "error_code": outcome.error_code, "error_message": outcome.error_message,
-        "revoked_by": outcome.revoked_by, "revoke_reason": outcome.reason if outcome.status == "revoked" else None,
+        "status": outcome.status,
+        "finished_at": time.time(),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": outcome.finish_reason,
+        "error_code": outcome.error_code,
+        "error_message": outcome.error_message,
+        "revoked_by": outcome.revoked_by,
+        "revoke_reason": outcome.reason if outcome.status == "revoked" else None,
         "text": text,
     }
 
 
-def write_record(app: Flask, gen: Generation, outcome: Outcome, prompt_tokens: int,
-                 completion_tokens: int, text: str | None = None) -> None:
+def write_record(
+    app: Flask,
+    gen: Generation,
+    outcome: Outcome,
+    prompt_tokens: int,
+    completion_tokens: int,
+    text: str | None = None,
+) -> None:
     """Complete the SQL record; on a database failure queue it in Redis for the keeper."""
     fields = _final_fields(gen, outcome, prompt_tokens, completion_tokens, text)
     try:
@@ -121,14 +156,20 @@ def write_record(app: Flask, gen: Generation, outcome: Outcome, prompt_tokens: i
     except Exception:  # noqa: BLE001 - never fail a stream because the database is down
         db.session.rollback()
         app.extensions["streamgate.metrics"].backend_errors.labels("database").inc()
-        log.warning("stream record %s not written; queued for retry", gen.stream_id,
-                    extra={"stream_id": gen.stream_id})
+        log.warning(
+            "stream record %s not written; queued for retry",
+            gen.stream_id,
+            extra={"stream_id": gen.stream_id},
+        )
         try:
             get_redis().rpush(PENDING_RECORDS, json.dumps({"id": gen.stream_id, **fields}))
         except Exception:  # noqa: BLE001
             app.extensions["streamgate.metrics"].record_write_failures.inc()
-            log.error("stream record %s lost: database and Redis both unavailable", gen.stream_id,
-                      extra={"stream_id": gen.stream_id})
+            log.error(
+                "stream record %s lost: database and Redis both unavailable",
+                gen.stream_id,
+                extra={"stream_id": gen.stream_id},
+            )
     finally:
         db.session.remove()
 

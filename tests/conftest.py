@@ -71,13 +71,31 @@ class RedisServer:
         return redis_lib.Redis(port=self.port, decode_responses=True)
 
 
-def start_redis(extra: list[str] | None = None, port: int | None = None, workdir: str | None = None) -> RedisServer:
+def start_redis(
+    extra: list[str] | None = None, port: int | None = None, workdir: str | None = None
+) -> RedisServer:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = port or free_port()
     workdir = workdir or tempfile.mkdtemp(prefix="sg-redis-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--daemonize", "no", "--maxclients", "20000", *(extra or [])],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--daemonize",
+            "no",
+            "--maxclients",
+            "20000",
+            *(extra or []),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -95,7 +113,9 @@ def start_redis(extra: list[str] | None = None, port: int | None = None, workdir
     return server
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10
+) -> None:
     """End a process this test session started, by its PID."""
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -191,14 +211,19 @@ def app_overrides() -> dict[str, Any]:
 
 @pytest.fixture()
 def app(
-    redis: redis_lib.Redis, redis_server: RedisServer, db_url: str, fake_upstream: FakeUpstream,
+    redis: redis_lib.Redis,
+    redis_server: RedisServer,
+    db_url: str,
+    fake_upstream: FakeUpstream,
     app_overrides: dict[str, Any],
 ) -> Iterator[Any]:
     from api import create_app
     from auth.store import db
     from streaming.control import stop_services
 
-    application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url, **app_overrides))
+    application = create_app(
+        app_config(redis_server.url, db_url, fake_upstream.base_url, **app_overrides)
+    )
     with application.app_context():
         db.create_all()
         yield application
@@ -223,9 +248,16 @@ def make_tenant() -> Callable[..., Any]:
     from auth.models import Tenant
     from auth.store import db
 
-    def make(slug: str | None = None, *, models: list[str] | None = None, limits: dict[str, int] | None = None) -> Any:
+    def make(
+        slug: str | None = None,
+        *,
+        models: list[str] | None = None,
+        limits: dict[str, int] | None = None,
+    ) -> Any:
         slug = slug or "t-" + secrets.token_hex(4)
-        tenant = Tenant(slug=slug, name=slug.title(), allowed_models=models or ["fake-model"], limits=limits)
+        tenant = Tenant(
+            slug=slug, name=slug.title(), allowed_models=models or ["fake-model"], limits=limits
+        )
         db.session.add(tenant)
         db.session.commit()
         return tenant
@@ -244,11 +276,20 @@ def make_user(make_tenant: Callable[..., Any]) -> Callable[..., Any]:
     hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # fast in tests only
     password_hash = hasher.hash(PASSWORD)
 
-    def make(tenant: Any = None, *, role: str = "member", email: str | None = None, limits: dict[str, int] | None = None) -> Any:
+    def make(
+        tenant: Any = None,
+        *,
+        role: str = "member",
+        email: str | None = None,
+        limits: dict[str, int] | None = None,
+    ) -> Any:
         tenant = tenant or make_tenant()
         user = User(
-            tenant_id=tenant.id, email=email or f"{secrets.token_hex(4)}@example.com",
-            password_hash=password_hash, role=role, limits=limits,
+            tenant_id=tenant.id,
+            email=email or f"{secrets.token_hex(4)}@example.com",
+            password_hash=password_hash,
+            role=role,
+            limits=limits,
         )
         db.session.add(user)
         db.session.commit()
@@ -290,13 +331,28 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
 
 
-def start_gunicorn(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[str, subprocess.Popen[bytes]]:
+def start_gunicorn(
+    env: dict[str, str], log_path: Path, workers: int = 2
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-             "-w", str(workers), "-b", f"127.0.0.1:{port}", "api:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "api:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
 
@@ -319,8 +375,13 @@ def start_gunicorn(env: dict[str, str], log_path: Path, workers: int = 2) -> tup
 def live_env(redis_url: str, db_url: str, llm_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     env.update(
-        JWT_SECRET_KEY=TEST_SECRET, DATABASE_URL=db_url, REDIS_URL=redis_url, LLM_BASE_URL=llm_url,
-        LLM_MODELS="fake-model", JWT_COOKIE_SECURE="false", LOG_LEVEL="WARNING",
+        JWT_SECRET_KEY=TEST_SECRET,
+        DATABASE_URL=db_url,
+        REDIS_URL=redis_url,
+        LLM_BASE_URL=llm_url,
+        LLM_MODELS="fake-model",
+        JWT_COOKIE_SECURE="false",
+        LOG_LEVEL="WARNING",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)  # live_overrides may replace any of the above (e.g. LLM_BASE_URL)
@@ -335,7 +396,10 @@ def live_overrides() -> dict[str, str]:
 
 @pytest.fixture()
 def live(
-    redis: redis_lib.Redis, redis_server: RedisServer, fake_upstream: FakeUpstream, tmp_path: Path,
+    redis: redis_lib.Redis,
+    redis_server: RedisServer,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
     live_overrides: dict[str, str],
 ) -> Iterator[LiveServer]:
     """Real gunicorn gevent workers on loopback, sharing Redis and a SQLite file with ``live.app``."""

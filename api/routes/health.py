@@ -42,7 +42,11 @@ def _check_llm() -> str:
 def readyz() -> tuple[dict[str, object], int]:
     """Database, Redis and the model server each answer; 503 names what is down."""
     checks: dict[str, str] = {}
-    for name, check in (("database", _check_database), ("redis", _check_redis), ("llm", _check_llm)):
+    for name, check in (
+        ("database", _check_database),
+        ("redis", _check_redis),
+        ("llm", _check_llm),
+    ):
         try:
             checks[name] = check()
         except Exception as exc:  # noqa: BLE001 - a probe reports every failure the same way

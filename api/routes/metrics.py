@@ -32,8 +32,11 @@ def _authorized() -> bool:
 def metrics() -> Response:
     """Prometheus exposition of this deployment's metrics."""
     if not _authorized():
-        raise ApiError(403, "Metrics need METRICS_TOKEN as a bearer token (or a direct loopback client).",
-                       code="metrics_forbidden")
+        raise ApiError(
+            403,
+            "Metrics need METRICS_TOKEN as a bearer token (or a direct loopback client).",
+            code="metrics_forbidden",
+        )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -43,7 +43,9 @@ class StreamListQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.String(validate=validate.OneOf(["running", "completed", "failed", "cancelled", "revoked"]))
+    status = fields.String(
+        validate=validate.OneOf(["running", "completed", "failed", "cancelled", "revoked"])
+    )
 
 
 class TicketRequestSchema(Schema):
