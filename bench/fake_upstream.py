@@ -225,7 +225,8 @@ class FakeUpstream:
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
         writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         await writer.drain()

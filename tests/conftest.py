@@ -402,7 +402,7 @@ def live(
     tmp_path: Path,
     live_overrides: dict[str, str],
 ) -> Iterator[LiveServer]:
-    """Real gunicorn gevent workers on loopback, sharing Redis and a SQLite file with ``live.app``."""
+    """Real gunicorn gevent workers on loopback, sharing Redis and SQLite with ``live.app``."""
     from api import create_app
     from auth.store import db
     from streaming.control import stop_services
