@@ -126,7 +126,7 @@ def _init_extensions(app: Flask) -> None:
             socket_timeout=5,
             socket_connect_timeout=2,
             health_check_interval=30,
-            max_connections=64,
+            max_connections=32,
             timeout=5,
         )
     )

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -55,12 +55,26 @@ def send(client: redis.Redis, op: str, ttl_s: int, **fields: Any) -> None:
 class Subscriber:
     """One open hub connection in this process.
 
+    Its pending events are a deque and a wake-up flag: the dispatcher appends and sets the flag,
+    the connection's greenlet waits on the flag (no CPU while idle) and takes everything pending
+    at once, so a reader that fell behind catches up in one write instead of one per event.
     ``claims`` are the verified token's (for the batched revocation re-check), ``conn_id`` its entry
-    in the user's subscription set (renewed in batch by the keeper, so an idle subscriber makes no
+    in the user's subscription set (renewed in batch by the keeper: an idle subscriber makes no
     Redis call of its own).
     """
 
-    __slots__ = ("channel", "user_id", "jti", "tenant_id", "claims", "conn_id", "queue", "closed")
+    __slots__ = (
+        "channel",
+        "user_id",
+        "jti",
+        "tenant_id",
+        "claims",
+        "conn_id",
+        "maxsize",
+        "items",
+        "wakeup",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -78,24 +92,36 @@ class Subscriber:
         self.tenant_id = tenant_id
         self.claims = claims or {}
         self.conn_id = conn_id
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        self.items: deque[Any] = deque()
+        self.wakeup = threading.Event()
         self.closed: str | None = None
 
     def offer(self, item: Any) -> None:
         if self.closed is not None:
             return
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:  # a client that does not read: drop it; it can resume from the log
-            self.close("slow_consumer")
+        if len(self.items) >= self.maxsize:
+            self.close("slow_consumer")  # a client that does not read; it can resume from the log
+            return
+        self.items.append(item)
+        self.wakeup.set()
 
     def close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
-            try:
-                self.queue.put_nowait(CLOSE)
-            except queue.Full:
-                pass  # the reader finds ``closed`` set at its next item
+            self.items.append(CLOSE)
+            self.wakeup.set()
+
+    def take(self, timeout: float) -> list[Any]:
+        """Everything pending, waiting up to ``timeout`` for the first item; [] on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.items:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self.wakeup.wait(remaining)
+            self.wakeup.clear()  # then look again: an item appended meanwhile is not lost
+        return [self.items.popleft() for _ in range(len(self.items))]
 
 
 class _Channel:
@@ -338,8 +364,11 @@ def event_log(app: Flask) -> EventLog:
     """
     current: EventLog | None = app.extensions.get("streamgate.event_log")
     if current is None:
-        current = EventLog(app.extensions[REDIS_EXTENSION], app.config["STREAM_LOG_MAXLEN"],
-                           retry_s=app.config["REDIS_RETRY_S"])
+        current = EventLog(
+            app.extensions[REDIS_EXTENSION],
+            app.config["STREAM_LOG_MAXLEN"],
+            retry_s=app.config["REDIS_RETRY_S"],
+        )
         app.extensions["streamgate.event_log"] = current
     return current
 

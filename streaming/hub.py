@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -46,6 +45,7 @@ log = logging.getLogger("streamgate.hub")
 SUBS_KEY = "sg:subs:{}"
 STREAM_SUBS_KEY = "sg:ss:{}"  # a stream's open connections (conn id -> expiry): the admin's count
 QUEUE_BOUND = 1024  # events buffered for one slow subscriber before it is dropped
+REPLAY_CHUNK_BYTES = 65536  # a replayed backlog goes out in writes of about this size
 SUBSCRIBE_TIMEOUT_S = 5.0  # longest wait for Redis to confirm a new channel subscription
 
 
@@ -168,6 +168,7 @@ class EventHub(ServerSentEventsBlueprint):
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             sock.settimeout(cfg["SSE_SEND_TIMEOUT_S"])  # a client that stops reading is dropped
+            _abort_when_unacknowledged(sock, float(cfg["SSE_HEARTBEAT_S"]))
             release.watcher = _watch_hangup(sock, sub)
         app.extensions["streamgate.metrics"].active_subscribers.inc()
         release.counted = True
@@ -230,15 +231,27 @@ def _claim_subscription(app: Flask, ident: Identity, channel: str) -> str:
     key = SUBS_KEY.format(ident.user_id)
     now = time.time()
     ttl = subscription_ttl(app)
-    pipe = get_redis().pipeline(transaction=True)
+    stream_id = _stream_of(channel)
+    # One round trip. Not MULTI (the two keys may live on different cluster slots): two claims
+    # racing may both see the other's entry and both be refused, never both admitted over it.
+    pipe = get_redis().pipeline(transaction=False)
     pipe.zremrangebyscore(key, "-inf", now)
     pipe.zadd(key, {conn_id: now + ttl})
     pipe.zcard(key)
     pipe.expire(key, int(ttl) + 1)
-    _, _, count, _ = pipe.execute()
+    if stream_id is not None:
+        skey = STREAM_SUBS_KEY.format(stream_id)
+        pipe.zremrangebyscore(skey, "-inf", now)
+        pipe.zadd(skey, {conn_id: now + ttl})
+        pipe.expire(skey, int(ttl) + 1)
+    count = pipe.execute()[2]
     limit = cfg["SSE_MAX_SUBSCRIPTIONS_PER_USER"]
     if count > limit:
-        get_redis().zrem(key, conn_id)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.zrem(key, conn_id)
+        if stream_id is not None:
+            pipe.zrem(STREAM_SUBS_KEY.format(stream_id), conn_id)
+        pipe.execute()
         app.extensions["streamgate.metrics"].rate_limited.labels("subscriptions").inc()
         raise ApiError(
             429,
@@ -246,14 +259,6 @@ def _claim_subscription(app: Flask, ident: Identity, channel: str) -> str:
             code="too_many_subscriptions",
             headers={"Retry-After": str(max(1, int(cfg["SSE_HEARTBEAT_S"])))},
         )
-    stream_id = _stream_of(channel)
-    if stream_id is not None:
-        skey = STREAM_SUBS_KEY.format(stream_id)
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.zremrangebyscore(skey, "-inf", now)
-        pipe.zadd(skey, {conn_id: now + ttl})
-        pipe.expire(skey, int(ttl) + 1)
-        pipe.execute()
     return conn_id
 
 
@@ -385,6 +390,19 @@ class _Body:
             self.release()
 
 
+def _abort_when_unacknowledged(sock: Any, seconds: float) -> None:
+    """A peer that vanished without closing (a phone off the network) never sends FIN: with
+    TCP_USER_TIMEOUT the kernel aborts the connection once a ping stays unacknowledged this long,
+    which the hang-up watcher then sees: released within two heartbeat intervals."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:  # pragma: no cover - not Linux
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1000, int(seconds * 1000)))
+    except OSError:  # pragma: no cover - not a TCP socket
+        log.debug("TCP_USER_TIMEOUT not set", exc_info=True)
+
+
 def _watch_hangup(sock: Any, sub: Subscriber) -> Any:
     """Close ``sub`` as soon as the client hangs up, not at the next heartbeat write.
 
@@ -428,20 +446,32 @@ def _events(
 ) -> Iterator[bytes]:
     """The subscriber's event stream: first flush, replay, then live events and pings.
 
-    A waiting subscriber blocks on its queue (no CPU, no Redis call): the dispatcher fills it,
-    the keeper renews its subscription entry and re-checks its token in batch for the worker.
-    ``grace``: the stream already ended, follow only that long for its terminal event.
+    A waiting subscriber blocks on its wake-up flag (no CPU, no Redis call): the dispatcher fills
+    it, the keeper renews its subscription entry and re-checks its token in batch for the worker.
+    Whatever is pending goes out in one write. ``grace``: the stream already ended, follow only
+    that long for its terminal event.
     """
     cfg = app.config
     heartbeat = float(cfg["SSE_HEARTBEAT_S"])
+    terminal = TERMINAL_EVENTS if kind == "streams" else frozenset()
     last_seen = parse_id(last)
     last_str = last
     yield sse.retry_hint(cfg["SSE_RETRY_MS"]) + sse.comment("connected")
+    chunk: list[bytes] = []
+    size = 0
     for entry_id, event, data in backlog:
-        yield sse.frame(data, event=event, id=entry_id)
+        frame = sse.frame(data, event=event, id=entry_id)
+        chunk.append(frame)
+        size += len(frame)
         last_seen, last_str = parse_id(entry_id), entry_id
-        if kind == "streams" and event in TERMINAL_EVENTS:
+        if event in terminal:
+            yield b"".join(chunk)
             return
+        if size >= REPLAY_CHUNK_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)
     deadline = ident.expires_at if grace is None else min(ident.expires_at, time.time() + grace)
     while True:
         remaining = deadline - time.time()
@@ -449,23 +479,29 @@ def _events(
             if deadline == ident.expires_at:
                 yield sse.comment("token expired")  # never outlive the token
             return
-        try:
-            item = sub.queue.get(timeout=min(heartbeat, remaining))
-        except queue.Empty:
-            if sub.closed is not None:
-                return
-            if deadline - time.time() <= 0:
-                continue  # the loop's head ends it
+        batch = sub.take(min(heartbeat, remaining))
+        if not batch:
+            if sub.closed is not None or deadline - time.time() <= 0:
+                continue  # the loop's head (or the CLOSE item) ends it
             yield sse.json_frame(
                 {"type": "ping", "time": round(time.time(), 3)}, event="ping", id=last_str
             )
             continue
-        if item is CLOSE:
-            return
-        parsed, entry_id, event, frame = item
-        if last_seen is not None and parsed <= last_seen:
-            continue  # already replayed
-        last_seen, last_str = parsed, entry_id
-        yield frame
-        if kind == "streams" and event in TERMINAL_EVENTS:
+        frames: list[bytes] = []
+        end = False
+        for item in batch:
+            if item is CLOSE:
+                end = True
+                break
+            parsed, entry_id, event, frame = item
+            if last_seen is not None and parsed <= last_seen:
+                continue  # already replayed
+            last_seen, last_str = parsed, entry_id
+            frames.append(frame)
+            if event in terminal:
+                end = True
+                break
+        if frames:
+            yield b"".join(frames)
+        if end:
             return
