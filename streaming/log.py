@@ -96,7 +96,7 @@ class EventLog:
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
         """Append one event exactly once (retried through a Redis restart); returns its entry id."""
         name = f"{self._pid}:{next(self._names)}"
-        args = [self.maxlen, event, data, ttl_s, topic(channel), name]
+        args: list[Any] = [self.maxlen, event, data, ttl_s, topic(channel), name]
         keys = [log_key(channel), _dedupe_key(channel)]
         entry = with_redis_retry(lambda: self._append(keys=keys, args=args), self.retry_s)
         return entry.decode() if isinstance(entry, bytes) else str(entry)
@@ -106,7 +106,7 @@ class EventLog:
     ) -> list[tuple[str, str, str]]:
         """Entries strictly after ``after`` (or from the start): ``(id, event, data)``."""
         start = "-" if after is None else "(" + after
-        rows = self.client.xrange(log_key(channel), min=start, max="+", count=count)
+        rows: Any = self.client.xrange(log_key(channel), min=start, max="+", count=count)
         return [(_s(entry_id), _s(fields[b"e"]), _s(fields[b"d"])) for entry_id, fields in rows]
 
     def replay(self, channel: str, after: str | None) -> list[tuple[str, str, str]]:
@@ -144,7 +144,7 @@ class EventLog:
 
     def last_event(self, channel: str) -> str | None:
         """The name of the newest event in ``channel``'s log (None when empty or expired)."""
-        rows = self.client.xrevrange(log_key(channel), max="+", min="-", count=1)
+        rows: Any = self.client.xrevrange(log_key(channel), max="+", min="-", count=1)
         return _s(rows[0][1][b"e"]) if rows else None
 
     def exists(self, channel: str) -> bool:

@@ -7,6 +7,7 @@ Under gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` and the exp
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -19,8 +20,8 @@ class Metrics:
     def __init__(self) -> None:
         multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = None if multiproc else CollectorRegistry()
-        reg = {"registry": self.registry} if self.registry is not None else {}
-        gauge_mode = {"multiprocess_mode": "livesum"} if multiproc else {}
+        reg: dict[str, Any] = {"registry": self.registry} if self.registry is not None else {}
+        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiproc else {}
         self.active_streams = Gauge(
             "streamgate_active_streams",
             "Generations running in this process",

@@ -197,7 +197,7 @@ def flush_pending_records(limit: int = 100) -> int:
     r = get_redis()
     written = 0
     for _ in range(limit):
-        raw = r.lpop(PENDING_RECORDS)
+        raw: Any = r.lpop(PENDING_RECORDS)
         if raw is None:
             break
         fields = json.loads(raw)
