@@ -146,12 +146,11 @@ def read_resuming(
     return {"events": seen, "reconnects": reconnects, "statuses": statuses}
 
 
-def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None:
-    user, headers = headers_for(node)
-    body = {
-        "model": "fake-model",
-        "messages": [{"role": "user", "content": "[[fake tokens=80 delay_ms=50]]"}],
-    }
+def start_followed(
+    node: Node, headers: dict[str, str], directive: str
+) -> tuple[dict[str, Any], threading.Thread, dict[str, Any]]:
+    """Start a channel-mode stream and a reader that follows it (resuming) on a thread."""
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": directive}]}
     response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
     assert response.status_code == 202, response.text
     stream = response.json()
@@ -160,6 +159,12 @@ def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None
         target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
     )
     reader.start()
+    return stream, reader, result
+
+
+def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None:
+    user, headers = headers_for(node)
+    stream, reader, result = start_followed(node, headers, "[[fake tokens=80 delay_ms=50]]")
     time.sleep(1.0)
     node.restart_redis(down_s=1.0)
     reader.join(90)
@@ -167,13 +172,6 @@ def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None
     ids = [entry for entry, _, _ in events]
     assert len(ids) == len(set(ids)), "a resumed subscriber saw an event twice"
     terminal = events[-1][1]
-    print(
-        "redis restart: terminal",
-        terminal,
-        "reconnects",
-        result["reconnects"],
-        events[-1][2].get("error"),
-    )
     assert terminal in {"stream.completed", "stream.failed"}, events[-3:]
     text = "".join(payload["text"] for _, name, payload in events if name == "token")
     if terminal == "stream.completed":
@@ -182,6 +180,7 @@ def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None
         assert events[-1][2]["error"]["code"], events[-1]
         assert expected_text(80).startswith(text)
     # Admission recovers once Redis is back: a new stream runs to completion.
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "[[fake tokens=5]]"}]}
     again = wait_until(lambda: _post_ok(node, headers, body), timeout=20)
     final = read_resuming(node.url, again["channel"], headers)
     assert final["events"][-1][1] == "stream.completed"
@@ -287,18 +286,7 @@ def test_database_outage_during_a_stream_keeps_tokens_flowing(
     node = Node(tmp_path, fake_upstream, db_url=url, SSE_HEARTBEAT_S="1", LEASE_TTL_S="3")
     try:
         _, headers = headers_for(node)
-        body = {
-            "model": "fake-model",
-            "messages": [{"role": "user", "content": "[[fake tokens=60 delay_ms=50]]"}],
-        }
-        response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
-        assert response.status_code == 202, response.text
-        stream = response.json()
-        result: dict[str, Any] = {}
-        reader = threading.Thread(
-            target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
-        )
-        reader.start()
+        stream, reader, result = start_followed(node, headers, "[[fake tokens=60 delay_ms=50]]")
         time.sleep(0.5)
         pg.pause(cluster)
         # While the database is down, requests that need it say so (never a 500).
