@@ -48,9 +48,23 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     probe = redis.Redis(port=port, socket_connect_timeout=0.2)
     for _ in range(100):  # bounded: 10 s
@@ -75,11 +89,15 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
     workdir = tempfile.mkdtemp(prefix="sg-bench-admission-")
     proc, port = start_redis(workdir)
     try:
-        app = create_app({
-            "TESTING": True, "JWT_SECRET_KEY": "bench-" + "x" * 40, "LOG_LEVEL": "WARNING",
-            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-            "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
-        })
+        app = create_app(
+            {
+                "TESTING": True,
+                "JWT_SECRET_KEY": "bench-" + "x" * 40,
+                "LOG_LEVEL": "WARNING",
+                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
+            }
+        )
         with app.app_context():
             db.create_all()
             idents = []
@@ -88,12 +106,26 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                 db.session.add(tenant)
                 db.session.flush()
                 for _ in range(users // tenants):
-                    user = User(tenant_id=tenant.id, email=f"{new_id('u')}@bench", role="member",
-                                password_hash="x", limits=HIGH)
+                    user = User(
+                        tenant_id=tenant.id,
+                        email=f"{new_id('u')}@bench",
+                        role="member",
+                        password_hash="x",
+                        limits=HIGH,
+                    )
                     db.session.add(user)
                     db.session.flush()
-                    idents.append(Identity(user.id, tenant.id, "member",
-                                           frozenset({"chat"}), "jti", "user", time.time() + 3600))
+                    idents.append(
+                        Identity(
+                            user.id,
+                            tenant.id,
+                            "member",
+                            frozenset({"chat"}),
+                            "jti",
+                            "user",
+                            time.time() + 3600,
+                        )
+                    )
             db.session.commit()
             control = limits.control()
             client = get_redis()
@@ -124,8 +156,11 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                 timings["release"].append(t3 - t2)
             elapsed = time.perf_counter() - start
         return {
-            "rate_per_s": rate, "achieved_per_s": round(total / elapsed, 1), "late_starts": late,
-            "users": len(idents), "tenants": tenants,
+            "rate_per_s": rate,
+            "achieved_per_s": round(total / elapsed, 1),
+            "late_starts": late,
+            "users": len(idents),
+            "tenants": tenants,
             **{name: percentiles(samples) for name, samples in timings.items()},
         }
     finally:

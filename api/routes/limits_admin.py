@@ -15,8 +15,12 @@ from api import limits
 from api.schemas.limits import LimitsUpdateSchema, TenantLimitsSchema, UserLimitsSchema
 from auth.access import current_identity, require
 
-bp = Blueprint("limits_admin", __name__, url_prefix="/v1/admin",
-               description="Per-tenant and per-user limits: requests, concurrency, tokens")
+bp = Blueprint(
+    "limits_admin",
+    __name__,
+    url_prefix="/v1/admin",
+    description="Per-tenant and per-user limits: requests, concurrency, tokens",
+)
 
 
 @bp.get("/tenants/<string:tenant_id>/limits")

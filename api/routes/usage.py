@@ -20,5 +20,8 @@ bp = Blueprint("usage", __name__, url_prefix="/v1", description="Your usage and 
 def get_usage() -> dict[str, Any]:
     """Your usage today and this minute, the remaining budget per limit, your open streams."""
     ident = current_identity()
-    return {"tenant_id": ident.tenant_id, "user_id": ident.user_id,
-            **limits.usage(ident.tenant_id, ident.user_id)}
+    return {
+        "tenant_id": ident.tenant_id,
+        "user_id": ident.user_id,
+        **limits.usage(ident.tenant_id, ident.user_id),
+    }

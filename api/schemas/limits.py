@@ -15,14 +15,30 @@ class LimitsSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    rpm = fields.Integer(strict=True, allow_none=True, validate=_LIMIT,
-                         metadata={"description": "Requests per minute."})
-    concurrent = fields.Integer(strict=True, allow_none=True, validate=_LIMIT,
-                                metadata={"description": "Concurrent streams."})
-    tpm = fields.Integer(strict=True, allow_none=True, validate=_LIMIT,
-                         metadata={"description": "Tokens per minute (prompt + completion)."})
-    tpd = fields.Integer(strict=True, allow_none=True, validate=_LIMIT,
-                         metadata={"description": "Tokens per UTC day (prompt + completion)."})
+    rpm = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=_LIMIT,
+        metadata={"description": "Requests per minute."},
+    )
+    concurrent = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=_LIMIT,
+        metadata={"description": "Concurrent streams."},
+    )
+    tpm = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=_LIMIT,
+        metadata={"description": "Tokens per minute (prompt + completion)."},
+    )
+    tpd = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=_LIMIT,
+        metadata={"description": "Tokens per UTC day (prompt + completion)."},
+    )
 
 
 class LimitsUpdateSchema(LimitsSchema):
@@ -74,7 +90,8 @@ class WindowUsageSchema(Schema):
     completion_tokens = fields.Integer(required=True, metadata={"description": "Settled."})
     total_tokens = fields.Integer(required=True, metadata={"description": "Settled."})
     reserved_tokens = fields.Integer(
-        required=True, metadata={"description": "Held by running streams until they end."})
+        required=True, metadata={"description": "Held by running streams until they end."}
+    )
 
 
 class DayUsageSchema(WindowUsageSchema):
@@ -87,6 +104,8 @@ class UsageReportSchema(Schema):
     today = fields.Nested(DayUsageSchema, required=True)
     this_minute = fields.Nested(WindowUsageSchema, required=True)
     open_streams = fields.List(
-        fields.String(), required=True,
-        metadata={"description": "Your streams holding a concurrency lease."})
+        fields.String(),
+        required=True,
+        metadata={"description": "Your streams holding a concurrency lease."},
+    )
     limits = fields.Nested(LimitStatesSchema, required=True)

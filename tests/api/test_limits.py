@@ -26,8 +26,11 @@ def body(text: str = "Tell me a story", max_tokens: int = 50, **knobs: Any) -> d
     """A chat request; ``knobs`` steer the fake upstream (``[[fake k=v]]``)."""
     pairs = " ".join(f"{k}={v}" for k, v in knobs.items())
     directive = f" [[fake {pairs}]]" if knobs else ""
-    return {"model": "fake-model", "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": text + directive}]}
+    return {
+        "model": "fake-model",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": text + directive}],
+    }
 
 
 def estimate(request: dict[str, Any]) -> int:
@@ -64,8 +67,9 @@ SLOW = body(max_tokens=2000, infinite=1, delay_ms=10)  # runs until stopped, in 
 
 
 @pytest.fixture()
-def member(app: Any, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
-           ) -> Callable[..., tuple[Any, Headers]]:
+def member(
+    app: Any, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
+) -> Callable[..., tuple[Any, Headers]]:
     """A user with the given limit overrides and their auth headers."""
 
     def make(tenant: Any = None, role: str = "member", **limits: int) -> tuple[Any, Headers]:
@@ -112,7 +116,10 @@ def test_successful_starts_carry_ratelimit_headers(client: Any, member: Any) -> 
     first = client.post("/v1/streams", json=body(), headers=headers)
     assert first.status_code == 202
     assert ratelimit_headers(first.headers) == {
-        "RateLimit-Limit": "5", "RateLimit-Remaining": "4", "RateLimit-Reset": "12"}
+        "RateLimit-Limit": "5",
+        "RateLimit-Remaining": "4",
+        "RateLimit-Reset": "12",
+    }
     assert 'name="user.rpm"' in first.headers["RateLimit-Policy"]
     chat = client.post("/v1/chat/completions", json={**body(), "stream": False}, headers=headers)
     assert chat.status_code == 200
@@ -131,7 +138,8 @@ def test_requests_per_minute_refused_with_429_naming_the_limit(client: Any, memb
     assert payload["errors"]["limit"] == "user.rpm"
     assert payload["errors"]["limit_value"] == 2
     assert payload["message"].startswith(
-        "Rate limit reached for requests per minute (RPM) for this user: limit 2. Try again in ")
+        "Rate limit reached for requests per minute (RPM) for this user: limit 2. Try again in "
+    )
     retry = int(refused.headers["Retry-After"])
     assert 1 <= retry <= 30  # one request back every 30 s at 2 per minute
     assert refused.headers["RateLimit-Limit"] == "2"
@@ -146,8 +154,9 @@ def test_chat_completions_refusal_uses_openai_shape(client: Any, member: Any) ->
     assert error["type"] == "rate_limit_error"
     assert error["code"] == "rate_limit_exceeded"
     assert error["param"] is None
-    assert error["message"] == ("Too many concurrent streams for this user: limit 0. "
-                                "Try again when one of them ends.")
+    assert error["message"] == (
+        "Too many concurrent streams for this user: limit 0. Try again when one of them ends."
+    )
     assert refused.headers["Retry-After"] == "1"
 
 
@@ -157,8 +166,9 @@ def test_tenant_limit_binds_across_its_users(
     tenant = make_tenant(limits={"concurrent": 1})
     _, alice = member(tenant)
     _, bob = member(tenant)
-    running = client.post("/v1/streams", json=body(max_tokens=2000, infinite=1, delay_ms=20),
-                          headers=alice)
+    running = client.post(
+        "/v1/streams", json=body(max_tokens=2000, infinite=1, delay_ms=20), headers=alice
+    )
     assert running.status_code == 202
     refused = client.post("/v1/streams", json=body(), headers=bob)
     assert refused.status_code == 429
@@ -207,7 +217,8 @@ def test_a_request_that_can_never_fit_says_so(client: Any, member: Any) -> None:
     assert payload["message"] == (
         f"Request too large for tokens per day (TPD) for this user: limit {estimate(request) - 1}; "
         f"this request reserves {estimate(request)} tokens (prompt estimate plus max_tokens). "
-        "Lower max_tokens.")
+        "Lower max_tokens."
+    )
 
 
 def test_other_rate_limited_routes_count_requests(client: Any, member: Any) -> None:
@@ -252,8 +263,9 @@ def start_and_see_tokens(client: Any, headers: Headers, request: dict[str, Any])
     assert started.status_code == 202, started.get_json()
     stream_id = started.get_json()["id"]
     two_tokens = expected_text(2)
-    wait_until(lambda: (stream_status(client, headers, stream_id)["text"] or "").startswith(
-        two_tokens))
+    wait_until(
+        lambda: (stream_status(client, headers, stream_id)["text"] or "").startswith(two_tokens)
+    )
     return stream_id
 
 
@@ -273,22 +285,30 @@ def test_revoke_releases_lease_and_reconciles(app: Any, client: Any, tight: Any)
 
     user, headers, request = tight
     stream_id = start_and_see_tokens(client, headers, SLOW)
-    control.send(get_redis(), "revoke_stream", 600, stream_id=stream_id, by="usr_admin",
-                 reason="test")
+    control.send(
+        get_redis(), "revoke_stream", 600, stream_id=stream_id, by="usr_admin", reason="test"
+    )
     final = wait_status(client, headers, stream_id, "revoked")
     assert_reconciled(client, headers, [final["usage"]])
     assert client.post("/v1/streams", json=request, headers=headers).status_code == 202
 
 
-@pytest.mark.parametrize(("knobs", "emitted"), [
-    ({"error_after": 3}, 3), ({"drop_after": 2}, 2), ({"status": 500}, 0),
-], ids=["in-band-error", "dropped", "http-500"])
+@pytest.mark.parametrize(
+    ("knobs", "emitted"),
+    [
+        ({"error_after": 3}, 3),
+        ({"drop_after": 2}, 2),
+        ({"status": 500}, 0),
+    ],
+    ids=["in-band-error", "dropped", "http-500"],
+)
 def test_upstream_failure_releases_lease_and_reconciles(
     client: Any, tight: Any, knobs: dict[str, int], emitted: int
 ) -> None:
     _, headers, request = tight
-    started = client.post("/v1/streams", json=body(max_tokens=40, delay_ms=5, **knobs),
-                          headers=headers)
+    started = client.post(
+        "/v1/streams", json=body(max_tokens=40, delay_ms=5, **knobs), headers=headers
+    )
     assert started.status_code == 202
     final = wait_status(client, headers, started.get_json()["id"], "failed")
     assert final["usage"]["completion_tokens"] == emitted
@@ -298,8 +318,9 @@ def test_upstream_failure_releases_lease_and_reconciles(
 
 def test_direct_failure_before_first_token_releases(client: Any, tight: Any) -> None:
     _, headers, request = tight
-    failed = client.post("/v1/chat/completions", json={**body(status=503), "stream": True},
-                         headers=headers)
+    failed = client.post(
+        "/v1/chat/completions", json={**body(status=503), "stream": True}, headers=headers
+    )
     assert failed.status_code == 503
     assert "RateLimit-Limit" in failed.headers
     usage = settled(usage_of(client, headers))
@@ -331,11 +352,17 @@ def test_a_second_release_gives_nothing_back(app: Any, client: Any, tight: Any) 
 
 def direct_usage(client: Any, headers: Headers, request: dict[str, Any]) -> dict[str, int]:
     """Run a direct streaming completion with include_usage; the usage chunk it reported."""
-    response = client.post("/v1/chat/completions", headers=headers, json={
-        **request, "stream": True, "stream_options": {"include_usage": True}})
+    response = client.post(
+        "/v1/chat/completions",
+        headers=headers,
+        json={**request, "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert response.status_code == 200
-    frames = [line[6:] for line in response.get_data(as_text=True).split("\n")
-              if line.startswith("data: ") and line != "data: [DONE]"]
+    frames = [
+        line[6:]
+        for line in response.get_data(as_text=True).split("\n")
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
     usage = [json.loads(f)["usage"] for f in frames if json.loads(f).get("usage")]
     assert len(usage) == 1
     return usage[0]
@@ -348,8 +375,11 @@ def test_usage_equals_what_the_upstream_reported(client: Any, member: Any) -> No
     for tokens, text in ((5, "one two three"), (9, "a somewhat longer prompt with more words")):
         request = body(text=text, max_tokens=100, tokens=tokens)
         reported = direct_usage(client, headers, request)
-        assert reported == {"prompt_tokens": upstream_prompt(request), "completion_tokens": tokens,
-                            "total_tokens": upstream_prompt(request) + tokens}
+        assert reported == {
+            "prompt_tokens": upstream_prompt(request),
+            "completion_tokens": tokens,
+            "total_tokens": upstream_prompt(request) + tokens,
+        }
         charged.append(reported)
     request = body(text="channel mode", max_tokens=100, tokens=7)
     started = client.post("/v1/streams", json=request, headers=headers).get_json()
@@ -372,8 +402,9 @@ def test_usage_equals_what_the_upstream_reported(client: Any, member: Any) -> No
     charged.append(cancelled["usage"])
     usage = assert_reconciled(client, headers, charged)
     assert usage["today"]["requests"] == 5
-    assert usage["today"]["total_tokens"] == sum(c["prompt_tokens"] + c["completion_tokens"]
-                                                 for c in charged)
+    assert usage["today"]["total_tokens"] == sum(
+        c["prompt_tokens"] + c["completion_tokens"] for c in charged
+    )
 
 
 # --- limits change at once -----------------------------------------------------------------------
@@ -388,8 +419,7 @@ def test_new_limits_apply_to_the_next_request(
     user_id = user.id
     running = client.post("/v1/streams", json=SLOW, headers=headers)
     assert running.status_code == 202  # this user's limits (the defaults) are now cached
-    changed = client.put(f"/v1/admin/users/{user_id}/limits", json={"concurrent": 1},
-                         headers=admin)
+    changed = client.put(f"/v1/admin/users/{user_id}/limits", json={"concurrent": 1}, headers=admin)
     assert changed.status_code == 200
     refused = client.post("/v1/streams", json=body(), headers=headers)
     assert refused.status_code == 429
@@ -448,15 +478,24 @@ def test_fail_open_lets_only_the_request_rate_pass(
 
 
 def test_redis_down_fails_closed_even_with_fail_open(
-    db_url: str, fake_upstream: Any, app: Any, make_user: Callable[..., Any],
+    db_url: str,
+    fake_upstream: Any,
+    app: Any,
+    make_user: Callable[..., Any],
     auth_headers: Callable[..., Headers],
 ) -> None:
     from api import create_app
 
     user = make_user()
     headers = auth_headers(user)
-    dead = create_app(app_config(f"redis://127.0.0.1:{free_port()}/0", db_url,
-                                 fake_upstream.base_url, REDIS_FAIL_OPEN_RATE_LIMITS=True))
+    dead = create_app(
+        app_config(
+            f"redis://127.0.0.1:{free_port()}/0",
+            db_url,
+            fake_upstream.base_url,
+            REDIS_FAIL_OPEN_RATE_LIMITS=True,
+        )
+    )
     response = dead.test_client().post("/v1/streams", json=body(), headers=headers)
     assert response.status_code == 503
     assert "Redis" in response.get_json()["message"]

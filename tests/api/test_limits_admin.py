@@ -14,15 +14,23 @@ ROUTES = ("/v1/admin/tenants/{tenant}/limits", "/v1/admin/users/{user}/limits")
 
 
 @pytest.fixture()
-def world(app: Any, make_tenant: Callable[..., Any], make_user: Callable[..., Any],
-          auth_headers: Callable[..., Headers]) -> dict[str, Any]:
+def world(
+    app: Any,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., Headers],
+) -> dict[str, Any]:
     """Two tenants, each with an admin and a member, and an operator."""
     out: dict[str, Any] = {}
     for name in ("acme", "other"):
         tenant = make_tenant(name)
         admin, member = make_user(tenant, role="admin"), make_user(tenant)
-        out[name] = {"tenant": tenant.id, "admin": auth_headers(admin), "member_id": member.id,
-                     "member": auth_headers(member)}
+        out[name] = {
+            "tenant": tenant.id,
+            "admin": auth_headers(admin),
+            "member_id": member.id,
+            "member": auth_headers(member),
+        }
     operator = make_user(make_tenant("ops"), role="operator")
     out["operator"] = auth_headers(operator)
     return out
@@ -62,7 +70,8 @@ def test_a_tenant_admin_reads_but_does_not_set_their_tenants_limits(
     response = client.get(url, headers=acme["admin"])
     assert response.status_code == 200
     assert response.get_json() == {
-        "tenant_id": acme["tenant"], "overrides": {},
+        "tenant_id": acme["tenant"],
+        "overrides": {},
         "defaults": {"rpm": 1200, "concurrent": 64, "tpm": 1_000_000, "tpd": 20_000_000},
         "effective": {"rpm": 1200, "concurrent": 64, "tpm": 1_000_000, "tpd": 20_000_000},
     }
@@ -73,10 +82,12 @@ def test_a_tenant_admin_reads_but_does_not_set_their_tenants_limits(
 
 def test_another_tenant_is_a_404(client: Any, world: Any) -> None:
     acme, other = world["acme"], world["other"]
-    for url in (f"/v1/admin/tenants/{other['tenant']}/limits",
-                f"/v1/admin/users/{other['member_id']}/limits",
-                "/v1/admin/tenants/ten_doesnotexist0000000/limits",
-                "/v1/admin/users/usr_doesnotexist0000000/limits"):
+    for url in (
+        f"/v1/admin/tenants/{other['tenant']}/limits",
+        f"/v1/admin/users/{other['member_id']}/limits",
+        "/v1/admin/tenants/ten_doesnotexist0000000/limits",
+        "/v1/admin/users/usr_doesnotexist0000000/limits",
+    ):
         assert client.get(url, headers=acme["admin"]).status_code == 404
         assert client.put(url, json={"rpm": 5}, headers=acme["admin"]).status_code == 404
 
@@ -84,8 +95,9 @@ def test_another_tenant_is_a_404(client: Any, world: Any) -> None:
 def test_an_operator_sets_a_tenants_limits_and_it_is_audited(client: Any, world: Any) -> None:
     acme = world["acme"]
     url = f"/v1/admin/tenants/{acme['tenant']}/limits"
-    response = client.put(url, json={"concurrent": 3, "tpd": 5000, "reason": "trial plan"},
-                          headers=world["operator"])
+    response = client.put(
+        url, json={"concurrent": 3, "tpd": 5000, "reason": "trial plan"}, headers=world["operator"]
+    )
     assert response.status_code == 200
     body = response.get_json()
     assert body["overrides"] == {"concurrent": 3, "tpd": 5000}
@@ -110,24 +122,40 @@ def test_a_tenant_admin_sets_a_users_limits(client: Any, world: Any) -> None:
     response = client.put(url, json={"rpm": 10, "tpm": 2000}, headers=acme["admin"])
     assert response.status_code == 200
     assert response.get_json() == {
-        "user_id": acme["member_id"], "tenant_id": acme["tenant"],
+        "user_id": acme["member_id"],
+        "tenant_id": acme["tenant"],
         "overrides": {"rpm": 10, "tpm": 2000},
         "defaults": {"rpm": 120, "concurrent": 8, "tpm": 100_000, "tpd": 2_000_000},
         "effective": {"rpm": 10, "concurrent": 8, "tpm": 2000, "tpd": 2_000_000},
     }
     assert client.get(url, headers=world["operator"]).get_json()["overrides"] == {
-        "rpm": 10, "tpm": 2000}
+        "rpm": 10,
+        "tpm": 2000,
+    }
     [event] = audit_events("user.limits.set")
     assert event.tenant_id == acme["tenant"] and event.target_id == acme["member_id"]
     usage = client.get("/v1/usage", headers=acme["member"]).get_json()
     assert usage["limits"]["user"]["rpm"]["limit"] == 10
-    assert usage["limits"]["user"]["tpm"] == {"limit": 2000, "used": 0, "remaining": 2000,
-                                              "reset": usage["limits"]["user"]["tpm"]["reset"]}
+    assert usage["limits"]["user"]["tpm"] == {
+        "limit": 2000,
+        "used": 0,
+        "remaining": 2000,
+        "reset": usage["limits"]["user"]["tpm"]["reset"],
+    }
 
 
-@pytest.mark.parametrize("payload", [
-    {"rpm": -1}, {"rpm": "10"}, {"rpm": 1.5}, {"rpm": True}, {"burst": 3}, {"tpd": 10**16},
-], ids=["negative", "string", "float", "bool", "unknown-key", "too-large"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"rpm": -1},
+        {"rpm": "10"},
+        {"rpm": 1.5},
+        {"rpm": True},
+        {"burst": 3},
+        {"tpd": 10**16},
+    ],
+    ids=["negative", "string", "float", "bool", "unknown-key", "too-large"],
+)
 def test_invalid_limits_are_refused_and_nothing_changes(
     client: Any, world: Any, payload: dict[str, Any]
 ) -> None:

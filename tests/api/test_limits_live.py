@@ -34,8 +34,9 @@ def two_nodes(live: LiveServer, tmp_path: Path) -> Iterator[list[str]]:
 
 
 @pytest.fixture()
-def person(live: LiveServer, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
-           ) -> Callable[..., tuple[str, Headers]]:
+def person(
+    live: LiveServer, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
+) -> Callable[..., tuple[str, Headers]]:
     """A user (id, auth headers) with limit overrides, created through ``live.app``."""
 
     def make(tenant: Any = None, role: str = "member", **limits: int) -> tuple[str, Headers]:
@@ -104,9 +105,12 @@ def cancel_all(url: str, headers: Headers, admitted: list[httpx.Response]) -> No
 def test_burst_of_100_against_10_requests_per_minute(two_nodes: list[str], person: Any) -> None:
     _, headers = person(rpm=10, concurrent=1000)
     short = body(max_tokens=4, tokens=2)
-    requests = [("/v1/streams", headers, short) if i % 4 < 2
-                else ("/v1/chat/completions", headers, {**short, "stream": False})
-                for i in range(100)]
+    requests = [
+        ("/v1/streams", headers, short)
+        if i % 4 < 2
+        else ("/v1/chat/completions", headers, {**short, "stream": False})
+        for i in range(100)
+    ]
     admitted = admitted_and_refused(burst(two_nodes, requests), "user.rpm")
     assert len(admitted) == 10
     assert settled(two_nodes[0], headers)["today"]["requests"] == 10
@@ -115,7 +119,8 @@ def test_burst_of_100_against_10_requests_per_minute(two_nodes: list[str], perso
 def test_burst_of_100_against_10_concurrent_streams(two_nodes: list[str], person: Any) -> None:
     _, headers = person(concurrent=10, rpm=1000)
     admitted = admitted_and_refused(
-        burst(two_nodes, [("/v1/streams", headers, SLOW)] * 100), "user.concurrent")
+        burst(two_nodes, [("/v1/streams", headers, SLOW)] * 100), "user.concurrent"
+    )
     assert len(admitted) == 10
     assert len(usage(two_nodes[1], headers)["open_streams"]) == 10
     cancel_all(two_nodes[0], headers, admitted)
@@ -125,7 +130,8 @@ def test_burst_of_100_against_10_concurrent_streams(two_nodes: list[str], person
 def test_burst_of_100_against_10_reservations_per_minute(two_nodes: list[str], person: Any) -> None:
     _, headers = person(tpm=10 * estimate(SLOW), concurrent=1000, rpm=1000)
     admitted = admitted_and_refused(
-        burst(two_nodes, [("/v1/streams", headers, SLOW)] * 100), "user.tpm")
+        burst(two_nodes, [("/v1/streams", headers, SLOW)] * 100), "user.tpm"
+    )
     assert len(admitted) == 10
     assert usage(two_nodes[0], headers)["today"]["reserved_tokens"] == 10 * estimate(SLOW)
     cancel_all(two_nodes[1], headers, admitted)
@@ -156,8 +162,11 @@ def test_new_limits_apply_at_once_on_every_node(
     first, second = two_nodes
     running = [httpx.post(second + "/v1/streams", headers=headers, json=SLOW) for _ in range(4)]
     assert [r.status_code for r in running] == [202] * 4  # the second node's workers cache limits
-    changed = httpx.put(f"{first}/v1/admin/users/{user_id}/limits", headers=admin,
-                        json={"concurrent": 4, "reason": "runaway app"})
+    changed = httpx.put(
+        f"{first}/v1/admin/users/{user_id}/limits",
+        headers=admin,
+        json={"concurrent": 4, "reason": "runaway app"},
+    )
     assert changed.status_code == 200 and changed.json()["effective"]["concurrent"] == 4
     for _ in range(4):
         refused = httpx.post(second + "/v1/streams", headers=headers, json=body())
@@ -223,8 +232,11 @@ def worker_talking_to(master: int, port: int) -> int | None:
     """The worker holding a TCP connection to ``port`` (the one running the generation)."""
     remote = f":{port:04X}"
     with open("/proc/net/tcp") as f:
-        inodes = {cols[9] for cols in (line.split() for line in f.readlines()[1:])
-                  if cols[2].endswith(remote) and cols[3] == "01"}  # ESTABLISHED
+        inodes = {
+            cols[9]
+            for cols in (line.split() for line in f.readlines()[1:])
+            if cols[2].endswith(remote) and cols[3] == "01"
+        }  # ESTABLISHED
     for pid in worker_pids(master):
         if _socket_inodes(pid) & inodes:
             return pid
@@ -245,9 +257,15 @@ def test_worker_killed_mid_stream_lease_expires_and_reaper_settles(
     os.kill(victim, signal.SIGKILL)
     # the lease runs out on its own; the keeper of a live worker reaps the run and settles it
     after = settled(live.url, headers)
-    record = wait_until(lambda: (s := httpx.get(f"{live.url}/v1/streams/{stream_id}",
-                                                headers=headers).json())["finished_at"] and s,
-                        timeout=15)
+    record = wait_until(
+        lambda: (
+            (s := httpx.get(f"{live.url}/v1/streams/{stream_id}", headers=headers).json())[
+                "finished_at"
+            ]
+            and s
+        ),
+        timeout=15,
+    )
     assert record["status"] == "failed" and record["error"]["code"] == "worker_lost"
     assert after["today"]["total_tokens"] == record["usage"]["total_tokens"]
     assert httpx.post(live.url + "/v1/streams", headers=headers, json=body()).status_code == 202
@@ -258,21 +276,27 @@ def test_worker_killed_mid_stream_lease_expires_and_reaper_settles(
 
 def test_openai_sdk_raises_rate_limit_error_with_our_message(live: LiveServer, person: Any) -> None:
     _, headers = person(rpm=1)
-    client = openai.OpenAI(base_url=live.url + "/v1", max_retries=0,
-                           api_key=headers["Authorization"].removeprefix("Bearer "))
-    first = client.chat.completions.create(model="fake-model", messages=body()["messages"],
-                                           max_tokens=4)
+    client = openai.OpenAI(
+        base_url=live.url + "/v1",
+        max_retries=0,
+        api_key=headers["Authorization"].removeprefix("Bearer "),
+    )
+    first = client.chat.completions.create(
+        model="fake-model", messages=body()["messages"], max_tokens=4
+    )
     assert first.choices[0].message.content
     with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model="fake-model", messages=body()["messages"],
-                                       max_tokens=4, stream=True)
+        client.chat.completions.create(
+            model="fake-model", messages=body()["messages"], max_tokens=4, stream=True
+        )
     error = caught.value
     assert error.status_code == 429
     assert error.code == "rate_limit_exceeded"
     assert isinstance(error.body, dict)
     message = error.body["message"]
-    assert message.startswith("Rate limit reached for requests per minute (RPM) for this user: "
-                              "limit 1. Try again in ")
+    assert message.startswith(
+        "Rate limit reached for requests per minute (RPM) for this user: limit 1. Try again in "
+    )
     assert message in str(error)
     assert 1 <= int(error.response.headers["Retry-After"]) <= 60
     assert error.response.headers["RateLimit-Limit"] == "1"
