@@ -180,6 +180,8 @@ def test_a_revoked_stream_ends_its_readers_and_answers_410(
             lambda: client.get(f"/v1/streams/{started['id']}", headers=headers).json()["text"]
         )
         with live.app.app_context():
+            # Revoke only once the reader is connected (else it rightly gets a 410 at once).
+            wait_until(lambda: get_redis().zcard(f"sg:ss:{started['id']}") >= 1)
             control.send(
                 get_redis(),
                 "revoke_stream",
