@@ -102,10 +102,20 @@ def _ended(live: dict[str, str]) -> datetime | None:
 
 
 def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
-    """A stream as the API shows it; live fields come from Redis while it runs."""
+    """A stream as the API shows it; live fields come from Redis until the record is final.
+
+    A run ends in the live state first and in its SQL record a moment later: in between, the
+    live state has the outcome, so a reader who sees ``completed`` also sees its usage.
+    """
     live = state.live_status(record.id) if record.status == "running" else {}
     status = live.get("status", record.status)
+    ended = bool(live.get("ended"))
     completion = int(live.get("tokens") or record.completion_tokens or 0)
+    prompt = int(live.get("prompt_tokens") or record.prompt_tokens) if ended else None
+    prompt = record.prompt_tokens if prompt is None else prompt
+    finish_reason = record.finish_reason or (live.get("finish_reason") or None)
+    error_code = record.error_code or (live.get("error_code") or None)
+    error_message = record.error_message or (live.get("error_message") or None)
     channel = stream_channel(record.id)
     out: dict[str, Any] = {
         "id": record.id,
@@ -117,17 +127,13 @@ def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
         "status": status,
         "created_at": record.created_at,
         "finished_at": record.finished_at or _ended(live),
-        "finish_reason": record.finish_reason,
+        "finish_reason": finish_reason,
         "usage": {
-            "prompt_tokens": record.prompt_tokens,
+            "prompt_tokens": prompt,
             "completion_tokens": completion,
-            "total_tokens": record.prompt_tokens + completion,
+            "total_tokens": prompt + completion,
         },
-        "error": (
-            {"code": record.error_code, "message": record.error_message}
-            if record.error_code
-            else None
-        ),
+        "error": ({"code": error_code, "message": error_message} if error_code else None),
     }
     if with_text:
         out["text"] = _text_so_far(record)

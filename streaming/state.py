@@ -98,6 +98,10 @@ def mark_finished(
             "tokens": completion_tokens,
             "prompt_tokens": prompt_tokens,
             "ended": f"{time.time():.3f}",
+            # Until the SQL record's final write lands, readers take the outcome from here.
+            "finish_reason": outcome.finish_reason or "",
+            "error_code": outcome.error_code or "",
+            "error_message": outcome.error_message or "",
         },
     )
     pipe.expire(live_key(gen.stream_id), int(cfg["STREAM_LOG_TTL_S"]))
