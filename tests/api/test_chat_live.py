@@ -153,6 +153,16 @@ def test_openai_sdk_without_streaming_gets_a_chat_completion(sdk: openai.OpenAI)
     assert cut.choices[0].finish_reason == "length"
     assert cut.choices[0].message.content == expected_text(7)
 
+    # Request after request on the SDK's one keep-alive connection: the disconnect watcher of a
+    # finished request must have let go of the socket.
+    for _ in range(3):
+        again = sdk.chat.completions.create(model="fake-model", messages=messages("tokens=2"))
+        assert again.choices[0].message.content == expected_text(2)
+    streamed = sdk.chat.completions.create(
+        model="fake-model", messages=messages("tokens=2"), stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected_text(2)
+
 
 def test_parameters_reach_the_upstream_and_usage_is_only_sent_when_asked(
     sdk: openai.OpenAI, fake_upstream: FakeUpstream
