@@ -407,6 +407,15 @@ def test_an_upstream_that_never_answers_is_a_504(
         assert finished_record(stream_id_of(response)).status == "failed"
     assert fake_upstream.wait_for(lambda s: s["requests"] == 2 and s["active"] == 0)  # we hung up
 
+    # It answered, then went quiet for longer than LLM_READ_TIMEOUT_S: the 200 is out, so the
+    # timeout arrives in-band.
+    response, datas = raw_stream(live, headers, chat_body("tokens=5 first_delay_ms=5000"))
+    assert response.status_code == 200 and "[DONE]" not in datas
+    assert json.loads(datas[-1])["error"]["code"] == "upstream_timeout"
+    record = finished_record(stream_id_of(response))
+    assert (record.status, record.error_code, record.completion_tokens) == (
+        "failed", "upstream_timeout", 0)
+
 
 def test_an_upstream_http_error_before_the_first_token_is_a_5xx(
     live: LiveServer, headers: dict[str, str], sdk: openai.OpenAI
