@@ -64,6 +64,7 @@ class _Protocol(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.t_head = 0.0
+        self.t_done = 0.0  # perf_counter when the response ended or the connection closed
         self._buf = bytearray()
         self._head_done = False
         self._chunked = False
@@ -125,6 +126,9 @@ class _Protocol(asyncio.Protocol):
 
     def _finish(self) -> None:
         if not self.done.done():
+            # Stamped here, not in a done callback: callbacks run a loop turn later, and a reader
+            # that sees ``done`` first would find no time yet.
+            self.t_done = time.perf_counter()
             self.done.set_result(None)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -437,8 +441,12 @@ class Subscriber:
     )  # (id, now, wall)
     terminal: str | None = None
     terminal_at: float = 0.0
-    closed_at: float = 0.0
     error: str | None = None
+
+    @property
+    def closed_at(self) -> float:
+        """perf_counter when the response ended or the server closed; 0 while still open."""
+        return self.proto.t_done if self.proto is not None else 0.0
 
     def close(self) -> None:
         if self.proto is not None:
@@ -489,7 +497,6 @@ async def subscribe(
         on_comment=mark_open,
     )
     proto = sub.proto
-    proto.done.add_done_callback(lambda _f: setattr(sub, "closed_at", time.perf_counter()))
     try:
         await asyncio.wait_for(asyncio.shield(proto.head), timeout)
         if proto.status != 200:
