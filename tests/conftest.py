@@ -227,11 +227,30 @@ def app(
     with application.app_context():
         db.create_all()
         yield application
+        finish_runs(application)
         stop_services(application)
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
     application.extensions["streamgate.redis"].close()
+
+
+def finish_runs(application: Any, timeout: float = 10.0) -> None:
+    """Stop this process's generations and wait for their threads to settle.
+
+    A run that outlived its test would write its record (and hold a database connection) after
+    the test's database was dropped.
+    """
+    import threading
+
+    from streaming.runner import registry, stopped_outcome
+
+    for handle in registry(application).snapshot():
+        handle.stop(stopped_outcome("cancelled", reason="test teardown"))
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name == "streamgate-run" and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture()
