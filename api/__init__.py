@@ -136,15 +136,25 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api.routes import admin, chat, docs, health, limits_admin, metrics, models, streams, usage
+    from api.routes import (
+        admin,
+        chat,
+        docs,
+        health,
+        limits_admin,
+        metrics,
+        models,
+        streams,
+        tokens,
+        usage,
+    )
     from api.web import bp as web_bp
     from auth.routes import bp as auth_bp
-    from auth.routes import tokens_bp
     from streaming.hub import hub
 
     for blueprint in (
         auth_bp,
-        tokens_bp,
+        tokens.bp,
         chat.bp,
         models.bp,
         streams.bp,

@@ -2,7 +2,11 @@
 
 Every function takes the caller's ``Identity`` first and plain arguments after it, and scopes
 everything to ``ident.tenant_scope`` (a tenant admin: their tenant; an operator: all). Another
-tenant's object is a 404, exactly like a missing one.
+tenant's object is a 404, exactly like a missing one. The credential changes that revoke a
+principal (``revoke_app_token``, ``disable_user``, ``set_user_role``, ``disable_tenant``) take
+plain ids instead (``tenant_scope`` None: any tenant; ``actor_id`` None: the command line): the
+admin API, ``DELETE /v1/tokens/<jti>`` and the ``flask tokens|users|tenants`` commands all call
+them, and they all go through ``revoke_principal``.
 
 Revocation writes Redis first (the live status, the per-stream flag a worker re-checks on its
 keeper tick, the token cutoffs), commits the audit row with the change in one transaction, then
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -33,6 +37,7 @@ from streaming.models import StreamRecord
 USAGE_DEFAULT_DAYS = 30
 USAGE_MAX_DAYS = 400
 REVOCABLE = frozenset({"running", "revoked"})  # a revoked stream may be re-signalled
+T = TypeVar("T")
 
 
 # --- scoping ----------------------------------------------------------------------------------
@@ -209,11 +214,14 @@ def _flag_ttl() -> int:
     return int(cfg["STREAM_MAX_DURATION_S"] + cfg["LEASE_TTL_S"])
 
 
-def _revoke_live(stream_ids: list[str], by: str, reason: str | None) -> None:
-    """Mark each stream revoked and flag it, so a worker that misses the broadcast still acts."""
+def _revoke_live(stream_ids: list[str], by: str | None, reason: str | None) -> None:
+    """Mark each stream revoked and flag it, so a worker that misses the broadcast still acts.
+
+    ``by`` is None when the command line acts (the live state stores "": no actor).
+    """
     client = get_redis()
     for stream_id in stream_ids:
-        state.mark_revoked(stream_id, by, reason)
+        state.mark_revoked(stream_id, by or "", reason)
     pipe = client.pipeline(transaction=False)
     for stream_id in stream_ids:
         pipe.set(
@@ -270,40 +278,140 @@ def revoke_stream(ident: Identity, stream_id: str, reason: str | None) -> dict[s
     return stream_detail(ident, record.id)
 
 
+# Who a principal-wide revocation stops: its live-state field, control op and message field.
+_PRINCIPALS: dict[str, tuple[str, str, str]] = {
+    "token": ("jti", "revoke_token", "jti"),
+    "user": ("user", "revoke_user", "user_id"),
+    "tenant": ("tenant", "revoke_tenant", "tenant_id"),
+}
+
+
+def revoke_principal(
+    kind: str,
+    principal_id: str,
+    actor_id: str | None,
+    reason: str | None,
+    change: Callable[[list[str]], T],
+) -> tuple[T, list[str]]:
+    """Make a credential change, then stop everything the principal runs, on every worker.
+
+    The one path of every change that kills a principal's tokens: revoking an app token (admin
+    API, ``DELETE /v1/tokens/<jti>``, ``flask tokens revoke``), disabling or demoting a user,
+    disabling a tenant (admin API and CLI). ``change(streams)`` makes the change in ``auth``
+    (given the live streams about to be revoked, for its audit row); if it raises, nothing is
+    stopped. Then those streams are marked revoked and flagged in Redis, and ``revoke_<kind>``
+    goes out on the control bus: every worker stops the principal's generations (outcome
+    ``revoked``, subscribers get ``stream.revoked``) and closes its open hub subscriptions.
+    ``actor_id`` None is the command line. Returns what ``change`` returned and the stream ids.
+    """
+    field, op, key = _PRINCIPALS[kind]
+    streams = _live_matching(lambda s: s.get(field) == principal_id)
+    result = change(streams)
+    _revoke_live(streams, actor_id, reason)
+    _count_revocation(kind)
+    message = {key: principal_id, "by": actor_id, "reason": reason}
+    control.send(get_redis(), op, _flag_ttl(), **message)
+    return result, streams
+
+
+def revoke_app_token(
+    tenant_scope: str | None, jti: str, actor_id: str | None, reason: str | None
+) -> tuple[AppToken, list[str]]:
+    """Revoke an app token, the streams it started and the subscriptions it opened (idempotent)."""
+    if get_for_tenant(AppToken, tenant_scope, jti) is None:
+        raise _not_found("App token")
+    return revoke_principal(
+        "token",
+        jti,
+        actor_id,
+        reason,
+        lambda streams: service.revoke_app_token(
+            tenant_scope, jti, actor_id, reason, details={"streams": streams}
+        ),
+    )
+
+
+def disable_user(
+    tenant_scope: str | None,
+    user_id: str,
+    actor_id: str | None,
+    reason: str | None,
+    *,
+    action: str = "user.disable",
+) -> tuple[User, list[str]]:
+    """Disable a user: tokens dead, running streams revoked, open subscriptions closed."""
+    return revoke_principal(
+        "user",
+        user_id,
+        actor_id,
+        reason,
+        lambda streams: service.disable_user(
+            tenant_scope, user_id, actor_id, reason, action=action, details={"streams": streams}
+        ),
+    )
+
+
+def set_user_role(
+    tenant_scope: str | None,
+    user_id: str,
+    role: str,
+    actor_id: str | None,
+    reason: str | None,
+    *,
+    allow_operator: bool = False,
+) -> User:
+    """Change a user's role; a demotion also stops their streams and subscriptions (their
+    tokens carry the old role and are revoked)."""
+    current = get_for_tenant(User, tenant_scope, user_id)
+    if current is None or not service.is_demotion(current.role, role):
+        return service.set_user_role(
+            tenant_scope, user_id, role, actor_id, reason, allow_operator=allow_operator
+        )
+    user, _ = revoke_principal(
+        "user",
+        user_id,
+        actor_id,
+        reason,
+        lambda streams: service.set_user_role(
+            tenant_scope,
+            user_id,
+            role,
+            actor_id,
+            reason,
+            allow_operator=allow_operator,
+            details={"streams": streams},
+        ),
+    )
+    return user
+
+
+def disable_tenant(tenant_id: str, actor_id: str | None, reason: str | None) -> Tenant:
+    """Disable a tenant: every token of it dead, its streams revoked, its subscriptions closed."""
+    tenant, _ = revoke_principal(
+        "tenant",
+        tenant_id,
+        actor_id,
+        reason,
+        lambda streams: service.disable_tenant(
+            tenant_id, actor_id, reason, details={"streams": streams}
+        ),
+    )
+    return tenant
+
+
 def revoke_user(
     ident: Identity, user_id: str, reason: str | None, *, action: str = "user.revoke"
 ) -> dict[str, Any]:
     """Disable a user: tokens dead, running streams revoked, open subscriptions closed."""
     user = _user(ident, user_id)
     _not_yourself(ident, user.id, "revoke")
-    streams = _live_matching(lambda s: s.get("user") == user.id)
-    user = service.disable_user(
-        ident.tenant_scope,
-        user.id,
-        ident.user_id,
-        reason,
-        action=action,
-        details={"streams": streams},
-    )
-    _revoke_live(streams, ident.user_id, reason)
-    _count_revocation("user")
-    control.send(
-        get_redis(), "revoke_user", _flag_ttl(), user_id=user.id, by=ident.user_id, reason=reason
-    )
+    user, streams = disable_user(ident.tenant_scope, user.id, ident.user_id, reason, action=action)
     return {"user": user, "streams_revoked": streams}
 
 
 def revoke_token(ident: Identity, jti: str, reason: str | None) -> dict[str, Any]:
     """Revoke one app token, the streams it started and the subscriptions it opened."""
-    if get_for_tenant(AppToken, ident.tenant_scope, jti) is None:
-        raise _not_found("App token")
-    streams = _live_matching(lambda s: s.get("jti") == jti)
-    row = service.revoke_app_token(
-        ident.tenant_scope, jti, ident.user_id, reason, details={"streams": streams}
-    )
-    _revoke_live(streams, ident.user_id, reason)
-    _count_revocation("token")
-    control.send(get_redis(), "revoke_token", _flag_ttl(), jti=jti, by=ident.user_id, reason=reason)
+    row, streams = revoke_app_token(ident.tenant_scope, jti, ident.user_id, reason)
     return {"token": row, "streams_revoked": streams}
 
 
@@ -344,9 +452,7 @@ def update_user(ident: Identity, user_id: str, changes: dict[str, Any]) -> User:
     reason = changes.get("reason")
     if "role" in changes:
         _not_yourself(ident, user.id, "change the role of")
-        user = service.set_user_role(
-            ident.tenant_scope, user.id, changes["role"], ident.user_id, reason
-        )
+        user = set_user_role(ident.tenant_scope, user.id, changes["role"], ident.user_id, reason)
     if changes.get("disabled") is True:
         user = revoke_user(ident, user.id, reason, action="user.disable")["user"]
     elif changes.get("disabled") is False:
@@ -389,19 +495,7 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     if changes.get("disabled") is True:
         if tenant.id == ident.tenant_id:
             raise ApiError(409, "You cannot disable your own tenant.", code="conflict")
-        streams = _live_matching(lambda s: s.get("tenant") == tenant.id)
-        tenant = service.disable_tenant(
-            tenant.id, ident.user_id, reason, details={"streams": streams}
-        )
-        _revoke_live(streams, ident.user_id, reason)
-        control.send(
-            get_redis(),
-            "revoke_tenant",
-            _flag_ttl(),
-            tenant_id=tenant.id,
-            by=ident.user_id,
-            reason=reason,
-        )
+        tenant = disable_tenant(tenant.id, ident.user_id, reason)
     elif changes.get("disabled") is False:
         tenant = service.enable_tenant(tenant.id, ident.user_id, reason)
     return tenant

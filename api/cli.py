@@ -12,7 +12,7 @@ import click
 from flask import Flask, current_app
 
 from api.config import markdown_table
-from auth.cli import register as register_auth_cli
+from api.identity_cli import register as register_identity_cli
 from auth.models import Tenant, User
 from auth.passwords import hash_password, verify_password
 from auth.store import db
@@ -24,7 +24,7 @@ DEMO_CREDENTIALS_FILE = "demo-credentials.json"
 
 def register_cli(app: Flask) -> None:
     """Attach Streamgate's commands to ``app.cli``."""
-    register_auth_cli(app)
+    register_identity_cli(app)
 
     @app.cli.command("config-table")
     def config_table() -> None:

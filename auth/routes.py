@@ -1,9 +1,11 @@
 # flask-smorest's decorators are untyped; the views themselves are typed.
 # mypy: disable-error-code="untyped-decorator"
-"""HTTP surface of identity: ``/v1/auth`` (log in, refresh, log out, me) and ``/v1/tokens``.
+"""HTTP surface of identity: ``/v1/auth`` (log in, refresh, log out, me).
 
 Views are thin: load a schema, call ``auth.service``, dump a schema. Cookies are an HTTP concern
-and are set here, after the response is built.
+and are set here, after the response is built. ``/v1/tokens`` lives in ``api.routes.tokens``
+(revoking an app token stops its live streams, which is the api layer's to do); it shares
+``documents`` and ``no_store`` from here.
 """
 
 from __future__ import annotations
@@ -26,27 +28,12 @@ from auth import service
 from auth.access import current_identity, require
 from auth.errors import ApiError
 from auth.models import Tenant, User, get_for_tenant
-from auth.schemas import (
-    AppTokenCreatedSchema,
-    AppTokenCreateSchema,
-    AppTokenSchema,
-    LoginSchema,
-    LogoutSchema,
-    MeSchema,
-    TokenPairSchema,
-    app_token_fields,
-)
+from auth.schemas import LoginSchema, LogoutSchema, MeSchema, TokenPairSchema
 from auth.store import db, setting
 from auth.tokens import auth_error
 
 bp = Blueprint(
     "auth", __name__, url_prefix="/v1/auth", description="Log in, refresh, log out, who am I."
-)
-tokens_bp = Blueprint(
-    "tokens",
-    __name__,
-    url_prefix="/v1/tokens",
-    description="App tokens for third-party apps: named, scoped, long-lived, revocable.",
 )
 
 
@@ -66,7 +53,7 @@ _ERRORS = {
 }
 
 
-def _documents(*codes: int) -> Callable[[Any], Any]:
+def documents(*codes: int) -> Callable[[Any], Any]:
     """Document the error responses a view can give, all in the one envelope."""
 
     def decorate(view: Any) -> Any:
@@ -77,7 +64,7 @@ def _documents(*codes: int) -> Callable[[Any], Any]:
     return decorate
 
 
-def _on_response(change: Callable[[Response], None]) -> None:
+def on_response(change: Callable[[Response], None]) -> None:
     """Apply ``change`` to this request's response once the view's body is serialized."""
 
     @after_this_request
@@ -86,7 +73,7 @@ def _on_response(change: Callable[[Response], None]) -> None:
         return response
 
 
-def _no_store(response: Response) -> None:
+def no_store(response: Response) -> None:
     # Responses carrying credentials must not be cached (RFC 6749 section 5.1).
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
@@ -102,7 +89,7 @@ def _expires_in() -> int:
 @bp.route("/login", methods=["POST"])
 @bp.arguments(LoginSchema)
 @bp.response(200, TokenPairSchema)
-@_documents(401, 429, 503)
+@documents(401, 429, 503)
 def log_in(args: dict[str, Any]) -> dict[str, Any]:
     """Log in with tenant, email and password; get access and refresh tokens."""
     session = service.login(
@@ -112,20 +99,20 @@ def log_in(args: dict[str, Any]) -> dict[str, Any]:
     if args["cookie"]:
 
         def set_cookies(response: Response) -> None:
-            _no_store(response)
+            no_store(response)
             set_access_cookies(response, session.access_token)
             set_refresh_cookies(response, session.refresh_token)
 
-        _on_response(set_cookies)
+        on_response(set_cookies)
         return body
-    _on_response(_no_store)
+    on_response(no_store)
     return {**body, "access_token": session.access_token, "refresh_token": session.refresh_token}
 
 
 @bp.route("/refresh", methods=["POST"])
 @require(refresh=True)
 @bp.response(200, TokenPairSchema)
-@_documents(401, 503)
+@documents(401, 503)
 def refresh_token() -> dict[str, Any]:
     """Exchange a refresh token (header or cookie) for a new access token."""
     ident = current_identity()
@@ -134,12 +121,12 @@ def refresh_token() -> dict[str, Any]:
     if get_jwt_request_location() == "cookies":
 
         def set_cookie(response: Response) -> None:
-            _no_store(response)
+            no_store(response)
             set_access_cookies(response, access)
 
-        _on_response(set_cookie)
+        on_response(set_cookie)
         return body
-    _on_response(_no_store)
+    on_response(no_store)
     return {**body, "access_token": access}
 
 
@@ -147,7 +134,7 @@ def refresh_token() -> dict[str, Any]:
 @require()
 @bp.arguments(LogoutSchema)
 @bp.response(204)
-@_documents(401, 503)
+@documents(401, 503)
 def log_out(args: dict[str, Any]) -> None:
     """Revoke the presented access token, and the refresh token if given; clear cookies."""
     ident = current_identity()
@@ -164,13 +151,13 @@ def log_out(args: dict[str, Any]) -> None:
             except ApiError:
                 refresh = None  # a stale or foreign cookie is simply cleared
     service.logout(ident.tenant_id, ident.user_id, get_jwt(), refresh)
-    _on_response(unset_jwt_cookies)
+    on_response(unset_jwt_cookies)
 
 
 @bp.route("/me", methods=["GET"])
 @require()
 @bp.response(200, MeSchema)
-@_documents(401, 503)
+@documents(401, 503)
 def get_me() -> dict[str, Any]:
     """Who the presented token belongs to: user, tenant, role, scopes."""
     ident = current_identity()
@@ -190,47 +177,3 @@ def get_me() -> dict[str, Any]:
             "expires_at": datetime.fromtimestamp(ident.expires_at, UTC),
         },
     }
-
-
-# --- /v1/tokens ---------------------------------------------------------------------------------
-
-
-@tokens_bp.route("", methods=["POST"])
-@require("admin", admin=True)
-@tokens_bp.arguments(AppTokenCreateSchema)
-@tokens_bp.response(201, AppTokenCreatedSchema)
-@_documents(401, 403, 503)
-def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
-    """Issue an app token; the JWT is in this response only."""
-    ident = current_identity()
-    row, encoded = service.create_app_token(
-        ident.tenant_id,
-        ident.user_id,
-        role=ident.role,
-        name=args["name"],
-        scopes=args["scopes"],
-        expires_in_days=args["expires_in_days"],
-        grantable_scopes=ident.scopes,
-        not_after=datetime.fromtimestamp(ident.expires_at, UTC) if ident.kind == "app" else None,
-    )
-    _on_response(_no_store)
-    return app_token_fields(row, encoded)
-
-
-@tokens_bp.route("", methods=["GET"])
-@require("admin", admin=True)
-@tokens_bp.response(200, AppTokenSchema(many=True))
-@_documents(401, 403, 503)
-def list_app_tokens() -> list[Any]:
-    """List the tenant's app tokens (never their secrets)."""
-    return service.list_app_tokens(current_identity().tenant_id)
-
-
-@tokens_bp.route("/<string:jti>", methods=["DELETE"])
-@require("admin", admin=True)
-@tokens_bp.response(204)
-@_documents(401, 403, 404, 503)
-def revoke_app_token(jti: str) -> None:
-    """Revoke an app token: refused everywhere from the next request."""
-    ident = current_identity()
-    service.revoke_app_token(ident.tenant_scope, jti, ident.user_id)

@@ -348,6 +348,7 @@ def set_user_role(
     reason: str | None = None,
     *,
     allow_operator: bool = False,
+    details: dict[str, Any] | None = None,
 ) -> User:
     """Change a user's role; a demotion revokes their tokens (they carry the old role)."""
     _check_role(role, allow_operator)
@@ -355,7 +356,7 @@ def set_user_role(
     old = user.role
     if role == old:
         return user
-    if _RANK[role] < _RANK[old]:
+    if is_demotion(old, role):
         tokens.revoke_user_tokens(user.id, disable=user.disabled)
         user.tokens_valid_after = utcnow()
     user.role = role
@@ -366,10 +367,15 @@ def set_user_role(
         "user",
         user.id,
         reason,
-        {"from": old, "to": role},
+        {"from": old, "to": role, **(details or {})},
     )
     db.session.commit()
     return user
+
+
+def is_demotion(old: str, new: str) -> bool:
+    """Whether going from role ``old`` to ``new`` lowers the user's rank (unknown roles: no)."""
+    return old in _RANK and new in _RANK and _RANK[new] < _RANK[old]
 
 
 def _check_role(role: str, allow_operator: bool) -> None:

@@ -1,8 +1,11 @@
 """Operator commands: ``flask tenants|users|tokens ...``.
 
-They call the same ``auth.service`` functions as the HTTP API, so every change is audited (actor
-``None``: the command line) and revocation reaches Redis at once. The command line is the only
-way to create an operator.
+They call the same service functions as the HTTP API, so every change is audited (actor ``None``:
+the command line). The commands that revoke credentials (``tokens revoke``, ``users disable``,
+``users set-role`` to a lower role, ``tenants disable``) go through ``api.admin_service`` like the
+admin API: the tokens die at once and the principal's running generations and open subscriptions
+are stopped on every worker (which is why these commands live in the api layer). The command line
+is the only way to create an operator.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from api import admin_service
 from auth import service
 from auth.errors import ApiError
 from auth.models import ROLES, SCOPES
@@ -49,6 +53,10 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _stopped(streams: list[str]) -> str:
+    return f"; {len(streams)} running stream(s) revoked" if streams else ""
+
+
 # --- tenants ------------------------------------------------------------------------------------
 
 
@@ -79,8 +87,8 @@ def list_tenants() -> None:
 @click.option("--reason", help="Recorded in the audit log.")
 @_api_errors
 def disable_tenant(slug: str, reason: str | None) -> None:
-    """Disable a tenant: all its tokens stop working at once."""
-    tenant = service.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
+    """Disable a tenant: all its tokens stop working, its running streams are revoked."""
+    tenant = admin_service.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
     click.echo(f"disabled tenant {tenant.slug}; every token of its users is revoked")
 
 
@@ -132,10 +140,10 @@ def list_users(tenant_slug: str) -> None:
 @click.option("--reason", help="Recorded in the audit log.")
 @_api_errors
 def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
-    """Disable a user: every token they hold stops working at once."""
+    """Disable a user: every token they hold stops working, their running streams are revoked."""
     user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
-    service.disable_user(None, user.id, None, reason)
-    click.echo(f"disabled {user.email}; their tokens are revoked")
+    user, streams = admin_service.disable_user(None, user.id, None, reason)
+    click.echo(f"disabled {user.email}; their tokens are revoked{_stopped(streams)}")
 
 
 @users_cli.command("enable")
@@ -157,9 +165,9 @@ def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
 @click.option("--reason", help="Recorded in the audit log.")
 @_api_errors
 def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> None:
-    """Set a user's role (a demotion revokes their tokens)."""
+    """Set a user's role (a demotion revokes their tokens and stops their streams)."""
     user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
-    service.set_user_role(None, user.id, role, None, reason, allow_operator=True)
+    admin_service.set_user_role(None, user.id, role, None, reason, allow_operator=True)
     click.echo(f"{user.email} is now {role}")
 
 
@@ -200,6 +208,6 @@ def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in
 @click.option("--reason", help="Recorded in the audit log.")
 @_api_errors
 def revoke_token(jti: str, reason: str | None) -> None:
-    """Revoke an app token by its jti."""
-    row = service.revoke_app_token(None, jti, None, reason)
-    click.echo(f"revoked app token {row.jti} ({row.name})")
+    """Revoke an app token by its jti; the streams it started are revoked."""
+    row, streams = admin_service.revoke_app_token(None, jti, None, reason)
+    click.echo(f"revoked app token {row.jti} ({row.name}){_stopped(streams)}")
