@@ -101,6 +101,7 @@ class Knobs:
 
 @dataclass
 class Stats:
+    connections: int = 0  # TCP connections accepted (a client that reuses one opens fewer)
     requests: int = 0
     active: int = 0
     completed: int = 0
@@ -178,6 +179,7 @@ class FakeUpstream:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
+                "connections": self.stats.connections,
                 "requests": self.stats.requests,
                 "active": self.stats.active,
                 "completed": self.stats.completed,
@@ -196,6 +198,8 @@ class FakeUpstream:
     # --- HTTP -----------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.stats.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -398,3 +398,6 @@ def stop_services(app: Flask) -> None:
     current: Services | None = app.extensions.pop("streamgate.services", None)
     if current is not None and current.pid == os.getpid():
         current.stop()
+    provider = app.extensions.get("streamgate.llm")
+    if provider is not None:
+        provider.close()

@@ -53,6 +53,11 @@ class Provider:
             )
 
 
+    def close(self) -> None:
+        """Close the pooled connections to the model server (app shutdown, tests)."""
+        self.llm.root_client.close()
+
+
 class _ChatOpenAI(ChatOpenAI):
     """ChatOpenAI that sends the completion cap as ``max_tokens``.
 
@@ -94,10 +99,29 @@ class _PlainChunks:
                 options[option] = payload.pop(key)
         body = {**payload, **(payload.pop("extra_body", None) or {})}
         return self._root.post("/chat/completions", body=body, options=options,  # type: ignore[call-overload]
-                               cast_to=object, stream=True, stream_cls=openai.Stream[object])
+                               cast_to=object, stream=True, stream_cls=_ReusingStream)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._completions, name)
+
+
+class _ReusingStream(openai.Stream[object]):
+    """The SDK's stream, reading the body to its end after ``[DONE]``.
+
+    The SDK stops at ``[DONE]`` and closes the response before the chunked body's last bytes are
+    read, so httpx drops the connection: every generation opened a new TCP connection to the
+    model server (and, under gevent, resolved its host on the thread pool). Reading the few bytes
+    that follow ``[DONE]`` returns the connection to the pool for the next generation.
+    Subclassing ``Stream[object]`` keeps chunks plain dicts (the SDK reads the chunk type from it).
+    """
+
+    def _iter_events(self) -> Iterator[Any]:
+        events = super()._iter_events()
+        for event in events:
+            if event.data.startswith("[DONE]"):
+                for _rest in events:  # normally nothing: the body ends right after [DONE]
+                    pass
+            yield event
 
 
 def to_langchain(messages: list[dict[str, str]]) -> list[BaseMessage]:

@@ -336,3 +336,17 @@ def test_each_request_gets_its_own_record(client: Any, headers: dict[str, str]) 
         for s in (True, False, True)
     }
     assert len(ids) == 3 and stream_count() == 3
+
+
+def test_back_to_back_streams_reuse_one_connection_to_the_model_server(
+    client: Any, headers: dict[str, str], fake_upstream: FakeUpstream
+) -> None:
+    # The SDK stops reading at [DONE]; unless the body is read to its end, httpx drops the
+    # connection and every generation pays a new TCP (and, remotely, TLS) handshake.
+    before = fake_upstream.snapshot()
+    for _ in range(3):
+        response = client.post(URL, headers=headers, json=chat_body("tokens=5", stream=True))
+        assert data_events(response.get_data(as_text=True))[-1] == "[DONE]"
+    after = fake_upstream.snapshot()
+    assert after["requests"] - before["requests"] == 3
+    assert after["connections"] - before["connections"] == 1
