@@ -313,21 +313,7 @@ def set_tenant_limits(
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         raise ApiError(404, "No such tenant.", code="tenant_not_found")
-    before, after = clean_overrides(tenant.limits), clean_overrides(limits)
-    tenant.limits = after or None
-    if actor_id is not None:
-        record_audit(
-            tenant_id=tenant.id,
-            actor_id=actor_id,
-            action="tenant.limits.set",
-            target_type="tenant",
-            target_id=tenant.id,
-            reason=reason,
-            details={"before": before, "after": after},
-        )
-    db.session.commit()
-    invalidate(tenant.id)
-    return _effective("tenant", after)
+    return _replace_overrides("tenant", tenant, tenant.id, limits, actor_id, reason)
 
 
 def set_user_limits(
@@ -341,21 +327,38 @@ def set_user_limits(
     user = db.session.get(User, user_id)
     if user is None:
         raise ApiError(404, "No such user.", code="user_not_found")
-    before, after = clean_overrides(user.limits), clean_overrides(limits)
-    user.limits = after or None
+    return _replace_overrides("user", user, user.tenant_id, limits, actor_id, reason)
+
+
+def _replace_overrides(
+    scope: str,
+    row: Tenant | User,
+    tenant_id: str,
+    limits: Mapping[str, Any] | None,
+    actor_id: str | None,
+    reason: str | None,
+) -> dict[str, int]:
+    """Store ``row``'s overrides; audit (with an actor), commit, invalidate; the limits in force.
+
+    ``scope`` is "tenant" or "user": the audit action is ``tenant.limits.set`` or
+    ``user.limits.set``. ``tenant_id`` is the tenant the row belongs to (the tenant itself for a
+    tenant): the audit event is written in it and its limits version is bumped.
+    """
+    before, after = clean_overrides(row.limits), clean_overrides(limits)
+    row.limits = after or None
     if actor_id is not None:
         record_audit(
-            tenant_id=user.tenant_id,
+            tenant_id=tenant_id,
             actor_id=actor_id,
-            action="user.limits.set",
-            target_type="user",
-            target_id=user.id,
+            action=f"{scope}.limits.set",
+            target_type=scope,
+            target_id=row.id,
             reason=reason,
             details={"before": before, "after": after},
         )
     db.session.commit()
-    invalidate(user.tenant_id)
-    return _effective("user", after)
+    invalidate(tenant_id)
+    return _effective(scope, after)
 
 
 def _describe(scope: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
