@@ -1,15 +1,49 @@
-"""Helpers for the admin tests: start generations, read the hub and direct streams in-process."""
+"""Helpers for the admin tests: tenants and users, generations, hub and direct streams."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 Headers = dict[str, str]
+
+
+def plain(row: Any, *names: str) -> SimpleNamespace:
+    """The fields of a row, detached from any session (views end the request's session)."""
+    return SimpleNamespace(**{name: getattr(row, name) for name in names})
+
+
+def build_world(
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., Headers],
+) -> dict[str, Any]:
+    """Two tenants, each with an admin and a member, and an operator in a third.
+
+    ``world["a"]`` and ``world["b"]``: ``tenant`` (id, slug), ``admin`` and ``member`` (id, email)
+    and their headers ``admin_h`` and ``member_h``; ``operator`` (id, email, tenant_id) and
+    ``operator_h``. Call it in an app context (the ``app`` fixture).
+    """
+    out: dict[str, Any] = {}
+    for name in ("a", "b"):
+        tenant = make_tenant()
+        admin, member = make_user(tenant, role="admin"), make_user(tenant)
+        out[name] = {
+            "tenant": plain(tenant, "id", "slug"),
+            "admin": plain(admin, "id", "email"),
+            "member": plain(member, "id", "email"),
+            "admin_h": auth_headers(admin),
+            "member_h": auth_headers(member),
+        }
+    operator = make_user(make_tenant(), role="operator")
+    out["operator_h"] = auth_headers(operator)
+    out["operator"] = plain(operator, "id", "email", "tenant_id")
+    return out
 
 
 def gen_body(*, max_tokens: int = 400, stream: bool | None = None, **knobs: Any) -> dict[str, Any]:

@@ -10,13 +10,18 @@ visible (404) and a member gets 403 everywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from types import SimpleNamespace
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.api.admin_helpers import Headers, open_direct, open_hub, start_channel
+from tests.api.admin_helpers import (
+    Headers,
+    build_world,
+    open_direct,
+    open_hub,
+    start_channel,
+)
 from tests.conftest import PASSWORD, wait_until
 
 
@@ -37,33 +42,9 @@ def _stop_leftover_runs(app: Any) -> Iterator[None]:
 
 
 @pytest.fixture()
-def world(
-    app: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., Headers],
-) -> dict[str, Any]:
+def world(app: Any, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
     """Two tenants, each with an admin and a member, and an operator in a third."""
-    out: dict[str, Any] = {}
-    for name in ("a", "b"):
-        tenant = make_tenant()
-        admin, member = make_user(tenant, role="admin"), make_user(tenant)
-        out[name] = {
-            "tenant": plain(tenant, "id", "slug"),
-            "admin": plain(admin, "id", "email"),
-            "member": plain(member, "id", "email"),
-            "admin_h": auth_headers(admin),
-            "member_h": auth_headers(member),
-        }
-    operator = make_user(make_tenant(), role="operator")
-    out["operator_h"] = auth_headers(operator)
-    out["operator"] = plain(operator, "id", "email", "tenant_id")
-    return out
-
-
-def plain(row: Any, *names: str) -> SimpleNamespace:
-    """The fields of a row, detached from any session (views end the request's session)."""
-    return SimpleNamespace(**{name: getattr(row, name) for name in names})
+    return build_world(make_tenant, make_user, auth_headers)
 
 
 def live_ids(redis: Any) -> set[str]:

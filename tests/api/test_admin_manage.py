@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.api.admin_helpers import Headers, start_channel
+from tests.api.admin_helpers import Headers, build_world, start_channel
 from tests.conftest import PASSWORD, wait_until
 
 pytestmark = pytest.mark.db
@@ -24,32 +23,10 @@ pytestmark = pytest.mark.db
 NEW_PASSWORD = "a different horse battery staple"
 
 
-def plain(row: Any, *names: str) -> SimpleNamespace:
-    return SimpleNamespace(**{name: getattr(row, name) for name in names})
-
-
 @pytest.fixture()
-def world(
-    app: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., Headers],
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in ("a", "b"):
-        tenant = make_tenant()
-        admin, member = make_user(tenant, role="admin"), make_user(tenant)
-        out[name] = {
-            "tenant": plain(tenant, "id", "slug"),
-            "admin": plain(admin, "id", "email"),
-            "member": plain(member, "id", "email"),
-            "admin_h": auth_headers(admin),
-            "member_h": auth_headers(member),
-        }
-    operator = make_user(make_tenant(), role="operator")
-    out["operator_h"] = auth_headers(operator)
-    out["operator"] = plain(operator, "id", "email", "tenant_id")
-    return out
+def world(app: Any, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
+    """Two tenants, each with an admin and a member, and an operator in a third."""
+    return build_world(make_tenant, make_user, auth_headers)
 
 
 def login(client: Any, slug: str, email: str, password: str = PASSWORD) -> Any:
