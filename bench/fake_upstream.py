@@ -269,9 +269,12 @@ class FakeUpstream:
         last = str(messages[-1].get("content", "")) if messages else ""
         with self._lock:
             knobs = self.knobs.merged(last)
-            self.stats.requests += 1
-            self.stats.active += 1
-            self.stats.last_body = req
+            # A request that outlives a reset() is counted where it began, never in the new
+            # counters (a test would see another test's stream ending as -1 active).
+            stats = self.stats
+            stats.requests += 1
+            stats.active += 1
+            stats.last_body = req
         finished = False
         try:
             if knobs.hang:
@@ -334,11 +337,11 @@ class FakeUpstream:
             return True
         finally:
             with self._lock:
-                self.stats.active -= 1
+                stats.active -= 1
                 if finished:
-                    self.stats.completed += 1
+                    stats.completed += 1
                 else:
-                    self.stats.disconnects += 1
+                    stats.disconnects += 1
 
     async def _sleep_or_gone(self, ms: float, reader: asyncio.StreamReader) -> None:
         if ms <= 0:
