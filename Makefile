@@ -13,6 +13,8 @@ STAMP := $(VENV)/.streamgate-installed
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
 # `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
 PYTEST_ARGS ?= -m 'not soak'
+# The soak prints its figures (one `soak: {...}` line); -s lets them reach the log.
+SOAK_ARGS ?= -s
 export PYTHONPATH := $(CURDIR)
 
 # Debian packages, each installed only when its program is missing.
