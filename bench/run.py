@@ -296,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             "server": "gunicorn",
             "worker_class": "gevent",
             "workers": args.workers,
-            "database": f"SQLite (WAL) file in {stack.db_dir}",
+            # Where, not the path: a results file is committed and names no directory of the
+            # machine it ran on.
+            "database": "SQLite (WAL) file in "
+            + ("the run's temp dir" if stack.db_dir == stack.workdir else "--db-dir"),
             "log_level": "INFO",
         },
         "client": "bench.client: one asyncio process, raw HTTP/1.1 + SSE, a connection per stream",
