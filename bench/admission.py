@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
+from bench.stack import free_port, redis_argv, wait_for_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 HIGH = {"rpm": 10**9, "concurrent": 10**9, "tpm": 10**12, "tpd": 10**13}
@@ -43,40 +43,15 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    from tests.conftest import free_port
-
     port = free_port()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        redis_argv(port, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
-    for _ in range(100):  # bounded: 10 s
-        try:
-            if probe.ping():
-                break
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_for_redis(port)
+    except RuntimeError:
         proc.kill()
-        raise RuntimeError("redis-server did not start")
-    probe.close()
+        raise
     return proc, port
 
 

@@ -39,6 +39,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def redis_argv(port: int, workdir: str | Path, *extra: str) -> list[str]:
+    """Debian's redis-server in the foreground on loopback, persistence off; ``extra`` last wins."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--daemonize",
+        "no",
+        *extra,
+    ]
+
+
+def wait_for_redis(port: int, timeout: float = 10.0) -> None:
+    """Return once the redis-server on ``port`` answers PING; RuntimeError after ``timeout``."""
+    import redis as redis_lib
+
+    probe = redis_lib.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                if probe.ping():
+                    return
+            except redis_lib.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not answer within {timeout}s")
+            time.sleep(0.05)
+    finally:
+        probe.close()
+
+
 def raise_fd_limit(wanted: int = 65536) -> int:
     """Raise this process's open-file limit (children inherit it); returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -200,41 +241,11 @@ class Stack:
         return proc
 
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.redis_port = free_port()
         self.redis = self._spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--daemonize",
-                "no",
-                "--maxclients",
-                "50000",
-            ],
+            "redis", redis_argv(self.redis_port, self.workdir, "--maxclients", "50000")
         )
-        import redis as redis_lib
-
-        probe = redis_lib.Redis(port=self.redis_port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if probe.ping():
-                    break
-            except redis_lib.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        probe.close()
+        wait_for_redis(self.redis_port)
 
     def start_upstream(self, tokens: int = 200, delay_ms: float = 20.0) -> None:
         self.upstream_port = free_port()

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,11 @@ import redis as redis_lib
 import sqlalchemy
 
 from bench.fake_upstream import FakeUpstream
+from bench.stack import free_port, redis_argv, wait_for_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery staple"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -74,43 +68,15 @@ class RedisServer:
 def start_redis(
     extra: list[str] | None = None, port: int | None = None, workdir: str | None = None
 ) -> RedisServer:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = port or free_port()
     workdir = workdir or tempfile.mkdtemp(prefix="sg-redis-")
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--daemonize",
-            "no",
-            "--maxclients",
-            "20000",
-            *(extra or []),
-        ],
+        redis_argv(port, workdir, "--maxclients", "20000", *(extra or [])),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = RedisServer(port, proc, workdir)
-    probe = redis_lib.Redis(port=port, socket_connect_timeout=0.2)
-
-    def up() -> bool:
-        try:
-            return bool(probe.ping())
-        except redis_lib.ConnectionError:
-            return False
-
-    wait_until(up, timeout=10)
-    probe.close()
-    return server
+    wait_for_redis(port)
+    return RedisServer(port, proc, workdir)
 
 
 def stop_process(
