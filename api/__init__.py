@@ -20,10 +20,10 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.config import load_config
-from api.errors import register_error_handlers
+from api.errors import error_response, register_error_handlers
 from api.extensions import api, migrate
 from api.logs import configure_logging
-from auth.store import REDIS_EXTENSION, db
+from core.store import REDIS_EXTENSION, db
 from streaming.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def _sqlite_url(url: str) -> str:
     # or flask was started from.
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        path = ROOT / url[len(prefix):]
+        path = ROOT / url[len(prefix) :]
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return url
@@ -119,7 +119,7 @@ def _init_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     api.init_app(app)
-    init_jwt(app)
+    init_jwt(app, error_response)
     # A blocking pool: under gevent a burst of greenlets (thousands of subscribers opening or
     # hanging up at once) waits for one of a bounded set of connections instead of opening one
     # each (the default pool grows per concurrent caller, then fails past max_connections).
@@ -151,12 +151,12 @@ def _register_blueprints(app: Flask) -> None:
         tokens,
         usage,
     )
+    from api.routes import auth as auth_routes
     from api.web import bp as web_bp
-    from auth.routes import bp as auth_bp
     from streaming.hub import hub
 
     for blueprint in (
-        auth_bp,
+        auth_routes.bp,
         tokens.bp,
         chat.bp,
         models.bp,

@@ -26,10 +26,10 @@ from sqlalchemy import func, select
 
 from auth import service
 from auth.access import Identity
-from auth.errors import ApiError
 from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant, record_audit
-from auth.store import db, get_redis, utcnow
 from auth.tokens import auth_error
+from core.errors import ApiError
+from core.store import db, get_redis, utcnow
 from streaming import control, state
 from streaming.hub import subscriber_counts
 from streaming.models import StreamRecord

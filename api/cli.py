@@ -15,7 +15,7 @@ from api.config import markdown_table
 from api.identity_cli import register as register_identity_cli
 from auth.models import Tenant, User
 from auth.passwords import hash_password, verify_password
-from auth.store import db
+from core.store import db
 
 DEMO_TENANT = "demo"
 DEMO_USERS = (("admin@demo.test", "admin"), ("member@demo.test", "member"))

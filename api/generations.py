@@ -11,9 +11,9 @@ from flask import current_app
 
 from api import limits
 from auth.access import Identity
-from auth.errors import ApiError
-from auth.models import Tenant, new_id
-from auth.store import db
+from auth.models import Tenant
+from core.errors import ApiError
+from core.store import db, new_id
 from streaming import state
 from streaming.runner import Generation
 

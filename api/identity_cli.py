@@ -20,8 +20,8 @@ from flask.cli import AppGroup
 
 from api import admin_service
 from auth import service
-from auth.errors import ApiError
 from auth.models import ROLES, SCOPES
+from core.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

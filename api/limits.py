@@ -38,10 +38,11 @@ from typing import Any, TypeVar, cast
 import redis
 from flask import after_this_request, current_app
 
+from api.errors import wants_openai_shape
 from auth.access import Identity, current_identity
-from auth.errors import ApiError, wants_openai_shape
 from auth.models import Tenant, User, get_for_tenant, record_audit
-from auth.store import db, get_redis
+from core.errors import ApiError
+from core.store import db, get_redis
 
 log = logging.getLogger("streamgate.limits")
 

@@ -9,10 +9,10 @@ from flask import Flask, current_app
 from sqlalchemy import Select, func, select
 
 from auth.access import Identity, may_read, parse_channel
-from auth.errors import ApiError
 from auth.models import User
-from auth.store import db, get_redis
 from auth.tickets import issue_ticket
+from core.errors import ApiError
+from core.store import db, get_redis
 from streaming import control, state
 from streaming.channel import LogSink, stream_channel
 from streaming.control import event_log, services

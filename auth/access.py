@@ -16,12 +16,12 @@ from typing import Any, TypeVar, cast
 from flask import g
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
-from auth.errors import ApiError
 from auth.tokens import auth_error
+from core.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Ids are "<prefix>_" + 20 lowercase alphanumerics (auth.models.new_id); nothing else is a channel.
+# Ids are "<prefix>_" + 20 lowercase alphanumerics (core.store.new_id); nothing else is a channel.
 CHANNEL_RE = re.compile(r"\A(streams|users)/((?:str|usr)_[a-z0-9]{20})\Z")
 _PREFIX = {"streams": "str_", "users": "usr_"}
 

@@ -6,41 +6,16 @@ tenant's object is indistinguishable from a missing one.
 
 from __future__ import annotations
 
-import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, Text, TypeDecorator
-from sqlalchemy.engine import Dialect
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from auth.store import db, utcnow
+from core.store import UTCDateTime, db, new_id, utcnow
 
 ROLES = ("member", "admin", "operator")
 SCOPES = ("chat", "read", "admin")
-
-
-def new_id(prefix: str) -> str:
-    """A random, URL-safe, prefixed identifier such as ``usr_k3x...``."""
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return prefix + "_" + "".join(secrets.choice(alphabet) for _ in range(20))
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores naive UTC, returns aware UTC, on every database."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Tenant(db.Model):  # type: ignore[name-defined,misc]

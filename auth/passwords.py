@@ -13,8 +13,8 @@ import hashlib
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from auth.errors import ApiError
-from auth.store import get_redis, setting
+from core.errors import ApiError
+from core.store import get_redis, setting
 
 # RFC 9106 "low memory" profile (argon2id, t=3, m=64 MiB, p=4): argon2-cffi's default.
 _hasher = PasswordHasher()

@@ -21,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from auth import tokens
-from auth.errors import ApiError
 from auth.models import ROLES, SCOPES, AppToken, Tenant, User, get_for_tenant, record_audit
 from auth.passwords import (
     check_password_policy,
@@ -31,7 +30,8 @@ from auth.passwords import (
     reserve_login_attempt,
     verify_password,
 )
-from auth.store import db, setting, utcnow
+from core.errors import ApiError
+from core.store import db, setting, utcnow
 
 BAD_CREDENTIALS = "Invalid tenant, email or password."
 SLUG_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")

@@ -14,9 +14,9 @@ from typing import Any
 
 from flask import current_app
 
-from auth.errors import ApiError
-from auth.store import get_redis
 from auth.tokens import auth_error, is_revoked
+from core.errors import ApiError
+from core.store import get_redis
 
 _KEY = "sg:ticket:{}"
 _CLAIMS = ("sub", "tenant", "role", "scopes", "kind", "jti", "exp", "iat_ms")

@@ -9,6 +9,7 @@ with one Redis round trip: the token's ``jti`` in the blocklist, and the user's 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +18,9 @@ from flask_jwt_extended import JWTManager, create_access_token, create_refresh_t
 from flask_jwt_extended.exceptions import RevokedTokenError
 from sqlalchemy import select, update
 
-from auth.errors import ApiError, error_response
 from auth.models import AppToken, Tenant, User
-from auth.store import db, get_redis, utcnow
+from core.errors import ApiError
+from core.store import db, get_redis, utcnow
 
 jwt = JWTManager()
 
@@ -152,6 +153,15 @@ def note_app_token_use(jwt_header: dict[str, Any], payload: dict[str, Any]) -> N
     db.session.commit()
 
 
+def _refusal(
+    render: Callable[[ApiError], Response], message: str
+) -> Callable[[dict[str, Any], dict[str, Any]], Response]:
+    def refuse(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
+        return render(auth_error(message))
+
+    return refuse
+
+
 def _quoted(text: str) -> str:
     # RFC 6750 error_description: printable ASCII except '"' and '\\'.
     return "".join(ch if " " <= ch <= "~" and ch not in {'"', "\\"} else "'" for ch in text)
@@ -171,8 +181,12 @@ def auth_error(
     )
 
 
-def init_jwt(app: Flask) -> None:
-    """Bind flask-jwt-extended and route all its failures through the error envelope."""
+def init_jwt(app: Flask, render: Callable[[ApiError], Response]) -> None:
+    """Bind flask-jwt-extended; every failure it reports is an RFC 6750 error drawn by ``render``.
+
+    ``render`` is the HTTP layer's envelope (``api.errors.error_response``): identity decides what
+    is wrong, the API decides how it looks.
+    """
     jwt.init_app(app)
 
     @jwt.token_in_blocklist_loader
@@ -182,32 +196,22 @@ def init_jwt(app: Flask) -> None:
     @jwt.unauthorized_loader
     def _missing(reason: str) -> Response:
         if "CSRF" in reason:
-            return error_response(auth_error(reason, error="invalid_token"))
-        return error_response(auth_error("Authentication required: " + reason, error=""))
+            return render(auth_error(reason, error="invalid_token"))
+        return render(auth_error("Authentication required: " + reason, error=""))
 
     @jwt.invalid_token_loader
     def _invalid(reason: str) -> Response:
-        return error_response(auth_error("Invalid token: " + reason))
+        return render(auth_error("Invalid token: " + reason))
 
-    @jwt.expired_token_loader
-    def _expired(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
-        return error_response(auth_error("Token has expired"))
-
-    @jwt.revoked_token_loader
-    def _revoked(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
-        return error_response(auth_error("Token has been revoked"))
-
-    @jwt.token_verification_failed_loader
-    def _failed(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
-        return error_response(auth_error("Token claims are invalid"))
-
-    @jwt.needs_fresh_token_loader
-    def _not_fresh(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
-        return error_response(auth_error("A fresh token is required"))
-
-    @jwt.user_lookup_error_loader
-    def _no_user(_header: dict[str, Any], _payload: dict[str, Any]) -> Response:
-        return error_response(auth_error("Token has been revoked"))
+    # The loaders that are told about a decoded token: each answers with one fixed message.
+    for register, message in (
+        (jwt.expired_token_loader, "Token has expired"),
+        (jwt.revoked_token_loader, "Token has been revoked"),
+        (jwt.token_verification_failed_loader, "Token claims are invalid"),
+        (jwt.needs_fresh_token_loader, "A fresh token is required"),
+        (jwt.user_lookup_error_loader, "Token has been revoked"),
+    ):
+        register(_refusal(render, message))
 
     @jwt.token_verification_loader
     def _claims_ok(header: dict[str, Any], payload: dict[str, Any]) -> bool:

@@ -58,8 +58,8 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
 def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]:
     from api import create_app, limits
     from auth.access import Identity
-    from auth.models import Tenant, User, new_id
-    from auth.store import db, get_redis
+    from auth.models import Tenant, User
+    from core.store import db, get_redis, new_id
 
     workdir = tempfile.mkdtemp(prefix="sg-bench-admission-")
     proc, port = start_redis(workdir)

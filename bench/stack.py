@@ -297,7 +297,7 @@ class Stack:
         """Create the schema and a tenant in the SQLite file the gateway will use."""
         from api import create_app
         from auth.models import Tenant
-        from auth.store import db
+        from core.store import db
 
         self.app = create_app(
             {
@@ -337,8 +337,8 @@ class Stack:
     def users(self, role: str, count: int) -> list[BenchUser]:
         """``count`` distinct users of ``role``, high limits, a day-long access token each."""
         from auth.models import User
-        from auth.store import db
         from auth.tokens import issue_user_tokens
+        from core.store import db
 
         have = self._users[role]
         if len(have) < count:
@@ -413,7 +413,7 @@ class Stack:
 
     def close(self) -> None:
         if self._ctx is not None:
-            from auth.store import db
+            from core.store import db
 
             with contextlib.suppress(Exception):
                 db.session.remove()

@@ -17,7 +17,7 @@ from flask import current_app
 # module must be added here, or its tables look "removed" to `flask db migrate`.
 import auth.models
 import streaming.models  # noqa: F401
-from auth.store import db
+from core.store import db
 
 config = context.config
 

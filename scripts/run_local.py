@@ -57,7 +57,7 @@ def migrate_and_seed(env: dict[str, str]) -> None:
 
     from api import create_app
     from api.cli import DEMO_CREDENTIALS_FILE, describe_credentials, seed_demo
-    from auth.store import db
+    from core.store import db
 
     os.environ.update(env)
     app = create_app()

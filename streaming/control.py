@@ -27,7 +27,7 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from auth.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION
 from streaming import sse
 from streaming.log import EVENT_TOPIC_PREFIX, EventLog, parse_id, topic
 

@@ -28,11 +28,11 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_sse import ServerSentEventsBlueprint
 
 from auth.access import Identity, may_read, parse_channel
-from auth.errors import ApiError
 from auth.models import User
-from auth.store import REDIS_EXTENSION, db, get_redis
 from auth.tickets import redeem_ticket
 from auth.tokens import auth_error
+from core.errors import ApiError
+from core.store import REDIS_EXTENSION, db, get_redis
 from streaming import sse, state
 from streaming.channel import TERMINAL_EVENTS, call_later
 from streaming.control import CLOSE, Services, Subscriber, event_log, services

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from auth.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION
 from streaming import state
 from streaming.runner import Generation, Outcome, outcome_payload, registry, stopped_outcome
 

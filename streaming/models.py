@@ -7,8 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from auth.models import UTCDateTime, new_id
-from auth.store import db, utcnow
+from core.store import UTCDateTime, db, new_id, utcnow
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "revoked")
 TERMINAL = frozenset({"completed", "failed", "cancelled", "revoked"})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
-from auth.store import db, get_redis, utcnow
+from core.store import db, get_redis, utcnow
 from streaming.models import StreamRecord
 
 if TYPE_CHECKING:

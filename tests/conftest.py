@@ -184,7 +184,7 @@ def app(
     app_overrides: dict[str, Any],
 ) -> Iterator[Any]:
     from api import create_app
-    from auth.store import db
+    from core.store import db
     from streaming.control import stop_services
 
     application = create_app(
@@ -231,7 +231,7 @@ def client(app: Any) -> Any:
 def make_tenant() -> Callable[..., Any]:
     """Create a tenant in the current app context."""
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     def make(
         slug: str | None = None,
@@ -256,7 +256,7 @@ def make_user(make_tenant: Callable[..., Any]) -> Callable[..., Any]:
     from argon2 import PasswordHasher
 
     from auth.models import User
-    from auth.store import db
+    from core.store import db
 
     hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # fast in tests only
     password_hash = hasher.hash(PASSWORD)
@@ -389,7 +389,7 @@ def live(
 ) -> Iterator[LiveServer]:
     """Real gunicorn gevent workers on loopback, sharing Redis and SQLite with ``live.app``."""
     from api import create_app
-    from auth.store import db
+    from core.store import db
     from streaming.control import stop_services
 
     db_url = f"sqlite:///{tmp_path / 'live.db'}"

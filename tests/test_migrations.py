@@ -25,7 +25,7 @@ pytestmark = pytest.mark.db
 def empty_app(db_url: str) -> Iterator[Flask]:
     """An app on an empty database: no ``create_all``, only migrations build its schema."""
     from api import create_app
-    from auth.store import db
+    from core.store import db
 
     # Nothing here talks to Redis or a model server; closed loopback ports prove it.
     application = create_app(app_config("redis://127.0.0.1:9/0", db_url, "http://127.0.0.1:9/v1"))
@@ -37,7 +37,7 @@ def empty_app(db_url: str) -> Iterator[Flask]:
 
 
 def tables() -> set[str]:
-    from auth.store import db
+    from core.store import db
 
     return set(sqlalchemy.inspect(db.engine).get_table_names())
 
@@ -49,7 +49,7 @@ def alembic_config() -> Any:
 
 
 def test_upgrade_from_empty_matches_the_models(empty_app: Flask) -> None:
-    from auth.store import db
+    from core.store import db
 
     assert tables() == set()
     flask_migrate.upgrade()
@@ -64,7 +64,7 @@ def test_upgrade_from_empty_matches_the_models(empty_app: Flask) -> None:
 
 
 def test_downgrade_to_base_and_upgrade_again(empty_app: Flask) -> None:
-    from auth.store import db
+    from core.store import db
 
     flask_migrate.upgrade()
     flask_migrate.downgrade(revision="base")

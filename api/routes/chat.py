@@ -13,8 +13,8 @@ from flask_smorest import Blueprint
 from api.generations import start_generation
 from api.schemas.chat import ChatCompletionSchema, ChatRequestSchema
 from auth.access import current_identity, require
-from auth.errors import ApiError
-from auth.store import db
+from core.errors import ApiError
+from core.store import db
 from streaming import sse
 from streaming.control import services
 from streaming.runner import Outcome, QueueSink, RunHandle, run_generation, spawn, stopped_outcome

@@ -25,6 +25,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, url_for
 from marshmallow import Schema
 
+from api.errors import OPENAI_BLUEPRINTS
 from api.extensions import api
 from api.schemas.errors import ErrorSchema, OpenAIErrorSchema
 from api.schemas.events import (
@@ -32,7 +33,6 @@ from api.schemas.events import (
     ChatCompletionChunkSchema,
     UserStreamEventSchema,
 )
-from auth.errors import OPENAI_BLUEPRINTS
 
 SWAGGER_DIST = Path(flask_swagger_ui.__file__).resolve().parent / "dist"
 SPEC_EXTENSION = "streamgate.openapi"

@@ -6,7 +6,7 @@ import httpx
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
-from auth.store import db, get_redis
+from core.store import db, get_redis
 
 bp = Blueprint("health", __name__)
 

@@ -13,7 +13,7 @@ import os
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from auth.errors import ApiError
+from core.errors import ApiError
 
 bp = Blueprint("metrics", __name__)
 

@@ -20,7 +20,7 @@ from api.schemas.streams import (
     TicketSchema,
 )
 from auth.access import current_identity, require
-from auth.store import db
+from core.store import db
 
 bp = Blueprint("streams", __name__, url_prefix="/v1", description="Channel-mode generations")
 

@@ -2,7 +2,7 @@
 # mypy: disable-error-code="untyped-decorator"
 """App tokens for third-party apps: ``/v1/tokens`` (issue, list, revoke).
 
-Here rather than in ``auth.routes`` because revoking a token also stops the streams it started
+Apart from ``api.routes.auth`` because revoking a token also stops the streams it started
 and closes the subscriptions it opened, on every worker: ``api.admin_service`` does that for
 every path that revokes credentials, and ``auth`` may not import ``api``.
 """
@@ -15,15 +15,15 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from api import admin_service
-from auth import service
-from auth.access import current_identity, require
-from auth.routes import documents, no_store, on_response
-from auth.schemas import (
+from api.routes.auth import documents, no_store, on_response
+from api.schemas.auth import (
     AppTokenCreatedSchema,
     AppTokenCreateSchema,
     AppTokenSchema,
     app_token_fields,
 )
+from auth import service
+from auth.access import current_identity, require
 
 bp = Blueprint(
     "tokens",

@@ -10,9 +10,9 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from api.schemas.auth import AppTokenSchema, no_control_chars
 from auth.models import ROLES
 from auth.passwords import MAX_PASSWORD_LENGTH
-from auth.schemas import AppTokenSchema, no_control_chars
 
 ID = validate.Length(min=1, max=64)
 

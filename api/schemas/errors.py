@@ -1,4 +1,4 @@
-"""The two error shapes, as schemas for the spec (``auth.errors.error_response`` renders them)."""
+"""The two error shapes, as schemas for the spec (``api.errors.error_response`` renders them)."""
 
 from __future__ import annotations
 

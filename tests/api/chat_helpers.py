@@ -45,7 +45,7 @@ def chunk_text(datas: list[str]) -> str:
 
 def record_of(stream_id: str) -> Any:
     """The stream record, read fresh from the database (current app context)."""
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     db.session.expire_all()

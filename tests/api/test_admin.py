@@ -52,7 +52,7 @@ def live_ids(redis: Any) -> set[str]:
 
 
 def record(stream_id: str) -> Any:
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     db.session.expire_all()
@@ -368,7 +368,7 @@ def test_revoking_a_stream_whose_worker_died_settles_it_as_revoked(
     app: Any, client: Any, world: dict[str, Any], redis: Any
 ) -> None:
     """No worker runs it any more (its lease is expiring): the reaper settles it as revoked."""
-    from auth.models import new_id
+    from core.store import new_id
     from streaming import state
     from streaming.keeper import reap
     from streaming.runner import Generation

@@ -227,7 +227,7 @@ def test_a_tenant_admin_cannot_touch_an_operator_in_their_tenant(
     auth_headers: Callable[..., Headers],
 ) -> None:
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     tenant = db.session.get(Tenant, world["operator"].tenant_id)
     local_admin = make_user(tenant, role="admin")
@@ -373,8 +373,7 @@ def add_record(
     completion: int,
     status: str = "completed",
 ) -> None:
-    from auth.models import new_id
-    from auth.store import db
+    from core.store import db, new_id
     from streaming.models import StreamRecord
 
     db.session.add(
@@ -523,7 +522,7 @@ def test_an_audit_row_is_committed_with_its_action_or_not_at_all(
 ) -> None:
     """A refused action (here a duplicate email, caught by the unique index) leaves no audit row."""
     from auth.models import AuditEvent
-    from auth.store import db
+    from core.store import db
 
     a = world["a"]
     assert (

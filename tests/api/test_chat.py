@@ -41,7 +41,7 @@ def headers(user: Any, auth_headers: Callable[..., dict[str, str]]) -> dict[str,
 
 
 def stream_count() -> int:
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     return int(db.session.query(StreamRecord).count())
@@ -294,7 +294,7 @@ def test_a_disabled_tenant_cannot_chat(
     client: Any, user: Any, headers: dict[str, str], redis: Any, fake_upstream: FakeUpstream
 ) -> None:
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     db.session.get(Tenant, user.tenant_id).disabled = True
     db.session.commit()

@@ -414,7 +414,10 @@ def test_an_upstream_that_never_answers_is_a_504(
     assert json.loads(datas[-1])["error"]["code"] == "upstream_timeout"
     record = finished_record(stream_id_of(response))
     assert (record.status, record.error_code, record.completion_tokens) == (
-        "failed", "upstream_timeout", 0)
+        "failed",
+        "upstream_timeout",
+        0,
+    )
 
 
 def test_an_upstream_http_error_before_the_first_token_is_a_5xx(
@@ -553,7 +556,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
     redis: Any,
 ) -> None:
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     admin = make_user(db.session.get(Tenant, user.tenant_id), role="admin")
     datas: list[str] = []

@@ -280,7 +280,7 @@ def test_cancel_releases_lease_and_reconciles(client: Any, tight: Any) -> None:
 
 
 def test_revoke_releases_lease_and_reconciles(app: Any, client: Any, tight: Any) -> None:
-    from auth.store import get_redis
+    from core.store import get_redis
     from streaming import control
 
     user, headers, request = tight

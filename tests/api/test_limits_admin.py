@@ -40,7 +40,7 @@ def audit_events(action: str) -> list[Any]:
     from sqlalchemy import select
 
     from auth.models import AuditEvent
-    from auth.store import db
+    from core.store import db
 
     db.session.expire_all()
     return list(db.session.scalars(select(AuditEvent).where(AuditEvent.action == action)))

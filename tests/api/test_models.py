@@ -60,7 +60,7 @@ def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
     make_user: Callable[..., Any],
     auth_headers: Callable[..., dict[str, str]],
 ) -> None:
-    from auth.store import db
+    from core.store import db
 
     tenant = make_tenant()
     tenant.allowed_models = []

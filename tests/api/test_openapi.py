@@ -205,7 +205,7 @@ def test_channel_events_match_their_schemas(
     app: Any, client: Any, spec: dict[str, Any], make_user: Any, auth_headers: Any
 ) -> None:
     from api.schemas.events import STREAM_EVENTS
-    from auth.store import get_redis
+    from core.store import get_redis
     from streaming import control
     from streaming.control import services
 

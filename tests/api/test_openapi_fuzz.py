@@ -66,7 +66,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
     from api import create_app
     from auth.models import Tenant, User
     from auth.passwords import hash_password
-    from auth.store import db
+    from core.store import db
     from streaming.control import stop_services
 
     tmp = tmp_path_factory.mktemp("fuzz")

@@ -110,7 +110,7 @@ def active_subscribers(client: httpx.Client) -> float:
 
 
 def record_status(live: Any, stream_id: str) -> str:
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     with live.app.app_context():
@@ -189,7 +189,7 @@ def world(
     live: Any, make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, str]]
 ) -> World:
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     with live.app.app_context():
         victim = make_user(role="admin")

@@ -28,7 +28,7 @@ def seeded(app: Flask, tmp_path: Path) -> Any:
 
 def demo_users() -> dict[str, Any]:
     from auth.models import Tenant, User
-    from auth.store import db
+    from core.store import db
 
     tenant = db.session.execute(db.select(Tenant).filter_by(slug="demo")).scalar_one()
     users = db.session.execute(db.select(User).filter_by(tenant_id=tenant.id)).scalars()
@@ -38,7 +38,7 @@ def demo_users() -> dict[str, Any]:
 def test_seed_demo_creates_the_tenant_and_users(app: Flask, seeded: Any, tmp_path: Path) -> None:
     from auth.models import Tenant
     from auth.passwords import verify_password
-    from auth.store import db
+    from core.store import db
 
     output = seeded().output
     path = tmp_path / "demo-credentials.json"
@@ -58,7 +58,7 @@ def test_seed_demo_creates_the_tenant_and_users(app: Flask, seeded: Any, tmp_pat
 
 
 def test_seed_demo_is_idempotent_and_keeps_passwords(seeded: Any, tmp_path: Path) -> None:
-    from auth.store import db
+    from core.store import db
 
     seeded()
     first = json.loads((tmp_path / "demo-credentials.json").read_text())
@@ -79,7 +79,7 @@ def test_seed_demo_is_idempotent_and_keeps_passwords(seeded: Any, tmp_path: Path
 
 def test_seed_demo_passwords_are_random(app: Flask, seeded: Any, tmp_path: Path) -> None:
     from auth.models import Tenant, User
-    from auth.store import db
+    from core.store import db
 
     seeded()
     first = json.loads((tmp_path / "demo-credentials.json").read_text())

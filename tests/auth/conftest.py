@@ -22,7 +22,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def tenant_of(user: Any) -> Any:
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     return db.session.get(Tenant, user.tenant_id)
 

@@ -30,7 +30,7 @@ def test_an_admin_issues_a_named_scoped_token_shown_once(
     client: Any, admin: Any, admin_headers: dict[str, str]
 ) -> None:
     from auth.models import AppToken, AuditEvent
-    from auth.store import db
+    from core.store import db
 
     response = _issue(client, admin_headers, expires_in_days=30)
 
@@ -179,7 +179,7 @@ def test_bad_requests_say_what_is_wrong_and_issue_nothing(
     client: Any, admin_headers: dict[str, str], body: dict[str, Any], field: str
 ) -> None:
     from auth.models import AppToken
-    from auth.store import db
+    from core.store import db
 
     response = _issue(client, admin_headers, **body)
 
@@ -192,7 +192,7 @@ def test_last_used_is_written_at_most_once_a_minute(
     client: Any, admin_headers: dict[str, str], redis: Any
 ) -> None:
     from auth.models import AppToken
-    from auth.store import db
+    from core.store import db
 
     issued = _issue(client, admin_headers).get_json()
     headers = bearer(issued["token"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from auth.errors import ApiError
+from core.errors import ApiError
 from tests.auth.conftest import assert_auth_error, bearer
 
 pytestmark = pytest.mark.db
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.db
 
 def _audit(target_id: str) -> list[Any]:
     from auth.models import AuditEvent
-    from auth.store import db
+    from core.store import db
 
     query = db.select(AuditEvent).filter_by(target_id=target_id).order_by(AuditEvent.created_at)
     return list(db.session.execute(query).scalars())
@@ -64,7 +64,7 @@ def test_invalid_creations_are_refused_and_write_nothing(
 ) -> None:
     from auth import service
     from auth.models import AuditEvent, User
-    from auth.store import db
+    from core.store import db
 
     tenant = make_tenant()
 

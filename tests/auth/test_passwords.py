@@ -28,7 +28,7 @@ def test_hashes_are_argon2id_salted_and_verify() -> None:
 
 def test_a_weak_stored_hash_is_upgraded_at_login(make_user: Any, login: Any) -> None:
     from auth.passwords import needs_rehash, verify_password
-    from auth.store import db
+    from core.store import db
 
     user = make_user()  # the fixture hashes with cheap parameters
     assert needs_rehash(user.password_hash)
@@ -102,8 +102,8 @@ def test_a_success_clears_the_accounts_failures(make_user: Any, login: Any) -> N
 
 
 def test_parallel_guesses_cannot_overshoot_the_limit(app: Any) -> None:
-    from auth.errors import ApiError
     from auth.passwords import reserve_login_attempt
+    from core.errors import ApiError
 
     admitted: list[int] = []
     refused: list[int] = []

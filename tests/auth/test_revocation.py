@@ -22,7 +22,7 @@ def second_app(app: Any, redis_server: Any, db_url: str, fake_upstream: Any) -> 
     yield other
     other.extensions["streamgate.redis"].close()
     with other.app_context():
-        from auth.store import db
+        from core.store import db
 
         db.session.remove()
         db.engine.dispose()
@@ -86,7 +86,7 @@ def app_without_redis(app: Any, db_url: str, fake_upstream: Any) -> Iterator[Any
     yield broken
     broken.extensions["streamgate.redis"].close()
     with broken.app_context():
-        from auth.store import db
+        from core.store import db
 
         db.session.remove()
         db.engine.dispose()

@@ -77,7 +77,7 @@ def docs_server(
 
     from api import create_app
     from auth.models import Tenant, User
-    from auth.store import db
+    from core.store import db
     from streaming.control import stop_services
 
     tmp = tmp_path_factory.mktemp("docs")

@@ -49,7 +49,7 @@ class Nodes:
 def nodes(redis: Any, redis_server: Any, fake_upstream: Any, tmp_path: Path) -> Iterator[Nodes]:
     """Two gunicorn masters (two gevent workers each) on one Redis and one SQLite file."""
     from api import create_app
-    from auth.store import db
+    from core.store import db
     from streaming.control import stop_services
 
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"

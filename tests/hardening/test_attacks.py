@@ -217,7 +217,7 @@ def test_control_characters_in_fields_never_reach_framing(
 def test_oversized_bodies_are_413_and_leave_nothing_behind(
     app: Any, client: Any, make_user: Any, auth_headers: Any, redis: Any
 ) -> None:
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     headers = auth_headers(make_user())

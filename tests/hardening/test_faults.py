@@ -42,7 +42,7 @@ class Node:
         self, tmp_path: Path, upstream: FakeUpstream, db_url: str | None = None, **env: str
     ) -> None:
         from api import create_app
-        from auth.store import db
+        from core.store import db
 
         self.tmp = tmp_path
         os.makedirs(tmp_path / "redis", exist_ok=True)
@@ -67,7 +67,7 @@ class Node:
         )
 
     def close(self) -> None:
-        from auth.store import db
+        from core.store import db
         from streaming.control import stop_services
 
         stop_process(self.proc)
@@ -92,8 +92,8 @@ def headers_for(node: Node, role: str = "member") -> tuple[Any, dict[str, str]]:
     from argon2 import PasswordHasher
 
     from auth.models import Tenant, User
-    from auth.store import db
     from auth.tokens import issue_user_tokens
+    from core.store import db
 
     tenant = Tenant(slug=f"t-{time.monotonic_ns()}", name="T", allowed_models=["fake-model"])
     db.session.add(tenant)
@@ -231,7 +231,7 @@ def test_worker_killed_mid_generation_is_reaped_and_subscribers_told(node: Node)
     events = result["events"]
     assert events[-1][1] == "stream.failed", events[-2:]
     assert events[-1][2]["error"]["code"] == "worker_lost"
-    from auth.store import db
+    from core.store import db
     from streaming.models import StreamRecord
 
     def record_failed() -> bool:

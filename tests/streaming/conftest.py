@@ -204,7 +204,7 @@ def open_hub(
 def tenant_of(user: Any) -> Any:
     """The tenant row of ``user`` (current app context), to create colleagues with ``make_user``."""
     from auth.models import Tenant
-    from auth.store import db
+    from core.store import db
 
     return db.session.get(Tenant, user.tenant_id)
 

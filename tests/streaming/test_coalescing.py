@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from auth.models import new_id
+from core.store import new_id
 from streaming.channel import LogSink, stream_channel
 from streaming.control import event_log
 from streaming.runner import Generation, Outcome

@@ -166,7 +166,7 @@ def test_a_revoked_stream_ends_its_readers_and_answers_410(
     live_user: Any,
     make_user: Callable[..., Any],
 ) -> None:
-    from auth.store import get_redis
+    from core.store import get_redis
     from streaming import control
 
     owner, headers = live_user()

@@ -24,13 +24,13 @@ from flask_jwt_extended import (
 )
 from flask_smorest import Blueprint
 
+from api.schemas.auth import LoginSchema, LogoutSchema, MeSchema, TokenPairSchema
 from auth import service
 from auth.access import current_identity, require
-from auth.errors import ApiError
 from auth.models import Tenant, User, get_for_tenant
-from auth.schemas import LoginSchema, LogoutSchema, MeSchema, TokenPairSchema
-from auth.store import db, setting
 from auth.tokens import auth_error
+from core.errors import ApiError
+from core.store import db, setting
 
 bp = Blueprint(
     "auth", __name__, url_prefix="/v1/auth", description="Log in, refresh, log out, who am I."

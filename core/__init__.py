@@ -1,0 +1,4 @@
+"""Shared infrastructure, the bottom layer: db and Redis handles, ids, time, ``ApiError``.
+
+It imports nothing of Streamgate's; every other package may import it. Nothing else lives here.
+"""
