@@ -26,7 +26,7 @@ APT_TEST := $(APT_RUN) chromium=chromium /usr/lib/postgresql/*/bin/initdb=postgr
 help:
 	@echo "make run        set up, migrate, seed the demo and serve http://127.0.0.1:8000 (Ctrl-C stops)"
 	@echo "make test       set up and run the whole test suite (SQLite and a throwaway PostgreSQL)"
-	@echo "make lint       ruff and mypy"
+	@echo "make lint       ruff, ruff format, mypy and the layering contract (import-linter)"
 	@echo "make migrate    apply migrations/ to DATABASE_URL (default instance/streamgate.db)"
 	@echo "make migration MSG='...'   autogenerate a new migration from the models"
 	@echo "make openapi    regenerate openapi.yaml from the schemas"
@@ -58,6 +58,8 @@ run: setup
 
 test: $(STAMP)
 	@bash scripts/apt_ensure.sh $(APT_TEST)
+	@echo "==> lint-imports (the layering contract in pyproject.toml)"
+	@$(VENV)/bin/lint-imports --no-cache
 	@echo "==> starting a throwaway PostgreSQL cluster"
 	@dir=$$(mktemp -d -t streamgate-pg.XXXXXX); \
 	trap '$(PY) -m scripts.pg_test_cluster stop "$$dir"' EXIT; \
@@ -69,8 +71,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	@echo "==> ruff check"
 	@$(VENV)/bin/ruff check .
-	@echo "==> mypy (auth/, streaming/)"
+	@echo "==> ruff format --check"
+	@$(VENV)/bin/ruff format --check .
+	@echo "==> mypy --strict"
 	@$(VENV)/bin/mypy
+	@echo "==> lint-imports (the layering contract in pyproject.toml)"
+	@$(VENV)/bin/lint-imports --no-cache
 
 migrate: $(STAMP)
 	@$(PY) -m scripts.run_local flask db upgrade
