@@ -39,7 +39,10 @@ def _field(name: str, value: str) -> str:
 
 
 def frame(
-    data: str, *, event: str | None = None, id: str | None = None,  # noqa: A002 - the SSE field
+    data: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002 - the SSE field
     retry: int | None = None,
 ) -> bytes:
     """One complete event as UTF-8 bytes."""
@@ -63,7 +66,10 @@ def dumps(payload: Any) -> str:
 
 
 def json_frame(
-    payload: Any, *, event: str | None = None, id: str | None = None,  # noqa: A002
+    payload: Any,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002
 ) -> bytes:
     """An event whose data is one line of compact JSON (see ``dumps``)."""
     return frame(dumps(payload), event=event, id=id)
