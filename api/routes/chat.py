@@ -138,36 +138,35 @@ def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
     )
 
 
+_TEXT = "\x00text"  # where a token's text goes in its pre-rendered chunk
+
+
 class _Chunks:
-    """Pre-rendered pieces of ``chat.completion.chunk`` frames: one string join per token."""
+    """``chat.completion.chunk`` frames; a token's is pre-rendered: one string join per token."""
 
     def __init__(self, stream_id: str, model: str) -> None:
         self.id = "chatcmpl-" + stream_id.removeprefix("str_")
         self.created = int(time.time())
         self.model = model
-        head = sse.dumps(
-            {
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": model,
-            }
-        )[:-1]
-        self._before_text = "data: " + head + ',"choices":[{"index":0,"delta":{"content":'
-        self._after_text = '},"finish_reason":null}]}\n\n'
+        # An attribute, not a method: the per-token path is one call.
+        self.token: Callable[[str], bytes] = sse.json_frame_template(
+            self._payload(
+                choices=[{"index": 0, "delta": {"content": _TEXT}, "finish_reason": None}]
+            ),
+            _TEXT,
+        )
 
-    def token(self, text: str) -> bytes:
-        return (self._before_text + sse.dumps(text) + self._after_text).encode()
-
-    def event(self, **fields: Any) -> bytes:
-        payload = {
+    def _payload(self, **fields: Any) -> dict[str, Any]:
+        return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             **fields,
         }
-        return sse.json_frame(payload)
+
+    def event(self, **fields: Any) -> bytes:
+        return sse.json_frame(self._payload(**fields))
 
     def role(self) -> bytes:
         return self.event(
@@ -227,7 +226,7 @@ def _stream(
                             "total_tokens": prompt_tokens + completion_tokens,
                         },
                     )
-                yield b"data: [DONE]\n\n"
+                yield sse.done()
     finally:
         unwatch()
         if not finished:  # the client went away: stop the generation and close the upstream
