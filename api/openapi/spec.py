@@ -281,7 +281,9 @@ def _example_frame(item: dict[str, Any]) -> bytes:
         return sse.json_frame(item["data"], event=item.get("event"), id=item.get("id"))
     if item.get("done"):
         return sse.done()
-    return str(item["raw"]).encode()
+    if "retry" in item:
+        return sse.retry_hint(int(item["retry"]))
+    return sse.comment(str(item["comment"]))
 
 
 # --- YAML -----------------------------------------------------------------------------------------
