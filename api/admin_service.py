@@ -17,13 +17,14 @@ commit fails the revocation still stands: an account is locked rather than left 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from flask import current_app
 from sqlalchemy import func, select
 
+from api.pagination import Rows
 from auth import service
 from auth.access import Identity
 from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant, record_audit
@@ -77,30 +78,6 @@ def _user(ident: Identity, user_id: str) -> User:
 def _not_yourself(ident: Identity, user_id: str, what: str) -> None:
     if user_id == ident.user_id:
         raise ApiError(409, f"You cannot {what} your own account.", code="conflict")
-
-
-# --- SQL pagination ---------------------------------------------------------------------------
-
-
-class Rows(Sequence[Any]):
-    """A SQL select seen as a sequence, so flask-smorest's ``Page`` counts and slices in SQL."""
-
-    def __init__(self, query: Any, convert: Callable[[Any], Any]) -> None:
-        self.query = query
-        self.convert = convert
-
-    def __len__(self) -> int:
-        counted = select(func.count()).select_from(self.query.order_by(None).subquery())
-        return int(db.session.scalar(counted) or 0)
-
-    def __getitem__(self, index: Any) -> Any:
-        if not isinstance(index, slice) or index.step not in (None, 1):
-            raise TypeError("Rows supports contiguous slices only")
-        start, stop = index.start or 0, index.stop
-        query = self.query.offset(start)
-        if stop is not None:
-            query = query.limit(max(0, stop - start))
-        return [self.convert(row) for row in db.session.execute(query)]
 
 
 # --- live streams -----------------------------------------------------------------------------
@@ -420,7 +397,7 @@ def revoke_token(ident: Identity, jti: str, reason: str | None) -> dict[str, Any
 
 def list_users(
     ident: Identity, tenant_id: str | None, role: str | None, disabled: bool | None
-) -> Rows:
+) -> Rows[User]:
     """The users the caller may manage, oldest first."""
     tenant = scoped_tenant(ident, tenant_id)
     query = select(User)
@@ -463,7 +440,7 @@ def update_user(ident: Identity, user_id: str, changes: dict[str, Any]) -> User:
 # --- tenants (operators) ----------------------------------------------------------------------
 
 
-def list_tenants(ident: Identity) -> Rows:
+def list_tenants(ident: Identity) -> Rows[Tenant]:
     """Every tenant, oldest first."""
     require_operator(ident)
     return Rows(select(Tenant).order_by(Tenant.created_at, Tenant.id), lambda row: row[0])
@@ -511,7 +488,7 @@ def usage(
     end: datetime | None,
     tenant_id: str | None,
     user_id: str | None,
-) -> Rows:
+) -> Rows[dict[str, Any]]:
     """Streams and tokens per tenant, user or UTC day, from the stream records in [start, end)."""
     tenant = scoped_tenant(ident, tenant_id)
     if user_id is not None:
@@ -568,7 +545,7 @@ def _usage_row(group_by: str, row: Any) -> dict[str, Any]:
 # --- audit ------------------------------------------------------------------------------------
 
 
-def audit_events(ident: Identity, filters: dict[str, Any]) -> Rows:
+def audit_events(ident: Identity, filters: dict[str, Any]) -> Rows[dict[str, Any]]:
     """Admin actions, newest first: who, what, on which target, when and why."""
     tenant = scoped_tenant(ident, filters.get("tenant"))
     a = AuditEvent

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import Select, func, select
+from sqlalchemy import select
 
+from api.pagination import Rows
 from auth.access import Identity, may_read, parse_channel
 from auth.models import User
 from auth.tickets import issue_ticket
@@ -40,31 +41,15 @@ def accepted(gen: Generation) -> dict[str, Any]:
     }
 
 
-class StreamPages:
-    """The caller's streams as an SQL query that flask-smorest's ``Page`` slices and counts:
-    one page is read from the database (OFFSET/LIMIT), never the whole history."""
-
-    def __init__(self, query: Select[tuple[StreamRecord]]) -> None:
-        self.query = query
-
-    def __len__(self) -> int:
-        return int(db.session.scalar(select(func.count()).select_from(self.query.subquery())) or 0)
-
-    def __getitem__(self, window: slice) -> list[dict[str, Any]]:
-        start, stop = window.start or 0, window.stop
-        query = self.query.order_by(StreamRecord.created_at.desc(), StreamRecord.id.desc())
-        query = query.offset(start) if stop is None else query.offset(start).limit(stop - start)
-        return [describe(row, with_text=False) for row in db.session.scalars(query)]
-
-
-def user_streams(tenant_id: str, user_id: str, status: str | None) -> StreamPages:
-    """The user's own streams, newest first (paged by the route)."""
+def user_streams(tenant_id: str, user_id: str, status: str | None) -> Rows[dict[str, Any]]:
+    """The user's own streams, newest first (paged by the route: one page read from SQL)."""
     query = select(StreamRecord).where(
         StreamRecord.tenant_id == tenant_id, StreamRecord.user_id == user_id
     )
     if status:
         query = query.where(StreamRecord.status == status)
-    return StreamPages(query)
+    newest_first = query.order_by(StreamRecord.created_at.desc(), StreamRecord.id.desc())
+    return Rows(newest_first, lambda row: describe(row[0], with_text=False))
 
 
 def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:

@@ -103,7 +103,7 @@ def require(
                 )
             return view(*args, **kwargs)
 
-        # Read by api.routes.docs to document the security and 401/403 of each operation.
+        # Read by api.openapi to document the security and 401/403 of each operation.
         access = {"scope": scope, "admin": admin, "refresh": refresh}
         wrapper.required_access = access  # type: ignore[attr-defined]
         return cast(F, wrapper)

@@ -1,7 +1,7 @@
 """Write ``openapi.yaml`` from the code: ``python -m scripts.gen_openapi`` (``make openapi``).
 
 The app is built with the test configuration (nothing is connected); the document comes from
-``api.routes.docs.openapi_yaml``, the same function that serves ``GET /openapi.yaml``.
+``api.openapi.openapi_yaml``, the same function that serves ``GET /openapi.yaml``.
 ``--check`` exits 1 when the committed file differs, without writing.
 """
 
@@ -18,7 +18,7 @@ TARGET = ROOT / "openapi.yaml"
 def generate() -> str:
     """The OpenAPI document the code describes, as YAML."""
     from api import create_app
-    from api.routes.docs import openapi_yaml
+    from api.openapi import openapi_yaml
 
     # A placeholder secret: nothing is signed; the spec never depends on configuration values.
     app = create_app({"TESTING": True, "JWT_SECRET_KEY": "openapi-generator-" + "x" * 32})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -28,6 +29,9 @@ HEADERS = {
 }
 
 
+_DONE = b"data: [DONE]\n\n"
+
+
 class FramingError(ValueError):
     """A field value that would break the event stream (CR, LF or NUL in ``event``/``id``)."""
 
@@ -39,7 +43,10 @@ def _field(name: str, value: str) -> str:
 
 
 def frame(
-    data: str, *, event: str | None = None, id: str | None = None,  # noqa: A002 - the SSE field
+    data: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002 - the SSE field
     retry: int | None = None,
 ) -> bytes:
     """One complete event as UTF-8 bytes."""
@@ -63,10 +70,44 @@ def dumps(payload: Any) -> str:
 
 
 def json_frame(
-    payload: Any, *, event: str | None = None, id: str | None = None,  # noqa: A002
+    payload: Any,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002
 ) -> bytes:
     """An event whose data is one line of compact JSON (see ``dumps``)."""
     return frame(dumps(payload), event=event, id=id)
+
+
+def json_frame_template(
+    payload: Any,
+    slot: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002
+) -> Callable[[Any], bytes]:
+    """A fast ``json_frame`` for many events whose JSON differs in one value.
+
+    ``payload`` holds the string ``slot`` exactly once where the value goes; the rest of the
+    frame is rendered once, here, so each call costs one ``dumps`` of the value and one join.
+    ``template(value) == json_frame(payload with slot replaced by value, event=..., id=...)``.
+    """
+    before, marker, after = dumps(payload).partition(dumps(slot))
+    if not marker or marker in after:
+        raise ValueError("the slot must appear exactly once in the payload's JSON")
+    # JSON from ``dumps`` is one line: the frame is the fields, ``data: <json>`` and a blank line.
+    head = frame("", event=event, id=id).decode().removesuffix("\n\n") + before
+    tail = after + "\n\n"
+
+    def render(value: Any) -> bytes:
+        return (head + dumps(value) + tail).encode()
+
+    return render
+
+
+def done() -> bytes:
+    """``data: [DONE]``: the event that ends an OpenAI-compatible stream."""
+    return _DONE
 
 
 def comment(text: str = "") -> bytes:

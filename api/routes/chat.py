@@ -63,7 +63,9 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
 
 
 def _watch_client(
-    environ: dict[str, Any], handle: RunHandle, send_timeout_s: float,
+    environ: dict[str, Any],
+    handle: RunHandle,
+    send_timeout_s: float,
 ) -> Callable[[], None]:
     """Stop the run as soon as the client closes its connection; returns the watch's stopper.
 
@@ -115,51 +117,86 @@ def _gevent_patched() -> bool:
 def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
     """The error answered when a generation ends badly before any byte of the response."""
     if outcome.status == "revoked":
-        return ApiError(403, outcome.error_message or "The stream was revoked.",
-                        code="stream_revoked", headers=headers)
+        return ApiError(
+            403,
+            outcome.error_message or "The stream was revoked.",
+            code="stream_revoked",
+            headers=headers,
+        )
     if outcome.status == "cancelled":
-        return ApiError(409, "The generation was cancelled before it finished.",
-                        code="stream_cancelled", headers=headers)
-    return ApiError(outcome.http_status or 502, outcome.error_message or "The generation failed.",
-                    code=outcome.error_code or "upstream_error", headers=headers)
+        return ApiError(
+            409,
+            "The generation was cancelled before it finished.",
+            code="stream_cancelled",
+            headers=headers,
+        )
+    return ApiError(
+        outcome.http_status or 502,
+        outcome.error_message or "The generation failed.",
+        code=outcome.error_code or "upstream_error",
+        headers=headers,
+    )
+
+
+_TEXT = "\x00text"  # where a token's text goes in its pre-rendered chunk
 
 
 class _Chunks:
-    """Pre-rendered pieces of ``chat.completion.chunk`` frames: one string join per token."""
+    """``chat.completion.chunk`` frames; a token's is pre-rendered: one string join per token."""
 
     def __init__(self, stream_id: str, model: str) -> None:
         self.id = "chatcmpl-" + stream_id.removeprefix("str_")
         self.created = int(time.time())
         self.model = model
-        head = sse.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                          "model": model})[:-1]
-        self._before_text = "data: " + head + ',"choices":[{"index":0,"delta":{"content":'
-        self._after_text = '},"finish_reason":null}]}\n\n'
+        # An attribute, not a method: the per-token path is one call.
+        self.token: Callable[[str], bytes] = sse.json_frame_template(
+            self._payload(
+                choices=[{"index": 0, "delta": {"content": _TEXT}, "finish_reason": None}]
+            ),
+            _TEXT,
+        )
 
-    def token(self, text: str) -> bytes:
-        return (self._before_text + sse.dumps(text) + self._after_text).encode()
+    def _payload(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            **fields,
+        }
 
     def event(self, **fields: Any) -> bytes:
-        payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.model, **fields}
-        return sse.json_frame(payload)
+        return sse.json_frame(self._payload(**fields))
 
     def role(self) -> bytes:
-        return self.event(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None}])
+        return self.event(
+            choices=[
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ]
+        )
 
 
 def _in_band_error(outcome: Outcome) -> bytes:
-    return sse.json_frame({"error": {
-        "message": outcome.error_message or "The stream ended abnormally.",
-        "type": "server_error" if outcome.status == "failed" else "stream_" + outcome.status,
-        "param": None,
-        "code": outcome.error_code or outcome.status,
-    }})
+    return sse.json_frame(
+        {
+            "error": {
+                "message": outcome.error_message or "The stream ended abnormally.",
+                "type": "server_error"
+                if outcome.status == "failed"
+                else "stream_" + outcome.status,
+                "param": None,
+                "code": outcome.error_code or outcome.status,
+            }
+        }
+    )
 
 
 def _stream(
-    chunks: _Chunks, handle: RunHandle, sink: QueueSink, heartbeat: float, include_usage: bool,
+    chunks: _Chunks,
+    handle: RunHandle,
+    sink: QueueSink,
+    heartbeat: float,
+    include_usage: bool,
     unwatch: Callable[[], None],
 ) -> Iterator[bytes]:
     finished = False
@@ -177,13 +214,19 @@ def _stream(
                 if outcome.status != "completed":
                     yield _in_band_error(outcome)
                     return
-                yield chunks.event(choices=[{"index": 0, "delta": {},
-                                             "finish_reason": outcome.finish_reason}])
+                yield chunks.event(
+                    choices=[{"index": 0, "delta": {}, "finish_reason": outcome.finish_reason}]
+                )
                 if include_usage:
-                    yield chunks.event(choices=[], usage={
-                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens})
-                yield b"data: [DONE]\n\n"
+                    yield chunks.event(
+                        choices=[],
+                        usage={
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": completion_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens,
+                        },
+                    )
+                yield sse.done()
     finally:
         unwatch()
         if not finished:  # the client went away: stop the generation and close the upstream
@@ -191,7 +234,11 @@ def _stream(
 
 
 def _completion(
-    stream_id: str, model: str, sink: QueueSink, heartbeat: float, headers: dict[str, str],
+    stream_id: str,
+    model: str,
+    sink: QueueSink,
+    heartbeat: float,
+    headers: dict[str, str],
 ) -> dict[str, Any]:
     parts: list[str] = []
     for item in sink.drain(heartbeat):
@@ -206,9 +253,17 @@ def _completion(
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "finish_reason": outcome.finish_reason,
-                             "message": {"role": "assistant", "content": "".join(parts)}}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": outcome.finish_reason,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             }
     raise ApiError(502, "The generation ended without a result.")  # pragma: no cover

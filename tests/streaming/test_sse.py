@@ -206,6 +206,38 @@ def test_json_frames_escape_what_naive_line_readers_split_on() -> None:
     assert json.loads(parse(raw)[0][0].data) == payload
 
 
+def test_done_is_the_openai_stream_terminator() -> None:
+    assert sse.done() == b"data: [DONE]\n\n" == sse.frame("[DONE]")
+    assert [e.data for e in parse(sse.done())[0]] == ["[DONE]"]
+
+
+SLOT = "\x00slot"
+
+
+def test_a_json_frame_template_renders_what_json_frame_would() -> None:
+    payload = {"id": "c-1", "choices": [{"delta": {"content": SLOT}, "finish_reason": None}]}
+    token = sse.json_frame_template(payload, SLOT)
+    assert token(" Hello") == (
+        b'data: {"id":"c-1","choices":[{"delta":{"content":" Hello"},"finish_reason":null}]}\n\n'
+    )
+    assert token("a\r\nb\u2028") == sse.json_frame(
+        {"id": "c-1", "choices": [{"delta": {"content": "a\r\nb\u2028"}, "finish_reason": None}]}
+    )
+
+
+def test_a_json_frame_template_keeps_event_and_id() -> None:
+    token = sse.json_frame_template({"text": SLOT, "index": 1}, SLOT, event="token", id="5-0")
+    assert token("hi") == b'event: token\nid: 5-0\ndata: {"text":"hi","index":1}\n\n'
+    with pytest.raises(sse.FramingError):
+        sse.json_frame_template({"text": SLOT}, SLOT, id="a\nb")
+
+
+@pytest.mark.parametrize("payload", [{"text": "none"}, {"a": SLOT, "b": SLOT}])
+def test_a_json_frame_template_needs_its_slot_exactly_once(payload: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="exactly once"):
+        sse.json_frame_template(payload, SLOT)
+
+
 def test_every_frame_is_utf8() -> None:
     assert sse.frame("caf\u00e9 \U0001f642") == "data: caf\u00e9 \U0001f642\n\n".encode()
 
@@ -292,3 +324,13 @@ def test_tokens_as_json_round_trip_byte_for_byte_cr_included(tokens: list[str]) 
     assert raw.decode().splitlines() == [
         line for t in tokens for line in (sse.json_frame({"text": t}).decode().split("\n")[:2])
     ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(tokens=st.lists(TEXT, max_size=10), name=NAME)
+def test_a_json_frame_template_is_json_frame_byte_for_byte(tokens: list[str], name: str) -> None:
+    token = sse.json_frame_template({"head": name, "text": SLOT, "n": 1}, SLOT, event=name)
+    for text in tokens:
+        assert token(text) == sse.json_frame({"head": name, "text": text, "n": 1}, event=name)
+    events, _, _ = parse(b"".join(token(t) for t in tokens))
+    assert [json.loads(e.data)["text"].encode() for e in events] == [t.encode() for t in tokens]
