@@ -17,7 +17,7 @@ from __future__ import annotations
 from flask import Flask
 
 from streaming.limits.engine import Admission, LimitExceeded, LimitState, RedisAdmissionControl
-from streaming.limits.keys import LIMITS, MAX_LIMIT, SCOPES, WINDOW_S, Scope, version_key
+from streaming.limits.keys import LIMITS, MAX_LIMIT, WINDOW_S, Scope
 from streaming.limits.overrides import (
     describe_limits,
     get_effective_limits,
@@ -30,7 +30,6 @@ from streaming.limits.usage import usage_report
 __all__ = [
     "LIMITS",
     "MAX_LIMIT",
-    "SCOPES",
     "WINDOW_S",
     "Admission",
     "LimitExceeded",
@@ -45,7 +44,6 @@ __all__ = [
     "set_limits",
     "update_limits",
     "usage_report",
-    "version_key",
 ]
 
 _EXTENSION = "streamgate.admission"
