@@ -112,8 +112,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _init_extensions(app: Flask) -> None:
-    from api.limits import RedisAdmissionControl
     from auth.tokens import init_jwt
+    from streaming import limits
     from streaming.providers import build_provider
 
     db.init_app(app)
@@ -135,7 +135,7 @@ def _init_extensions(app: Flask) -> None:
     )
     app.extensions["streamgate.metrics"] = Metrics()
     app.extensions["streamgate.llm"] = build_provider(app.config)
-    app.extensions["streamgate.admission"] = RedisAdmissionControl()  # read by runner and keeper
+    limits.install(app)  # reached as streaming.limits.admission_control(app)
 
 
 def _register_blueprints(app: Flask) -> None:

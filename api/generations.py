@@ -9,12 +9,13 @@ from typing import Any
 
 from flask import current_app
 
-from api import limits
+from api.limits import admit, ratelimit_headers
 from auth.access import Identity
 from auth.models import Tenant
 from core.errors import ApiError
 from core.store import db, new_id
 from streaming import state
+from streaming.limits import admission_control
 from streaming.runner import Generation
 
 
@@ -33,8 +34,11 @@ def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
 
 def start_generation(
     ident: Identity, body: dict[str, Any], mode: str
-) -> tuple[Generation, limits.Admission]:
-    """Check the request against the tenant's models and bounds, admit it and record it."""
+) -> tuple[Generation, dict[str, str]]:
+    """Check the request against the tenant's models and bounds, admit it and record it.
+
+    Returns the generation and the ``RateLimit-*`` headers of its admission.
+    """
     cfg = current_app.config
     model = body["model"]
     if model not in allowed_models(ident.tenant_id):
@@ -64,7 +68,7 @@ def start_generation(
     }
     stream_id = new_id("str")
     estimate = estimate_prompt_tokens(messages)
-    admission = limits.admit(ident, estimate + max_tokens, stream_id)
+    admission = admit(ident, estimate + max_tokens, stream_id)
     gen = Generation(
         stream_id=stream_id, tenant_id=ident.tenant_id, user_id=ident.user_id, token_jti=ident.jti,
         mode=mode, model=model, messages=messages, params=params, prompt_estimate=estimate,
@@ -74,7 +78,6 @@ def start_generation(
         state.create(gen)
     except Exception:
         db.session.rollback()
-        if admission.info is not None:
-            limits.RedisAdmissionControl().release(admission.info, 0, 0)
+        admission_control(current_app).release(admission.info, 0, 0)
         raise
-    return gen, admission
+    return gen, ratelimit_headers(admission.binding)

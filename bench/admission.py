@@ -6,7 +6,8 @@ Starts its own redis-server on a free loopback port (stopped by PID at the end) 
 throwaway SQLite file, then, open loop at ``--rate`` calls per second from one client, times:
 
 - ``ping``: one Redis round trip, the floor any Redis-backed check pays;
-- ``admit``: ``api.limits.admit`` (the one script checking all eight limits, limits cached);
+- ``admit``: ``RedisAdmissionControl.admit`` (``streaming.limits``: the one script checking all
+  eight limits, limits cached);
 - ``release``: the settlement at the end of a run (lease dropped, reservation reconciled).
 
 Admission is on the request path of every generation start; release runs after the stream.
@@ -56,10 +57,11 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]:
-    from api import create_app, limits
+    from api import create_app
     from auth.access import Identity
     from auth.models import Tenant, User
     from core.store import db, get_redis, new_id
+    from streaming.limits import admission_control
 
     workdir = tempfile.mkdtemp(prefix="sg-bench-admission-")
     proc, port = start_redis(workdir)
@@ -102,11 +104,11 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                         )
                     )
             db.session.commit()
-            control = limits.control()
+            control = admission_control(app)
             client = get_redis()
             for ident in idents:  # warm: limits cached, scripts loaded, as in a running worker
-                admission = limits.admit(ident, 600, new_id("str"))
-                control.release(admission.info, 100, 50)  # type: ignore[arg-type]
+                admission = control.admit(ident.tenant_id, ident.user_id, 600, new_id("str"))
+                control.release(admission.info, 100, 50)
             timings: dict[str, list[float]] = {"ping": [], "admit": [], "release": []}
             total = int(rate * seconds)
             start = time.perf_counter()
@@ -122,9 +124,9 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                 t0 = time.perf_counter()
                 client.ping()
                 t1 = time.perf_counter()
-                admission = limits.admit(ident, 600, new_id("str"))
+                admission = control.admit(ident.tenant_id, ident.user_id, 600, new_id("str"))
                 t2 = time.perf_counter()
-                control.release(admission.info, 100, 50)  # type: ignore[arg-type]
+                control.release(admission.info, 100, 50)
                 t3 = time.perf_counter()
                 timings["ping"].append(t1 - t0)
                 timings["admit"].append(t2 - t1)

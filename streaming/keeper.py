@@ -14,6 +14,7 @@ from flask import Flask
 
 from core.store import REDIS_EXTENSION
 from streaming import state
+from streaming.limits import admission_control
 from streaming.runner import Generation, Outcome, outcome_payload, registry, stopped_outcome
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def tick(app: Flask) -> None:
             pipe.hset(state.live_key(run.gen.stream_id), "tokens", run.tokens)
             pipe.get(flag_key(run.gen.stream_id))
         results = pipe.execute()
-        admission = app.extensions.get("streamgate.admission")
+        admission = admission_control(app)
         for run, flag in zip(runs, results[2::3], strict=True):
             if flag:
                 message = json.loads(flag)
@@ -130,7 +131,7 @@ def tick(app: Flask) -> None:
                 run.stop(stopped_outcome(kind, **details))
             elif time.monotonic() - run.started > cfg["STREAM_MAX_DURATION_S"]:
                 run.stop(stopped_outcome("max_duration"))
-            elif admission is not None and run.gen.admission is not None:
+            elif run.gen.admission is not None:
                 admission.renew(run.gen.admission)
     reap(app)
     state.flush_pending_records()
@@ -183,9 +184,8 @@ def settle_orphan(app: Flask, gen: Generation, outcome: Outcome, completion_toke
 
     if gen.mode == "channel":
         publish_terminal(app, gen, outcome, gen.prompt_estimate, completion_tokens)
-    admission = app.extensions.get("streamgate.admission")
-    if admission is not None and gen.admission is not None:
-        admission.release(gen.admission, gen.prompt_estimate, completion_tokens)
+    if gen.admission is not None:
+        admission_control(app).release(gen.admission, gen.prompt_estimate, completion_tokens)
     state.mark_finished(gen, outcome, gen.prompt_estimate, completion_tokens)
     state.write_record(app, gen, outcome, gen.prompt_estimate, completion_tokens)
     app.extensions["streamgate.metrics"].streams_total.labels(gen.mode, outcome.status).inc()

@@ -25,6 +25,7 @@ import openai
 from flask import Flask
 
 from streaming import sse, state
+from streaming.limits import admission_control
 from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
 
@@ -73,7 +74,7 @@ class Sink(Protocol):
 
 
 class AdmissionControl(Protocol):
-    """Implemented by ``api.limits``; the runner only renews and settles what was admitted."""
+    """Implemented by ``streaming.limits``; the runner only renews and settles what was admitted."""
 
     def renew(self, admission: dict[str, Any]) -> None: ...
     def release(
@@ -213,7 +214,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     gen = handle.gen
     metrics = app.extensions["streamgate.metrics"]
     provider: Provider = app.extensions["streamgate.llm"]
-    admission: AdmissionControl = app.extensions.get("streamgate.admission") or NoAdmission()
+    admission: AdmissionControl = admission_control(app)
     handle.attach_current()
     registry(app).add(handle)
     metrics.active_streams.labels(gen.mode).inc()

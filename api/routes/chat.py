@@ -29,14 +29,14 @@ bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatibl
 def create_chat_completion(body: dict[str, Any]) -> Any:
     """Generate a chat completion; with `stream: true`, stream it as Server-Sent Events."""
     ident = current_identity()
-    gen, admission = start_generation(ident, body, mode="direct")
+    gen, limit_headers = start_generation(ident, body, mode="direct")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     handle, sink = RunHandle(gen), QueueSink()
     db.session.remove()  # nothing below needs the request's database session
     services(app)  # this worker's control listener and keeper: the run must be revocable
     spawn(run_generation, app, handle, sink)
     unwatch = _watch_client(request.environ, handle, app.config["SSE_SEND_TIMEOUT_S"])
-    headers = {"X-Stream-Id": gen.stream_id, **admission.headers}
+    headers = {"X-Stream-Id": gen.stream_id, **limit_headers}
     heartbeat = app.config["SSE_HEARTBEAT_S"]
     try:
         # Up to one heartbeat for the upstream to answer, so that a refusal or an HTTP error

@@ -11,9 +11,9 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from api import limits
 from api.schemas.limits import LimitsUpdateSchema, TenantLimitsSchema, UserLimitsSchema
 from auth.access import current_identity, require
+from streaming.limits import describe_limits, update_limits
 
 bp = Blueprint(
     "limits_admin",
@@ -28,7 +28,7 @@ bp = Blueprint(
 @bp.response(200, TenantLimitsSchema)
 def get_tenant_limits(tenant_id: str) -> dict[str, Any]:
     """A tenant's limits: its overrides, the defaults and what is in force."""
-    return limits.tenant_limits(current_identity(), tenant_id)
+    return describe_limits(current_identity(), "tenant", tenant_id)
 
 
 @bp.put("/tenants/<string:tenant_id>/limits")
@@ -38,7 +38,7 @@ def get_tenant_limits(tenant_id: str) -> dict[str, Any]:
 def set_tenant_limits(body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
     """Replace a tenant's overrides (operators); omitted or null keys use the defaults."""
     reason = body.pop("reason", None)
-    return limits.update_tenant_limits(current_identity(), tenant_id, body, reason)
+    return update_limits(current_identity(), "tenant", tenant_id, body, reason)
 
 
 @bp.get("/users/<string:user_id>/limits")
@@ -46,7 +46,7 @@ def set_tenant_limits(body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
 @bp.response(200, UserLimitsSchema)
 def get_user_limits(user_id: str) -> dict[str, Any]:
     """A user's limits: their overrides, the defaults and what is in force."""
-    return limits.user_limits(current_identity(), user_id)
+    return describe_limits(current_identity(), "user", user_id)
 
 
 @bp.put("/users/<string:user_id>/limits")
@@ -56,4 +56,4 @@ def get_user_limits(user_id: str) -> dict[str, Any]:
 def set_user_limits(body: dict[str, Any], user_id: str) -> dict[str, Any]:
     """Replace a user's overrides; omitted or null keys use the defaults."""
     reason = body.pop("reason", None)
-    return limits.update_user_limits(current_identity(), user_id, body, reason)
+    return update_limits(current_identity(), "user", user_id, body, reason)

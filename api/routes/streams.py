@@ -32,11 +32,11 @@ bp = Blueprint("streams", __name__, url_prefix="/v1", description="Channel-mode 
 def create_stream(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a generation in the background; read it from its channel."""
     ident = current_identity()
-    gen, admission = start_generation(ident, body, mode="channel")
+    gen, limit_headers = start_generation(ident, body, mode="channel")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     db.session.remove()
     service.launch(app, gen)
-    return service.accepted(gen), 202, {"X-Stream-Id": gen.stream_id, **admission.headers}
+    return service.accepted(gen), 202, {"X-Stream-Id": gen.stream_id, **limit_headers}
 
 
 @bp.get("/streams")

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from api import limits
 from api.schemas.limits import UsageReportSchema
 from auth.access import current_identity, require
+from streaming.limits import usage_report
 
 bp = Blueprint("usage", __name__, url_prefix="/v1", description="Your usage and remaining budget")
 
@@ -23,5 +23,5 @@ def get_usage() -> dict[str, Any]:
     return {
         "tenant_id": ident.tenant_id,
         "user_id": ident.user_id,
-        **limits.usage(ident.tenant_id, ident.user_id),
+        **usage_report(ident.tenant_id, ident.user_id),
     }

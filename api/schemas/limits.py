@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from api.limits import MAX_LIMIT
+from streaming.limits import MAX_LIMIT
 
 _LIMIT = validate.Range(min=0, max=MAX_LIMIT)
 

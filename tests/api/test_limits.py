@@ -329,8 +329,8 @@ def test_direct_failure_before_first_token_releases(client: Any, tight: Any) -> 
 
 
 def test_a_second_release_gives_nothing_back(app: Any, client: Any, tight: Any) -> None:
-    from api.limits import RedisAdmissionControl
     from streaming import state
+    from streaming.limits import RedisAdmissionControl
 
     _, headers, request = tight
     stream_id = start_and_see_tokens(client, headers, SLOW)
