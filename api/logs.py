@@ -33,7 +33,7 @@ def _clean(value: Any) -> Any:
 
 
 class JsonFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed's Formatter.converter is narrower than the stdlib's own use
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {

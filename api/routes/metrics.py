@@ -39,7 +39,7 @@ def metrics() -> Response:
         )
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = current_app.extensions["streamgate.metrics"].registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
 
 
-class StopField(fields.Field):
+class StopField(fields.Field[list[str]]):
     """``stop``: a string or a list of up to 4 strings, as OpenAI accepts."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
@@ -70,7 +70,7 @@ class ChatRequestSchema(Schema):
         if not isinstance(data, dict):
             kind = _JSON_KINDS.get(type(data), "something else")
             raise ValidationError({"body": [f"The body must be a JSON object, not {kind}."]})
-        raise ValidationError(flatten_errors(error.normalized_messages()))
+        raise ValidationError(flatten_errors(error.normalized_messages()))  # type: ignore[no-untyped-call]
 
 
 _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
