@@ -15,7 +15,7 @@ from auth.models import Tenant
 from core.errors import ApiError
 from core.store import db, new_id
 from streaming import state
-from streaming.runner import Generation
+from streaming.generation import Generation
 
 
 def allowed_models(tenant_id: str) -> list[str]:

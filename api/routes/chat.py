@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,8 +15,9 @@ from auth.access import current_identity, require
 from core.errors import ApiError
 from core.store import db
 from streaming import sse
-from streaming.control import services
-from streaming.runner import Outcome, QueueSink, RunHandle, run_generation, spawn, stopped_outcome
+from streaming.generation import Outcome, stopped_outcome
+from streaming.greenlets import spawn, watch_eof
+from streaming.runner import QueueSink, RunHandle, run_generation
 
 bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatible chat completions")
 
@@ -33,7 +33,6 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     handle, sink = RunHandle(gen), QueueSink()
     db.session.remove()  # nothing below needs the request's database session
-    services(app)  # this worker's control listener and keeper: the run must be revocable
     spawn(run_generation, app, handle, sink)
     unwatch = _watch_client(request.environ, handle, app.config["SSE_SEND_TIMEOUT_S"])
     headers = {"X-Stream-Id": gen.stream_id, **admission.headers}
@@ -63,7 +62,9 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
 
 
 def _watch_client(
-    environ: dict[str, Any], handle: RunHandle, send_timeout_s: float,
+    environ: dict[str, Any],
+    handle: RunHandle,
+    send_timeout_s: float,
 ) -> Callable[[], None]:
     """Stop the run as soon as the client closes its connection; returns the watch's stopper.
 
@@ -72,56 +73,36 @@ def _watch_client(
     (slow first token, ``stream: false``), so the upstream request closes at once instead of at
     the next failed write. Elsewhere (tests in-process) the failed write alone notices.
     """
-    sock = environ.get("gunicorn.socket")
-    if sock is None or not _gevent_patched():
-        return lambda: None
-    import gevent
-
-    previous_timeout = sock.gettimeout()
-    sock.settimeout(send_timeout_s)  # a client that stops reading is dropped, as on the hub
-
-    def watch() -> None:
-        while handle.stopped is None:
-            try:
-                data = sock.recv(1, socket.MSG_PEEK)
-            except TimeoutError:
-                continue  # nothing to read is the normal case: keep watching
-            except OSError:
-                data = b""
-            if not data:
-                handle.stop(stopped_outcome("cancelled", reason="client_disconnected"))
-            return  # EOF, or the client sent more (a pipelined request): nothing left to watch
-
-    watcher = gevent.spawn(watch)
-
-    def unwatch() -> None:
-        watcher.kill()  # blocks until it no longer waits on the socket
-        try:
-            sock.settimeout(previous_timeout)  # the connection may serve another request
-        except OSError:
-            pass
-
-    return unwatch
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(monkey.is_module_patched("socket"))
+    return watch_eof(
+        environ.get("gunicorn.socket"),
+        lambda: handle.stopped is None,
+        lambda: handle.stop(stopped_outcome("cancelled", reason="client_disconnected")),
+        send_timeout_s,
+    )
 
 
 def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
     """The error answered when a generation ends badly before any byte of the response."""
     if outcome.status == "revoked":
-        return ApiError(403, outcome.error_message or "The stream was revoked.",
-                        code="stream_revoked", headers=headers)
+        return ApiError(
+            403,
+            outcome.error_message or "The stream was revoked.",
+            code="stream_revoked",
+            headers=headers,
+        )
     if outcome.status == "cancelled":
-        return ApiError(409, "The generation was cancelled before it finished.",
-                        code="stream_cancelled", headers=headers)
-    return ApiError(outcome.http_status or 502, outcome.error_message or "The generation failed.",
-                    code=outcome.error_code or "upstream_error", headers=headers)
+        return ApiError(
+            409,
+            "The generation was cancelled before it finished.",
+            code="stream_cancelled",
+            headers=headers,
+        )
+    return ApiError(
+        outcome.http_status or 502,
+        outcome.error_message or "The generation failed.",
+        code=outcome.error_code or "upstream_error",
+        headers=headers,
+    )
 
 
 class _Chunks:
@@ -131,8 +112,14 @@ class _Chunks:
         self.id = "chatcmpl-" + stream_id.removeprefix("str_")
         self.created = int(time.time())
         self.model = model
-        head = sse.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                          "model": model})[:-1]
+        head = sse.dumps(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": model,
+            }
+        )[:-1]
         self._before_text = "data: " + head + ',"choices":[{"index":0,"delta":{"content":'
         self._after_text = '},"finish_reason":null}]}\n\n'
 
@@ -140,26 +127,44 @@ class _Chunks:
         return (self._before_text + sse.dumps(text) + self._after_text).encode()
 
     def event(self, **fields: Any) -> bytes:
-        payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.model, **fields}
+        payload = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            **fields,
+        }
         return sse.json_frame(payload)
 
     def role(self) -> bytes:
-        return self.event(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None}])
+        return self.event(
+            choices=[
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ]
+        )
 
 
 def _in_band_error(outcome: Outcome) -> bytes:
-    return sse.json_frame({"error": {
-        "message": outcome.error_message or "The stream ended abnormally.",
-        "type": "server_error" if outcome.status == "failed" else "stream_" + outcome.status,
-        "param": None,
-        "code": outcome.error_code or outcome.status,
-    }})
+    return sse.json_frame(
+        {
+            "error": {
+                "message": outcome.error_message or "The stream ended abnormally.",
+                "type": "server_error"
+                if outcome.status == "failed"
+                else "stream_" + outcome.status,
+                "param": None,
+                "code": outcome.error_code or outcome.status,
+            }
+        }
+    )
 
 
 def _stream(
-    chunks: _Chunks, handle: RunHandle, sink: QueueSink, heartbeat: float, include_usage: bool,
+    chunks: _Chunks,
+    handle: RunHandle,
+    sink: QueueSink,
+    heartbeat: float,
+    include_usage: bool,
     unwatch: Callable[[], None],
 ) -> Iterator[bytes]:
     finished = False
@@ -177,12 +182,18 @@ def _stream(
                 if outcome.status != "completed":
                     yield _in_band_error(outcome)
                     return
-                yield chunks.event(choices=[{"index": 0, "delta": {},
-                                             "finish_reason": outcome.finish_reason}])
+                yield chunks.event(
+                    choices=[{"index": 0, "delta": {}, "finish_reason": outcome.finish_reason}]
+                )
                 if include_usage:
-                    yield chunks.event(choices=[], usage={
-                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens})
+                    yield chunks.event(
+                        choices=[],
+                        usage={
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": completion_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens,
+                        },
+                    )
                 yield b"data: [DONE]\n\n"
     finally:
         unwatch()
@@ -191,7 +202,11 @@ def _stream(
 
 
 def _completion(
-    stream_id: str, model: str, sink: QueueSink, heartbeat: float, headers: dict[str, str],
+    stream_id: str,
+    model: str,
+    sink: QueueSink,
+    heartbeat: float,
+    headers: dict[str, str],
 ) -> dict[str, Any]:
     parts: list[str] = []
     for item in sink.drain(heartbeat):
@@ -206,9 +221,17 @@ def _completion(
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "finish_reason": outcome.finish_reason,
-                             "message": {"role": "assistant", "content": "".join(parts)}}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": outcome.finish_reason,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             }
     raise ApiError(502, "The generation ended without a result.")  # pragma: no cover
