@@ -35,16 +35,18 @@ def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
 
 
 def post_worker_init(worker):
-    """Start this worker's keeper and control-bus reader at boot, not on its first channel request.
+    """Start this worker's keeper and control-bus reader (the dispatcher) at boot.
 
-    Every worker must renew the leases of its direct-mode runs and reap the runs of a worker that
-    died, whatever traffic it has served so far.
+    The only place they start in a server (requests never start them): every worker must renew
+    the leases of its runs, act on revocations and reap the runs of a worker that died, whatever
+    traffic it has served so far. (Starting does no I/O that can fail: a Redis that is down is
+    retried by the dispatcher's reader.)
     """
-    from streaming.control import services
+    from streaming.services import start_services
 
     try:
-        services(worker.wsgi)
-    except Exception:  # noqa: BLE001 - serve anyway; services() is retried on first channel use
+        start_services(worker.wsgi)
+    except Exception:  # noqa: BLE001 - serve anyway; the hub answers 503 without its dispatcher
         worker.log.exception("streamgate services did not start at boot")
 
 

@@ -2,43 +2,32 @@
 
 Every function takes the caller's ``Identity`` first and plain arguments after it, and scopes
 everything to ``ident.tenant_scope`` (a tenant admin: their tenant; an operator: all). Another
-tenant's object is a 404, exactly like a missing one. The credential changes that revoke a
-principal (``revoke_app_token``, ``disable_user``, ``set_user_role``, ``disable_tenant``) take
-plain ids instead (``tenant_scope`` None: any tenant; ``actor_id`` None: the command line): the
-admin API, ``DELETE /v1/tokens/<jti>`` and the ``flask tokens|users|tenants`` commands all call
-them, and they all go through ``revoke_principal``.
-
-Revocation writes Redis first (the live status, the per-stream flag a worker re-checks on its
-keeper tick, the token cutoffs), commits the audit row with the change in one transaction, then
-announces it on the control bus so every worker of every node acts within milliseconds. If the
-commit fails the revocation still stands: an account is locked rather than left open.
+tenant's object is a 404, exactly like a missing one. Revoking (a stream, a user, an app token,
+a tenant; a demotion) is ``streaming.revocation``'s: these functions check who may do it to what,
+then call it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import current_app
 from sqlalchemy import func, select
 
 from api.pagination import Rows
 from auth import service
 from auth.access import Identity
-from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant, record_audit
+from auth.models import AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
-from core.store import db, get_redis, utcnow
-from streaming import control, state
-from streaming.hub import subscriber_counts
+from core.store import db, utcnow
+from streaming import revocation, state
 from streaming.models import StreamRecord
+from streaming.revocation import REVOCABLE
+from streaming.subscriptions import subscriber_counts
 
 USAGE_DEFAULT_DAYS = 30
 USAGE_MAX_DAYS = 400
-REVOCABLE = frozenset({"running", "revoked"})  # a revoked stream may be re-signalled
-T = TypeVar("T")
 
 
 # --- scoping ----------------------------------------------------------------------------------
@@ -83,25 +72,6 @@ def _not_yourself(ident: Identity, user_id: str, what: str) -> None:
 # --- live streams -----------------------------------------------------------------------------
 
 
-def _live_states() -> list[dict[str, str]]:
-    """Every stream in the live set with its live hash (one ZRANGE, one pipelined HGETALL)."""
-    client = get_redis()
-    ids = [_text(raw) for raw in client.zrange(state.LIVE, 0, -1)]
-    pipe = client.pipeline(transaction=False)
-    for stream_id in ids:
-        pipe.hgetall(state.live_key(stream_id))
-    out = []
-    for stream_id, raw in zip(ids, pipe.execute(), strict=True):
-        if raw:
-            out.append({"id": stream_id, **{_text(k): _text(v) for k, v in raw.items()}})
-    return out
-
-
-def _live_matching(predicate: Callable[[dict[str, str]], bool]) -> list[str]:
-    """Ids of live streams that a revocation should stop."""
-    return [s["id"] for s in _live_states() if s.get("status") in REVOCABLE and predicate(s)]
-
-
 def _emails(user_ids: set[str]) -> dict[str, str]:
     if not user_ids:
         return {}
@@ -123,7 +93,7 @@ def live_streams(
         _user(ident, user_id)
     rows = [
         s
-        for s in _live_states()
+        for s in state.live_states()
         if (tenant is None or s.get("tenant") == tenant)
         and (user_id is None or s.get("user") == user_id)
         and (mode is None or s.get("mode") == mode)
@@ -186,194 +156,11 @@ def stream_detail(ident: Identity, stream_id: str) -> dict[str, Any]:
 # --- revocation -------------------------------------------------------------------------------
 
 
-def _flag_ttl() -> int:
-    cfg = current_app.config
-    return int(cfg["STREAM_MAX_DURATION_S"] + cfg["LEASE_TTL_S"])
-
-
-def _revoke_live(stream_ids: list[str], by: str | None, reason: str | None) -> None:
-    """Mark each stream revoked and flag it, so a worker that misses the broadcast still acts.
-
-    ``by`` is None when the command line acts (the live state stores "": no actor).
-    """
-    client = get_redis()
-    for stream_id in stream_ids:
-        state.mark_revoked(stream_id, by or "", reason)
-    pipe = client.pipeline(transaction=False)
-    for stream_id in stream_ids:
-        pipe.set(
-            control.flag_key(stream_id),
-            json.dumps({"op": "revoke_stream", "stream_id": stream_id, "by": by, "reason": reason}),
-            ex=_flag_ttl(),
-        )
-    pipe.execute()
-
-
-def _count_revocation(target: str) -> None:
-    current_app.extensions["streamgate.metrics"].revocations.labels(target).inc()
-
-
 def revoke_stream(ident: Identity, stream_id: str, reason: str | None) -> dict[str, Any]:
-    """Stop a stream on whatever node runs it; its subscribers get ``stream.revoked``.
-
-    A stream that already ended otherwise (completed, failed, cancelled) is a 409: there is
-    nothing left to stop, and its outcome stays what it was. Revoking a revoked stream again is
-    accepted (the signal is re-sent, the attempt is audited).
-    """
+    """Stop a stream on whatever node runs it (409 if it already ended otherwise)."""
     record = _stream(ident, stream_id)
-    previous = state.mark_revoked(record.id, ident.user_id, reason)
-    status = previous or record.status
-    if status not in REVOCABLE:
-        raise ApiError(
-            409,
-            f"The stream already ended ({status}); there is nothing to revoke.",
-            code="stream_finished",
-        )
-    _count_revocation("stream")
-    control.send(
-        get_redis(),
-        "revoke_stream",
-        _flag_ttl(),
-        stream_id=record.id,
-        by=ident.user_id,
-        reason=reason,
-    )
-    if previous is None and record.status == "running":
-        # No live state left: no worker runs it (it was lost with its live hash); settle it here.
-        record.status, record.finished_at = "revoked", utcnow()
-        record.revoked_by, record.revoke_reason = ident.user_id, reason
-    record_audit(
-        tenant_id=record.tenant_id,
-        actor_id=ident.user_id,
-        action="stream.revoke",
-        target_type="stream",
-        target_id=record.id,
-        reason=reason,
-        details={"user_id": record.user_id, "mode": record.mode, "was": status},
-    )
-    db.session.commit()
+    revocation.revoke_stream(record, ident.user_id, reason)
     return stream_detail(ident, record.id)
-
-
-# Who a principal-wide revocation stops: its live-state field, control op and message field.
-_PRINCIPALS: dict[str, tuple[str, str, str]] = {
-    "token": ("jti", "revoke_token", "jti"),
-    "user": ("user", "revoke_user", "user_id"),
-    "tenant": ("tenant", "revoke_tenant", "tenant_id"),
-}
-
-
-def revoke_principal(
-    kind: str,
-    principal_id: str,
-    actor_id: str | None,
-    reason: str | None,
-    change: Callable[[list[str]], T],
-) -> tuple[T, list[str]]:
-    """Make a credential change, then stop everything the principal runs, on every worker.
-
-    The one path of every change that kills a principal's tokens: revoking an app token (admin
-    API, ``DELETE /v1/tokens/<jti>``, ``flask tokens revoke``), disabling or demoting a user,
-    disabling a tenant (admin API and CLI). ``change(streams)`` makes the change in ``auth``
-    (given the live streams about to be revoked, for its audit row); if it raises, nothing is
-    stopped. Then those streams are marked revoked and flagged in Redis, and ``revoke_<kind>``
-    goes out on the control bus: every worker stops the principal's generations (outcome
-    ``revoked``, subscribers get ``stream.revoked``) and closes its open hub subscriptions.
-    ``actor_id`` None is the command line. Returns what ``change`` returned and the stream ids.
-    """
-    field, op, key = _PRINCIPALS[kind]
-    streams = _live_matching(lambda s: s.get(field) == principal_id)
-    result = change(streams)
-    _revoke_live(streams, actor_id, reason)
-    _count_revocation(kind)
-    message = {key: principal_id, "by": actor_id, "reason": reason}
-    control.send(get_redis(), op, _flag_ttl(), **message)
-    return result, streams
-
-
-def revoke_app_token(
-    tenant_scope: str | None, jti: str, actor_id: str | None, reason: str | None
-) -> tuple[AppToken, list[str]]:
-    """Revoke an app token, the streams it started and the subscriptions it opened (idempotent)."""
-    if get_for_tenant(AppToken, tenant_scope, jti) is None:
-        raise _not_found("App token")
-    return revoke_principal(
-        "token",
-        jti,
-        actor_id,
-        reason,
-        lambda streams: service.revoke_app_token(
-            tenant_scope, jti, actor_id, reason, details={"streams": streams}
-        ),
-    )
-
-
-def disable_user(
-    tenant_scope: str | None,
-    user_id: str,
-    actor_id: str | None,
-    reason: str | None,
-    *,
-    action: str = "user.disable",
-) -> tuple[User, list[str]]:
-    """Disable a user: tokens dead, running streams revoked, open subscriptions closed."""
-    return revoke_principal(
-        "user",
-        user_id,
-        actor_id,
-        reason,
-        lambda streams: service.disable_user(
-            tenant_scope, user_id, actor_id, reason, action=action, details={"streams": streams}
-        ),
-    )
-
-
-def set_user_role(
-    tenant_scope: str | None,
-    user_id: str,
-    role: str,
-    actor_id: str | None,
-    reason: str | None,
-    *,
-    allow_operator: bool = False,
-) -> User:
-    """Change a user's role; a demotion also stops their streams and subscriptions (their
-    tokens carry the old role and are revoked)."""
-    current = get_for_tenant(User, tenant_scope, user_id)
-    if current is None or not service.is_demotion(current.role, role):
-        return service.set_user_role(
-            tenant_scope, user_id, role, actor_id, reason, allow_operator=allow_operator
-        )
-    user, _ = revoke_principal(
-        "user",
-        user_id,
-        actor_id,
-        reason,
-        lambda streams: service.set_user_role(
-            tenant_scope,
-            user_id,
-            role,
-            actor_id,
-            reason,
-            allow_operator=allow_operator,
-            details={"streams": streams},
-        ),
-    )
-    return user
-
-
-def disable_tenant(tenant_id: str, actor_id: str | None, reason: str | None) -> Tenant:
-    """Disable a tenant: every token of it dead, its streams revoked, its subscriptions closed."""
-    tenant, _ = revoke_principal(
-        "tenant",
-        tenant_id,
-        actor_id,
-        reason,
-        lambda streams: service.disable_tenant(
-            tenant_id, actor_id, reason, details={"streams": streams}
-        ),
-    )
-    return tenant
 
 
 def revoke_user(
@@ -382,13 +169,15 @@ def revoke_user(
     """Disable a user: tokens dead, running streams revoked, open subscriptions closed."""
     user = _user(ident, user_id)
     _not_yourself(ident, user.id, "revoke")
-    user, streams = disable_user(ident.tenant_scope, user.id, ident.user_id, reason, action=action)
+    user, streams = revocation.disable_user(
+        ident.tenant_scope, user.id, ident.user_id, reason, action=action
+    )
     return {"user": user, "streams_revoked": streams}
 
 
 def revoke_token(ident: Identity, jti: str, reason: str | None) -> dict[str, Any]:
     """Revoke one app token, the streams it started and the subscriptions it opened."""
-    row, streams = revoke_app_token(ident.tenant_scope, jti, ident.user_id, reason)
+    row, streams = revocation.revoke_app_token(ident.tenant_scope, jti, ident.user_id, reason)
     return {"token": row, "streams_revoked": streams}
 
 
@@ -429,7 +218,9 @@ def update_user(ident: Identity, user_id: str, changes: dict[str, Any]) -> User:
     reason = changes.get("reason")
     if "role" in changes:
         _not_yourself(ident, user.id, "change the role of")
-        user = set_user_role(ident.tenant_scope, user.id, changes["role"], ident.user_id, reason)
+        user = revocation.set_user_role(
+            ident.tenant_scope, user.id, changes["role"], ident.user_id, reason
+        )
     if changes.get("disabled") is True:
         user = revoke_user(ident, user.id, reason, action="user.disable")["user"]
     elif changes.get("disabled") is False:
@@ -472,7 +263,7 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     if changes.get("disabled") is True:
         if tenant.id == ident.tenant_id:
             raise ApiError(409, "You cannot disable your own tenant.", code="conflict")
-        tenant = disable_tenant(tenant.id, ident.user_id, reason)
+        tenant = revocation.disable_tenant(tenant.id, ident.user_id, reason)
     elif changes.get("disabled") is False:
         tenant = service.enable_tenant(tenant.id, ident.user_id, reason)
     return tenant
@@ -581,7 +372,3 @@ def _audit_row(row: Any) -> dict[str, Any]:
         "details": event.details,
         "created_at": event.created_at,
     }
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

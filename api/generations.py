@@ -15,8 +15,8 @@ from auth.models import Tenant
 from core.errors import ApiError
 from core.store import db, new_id
 from streaming import state
+from streaming.generation import Generation
 from streaming.limits import admission_control
-from streaming.runner import Generation
 
 
 def allowed_models(tenant_id: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 They call the same service functions as the HTTP API, so every change is audited (actor ``None``:
 the command line). The commands that revoke credentials (``tokens revoke``, ``users disable``,
-``users set-role`` to a lower role, ``tenants disable``) go through ``api.admin_service`` like the
-admin API: the tokens die at once and the principal's running generations and open subscriptions
+``users set-role`` to a lower role, ``tenants disable``) go through ``streaming.revocation`` like
+the admin API: the tokens die at once and the principal's running generations and open subscriptions
 are stopped on every worker (which is why these commands live in the api layer). The command line
 is the only way to create an operator.
 """
@@ -18,10 +18,10 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from api import admin_service
 from auth import service
 from auth.models import ROLES, SCOPES
 from core.errors import ApiError
+from streaming import revocation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,7 +88,7 @@ def list_tenants() -> None:
 @_api_errors
 def disable_tenant(slug: str, reason: str | None) -> None:
     """Disable a tenant: all its tokens stop working, its running streams are revoked."""
-    tenant = admin_service.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
+    tenant = revocation.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
     click.echo(f"disabled tenant {tenant.slug}; every token of its users is revoked")
 
 
@@ -142,7 +142,7 @@ def list_users(tenant_slug: str) -> None:
 def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Disable a user: every token they hold stops working, their running streams are revoked."""
     user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
-    user, streams = admin_service.disable_user(None, user.id, None, reason)
+    user, streams = revocation.disable_user(None, user.id, None, reason)
     click.echo(f"disabled {user.email}; their tokens are revoked{_stopped(streams)}")
 
 
@@ -167,7 +167,7 @@ def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
 def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> None:
     """Set a user's role (a demotion revokes their tokens and stops their streams)."""
     user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
-    admin_service.set_user_role(None, user.id, role, None, reason, allow_operator=True)
+    revocation.set_user_role(None, user.id, role, None, reason, allow_operator=True)
     click.echo(f"{user.email} is now {role}")
 
 
@@ -209,5 +209,5 @@ def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in
 @_api_errors
 def revoke_token(jti: str, reason: str | None) -> None:
     """Revoke an app token by its jti; the streams it started are revoked."""
-    row, streams = admin_service.revoke_app_token(None, jti, None, reason)
+    row, streams = revocation.revoke_app_token(None, jti, None, reason)
     click.echo(f"revoked app token {row.jti} ({row.name}){_stopped(streams)}")

@@ -15,10 +15,13 @@ from auth.tickets import issue_ticket
 from core.errors import ApiError
 from core.store import db, get_redis
 from streaming import control, state
-from streaming.channel import LogSink, stream_channel
-from streaming.control import event_log, services
+from streaming.channel import LogSink
+from streaming.control import ControlMessage
+from streaming.generation import Generation, stream_channel
+from streaming.greenlets import spawn
+from streaming.log import event_log
 from streaming.models import TERMINAL, StreamRecord
-from streaming.runner import Generation, RunHandle, run_generation, spawn
+from streaming.runner import RunHandle, run_generation
 
 
 def events_url(channel: str) -> str:
@@ -27,7 +30,6 @@ def events_url(channel: str) -> str:
 
 def launch(app: Flask, gen: Generation) -> None:
     """Run the generation in a greenlet of this worker, decoupled from the request."""
-    services(app)  # make sure this worker's dispatcher and keeper are up
     spawn(run_generation, app, RunHandle(gen), LogSink(app, gen))
 
 
@@ -134,14 +136,10 @@ def cancel(ident: Identity, record: StreamRecord) -> dict[str, Any]:
             f"The stream already ended ({live.get('status', record.status)}).",
             code="stream_finished",
         )
-    control.send(
-        get_redis(),
-        "cancel_stream",
-        int(current_app.config["STREAM_MAX_DURATION_S"]),
-        stream_id=record.id,
-        by=ident.user_id,
-        reason="cancelled by user",
+    message = ControlMessage(
+        control.CANCEL_STREAM, stream_id=record.id, by=ident.user_id, reason="cancelled by user"
     )
+    control.send(get_redis(), message, int(current_app.config["STREAM_MAX_DURATION_S"]))
     out = describe(record, with_text=False)
     out["status"] = "cancelling"
     return out

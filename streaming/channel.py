@@ -13,31 +13,24 @@ from typing import Any
 
 from flask import Flask
 
-from streaming.runner import Generation, Outcome, dumps
-
-TERMINAL_EVENTS = frozenset(
-    {"stream.completed", "stream.failed", "stream.cancelled", "stream.revoked"}
+from streaming import sse
+from streaming.generation import (
+    Generation,
+    Outcome,
+    stream_channel,
+    terminal_event,
+    user_channel,
 )
+from streaming.greenlets import call_later
+from streaming.hub import hub
 
 
-def stream_channel(stream_id: str) -> str:
-    return "streams/" + stream_id
-
-
-def user_channel(user_id: str) -> str:
-    return "users/" + user_id
-
-
-def _publish(app: Flask, channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> str:
-    from streaming.hub import hub
-
-    return hub.publish_to(app, channel, event, {"type": event, **payload}, ttl_s)
+def _publish(channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> str:
+    return hub.publish({"type": event, **payload}, type=event, channel=channel, ttl_s=ttl_s)
 
 
 def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
-    cfg = app.config
     _publish(
-        app,
         user_channel(gen.user_id),
         event,
         {
@@ -48,33 +41,8 @@ def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -
             "model": gen.model,
             **extra,
         },
-        int(cfg["STREAM_LOG_TTL_S"]),
+        int(app.config["STREAM_LOG_TTL_S"]),
     )
-
-
-def terminal_event(
-    outcome: Outcome, prompt_tokens: int, completion_tokens: int
-) -> tuple[str, dict[str, Any]]:
-    """The terminal event name and payload for an outcome."""
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if outcome.status == "completed":
-        return "stream.completed", {"finish_reason": outcome.finish_reason, "usage": usage}
-    if outcome.status == "revoked":
-        return "stream.revoked", {
-            "by": outcome.revoked_by,
-            "reason": outcome.reason,
-            "usage": usage,
-        }
-    if outcome.status == "cancelled":
-        return "stream.cancelled", {"reason": outcome.reason, "usage": usage}
-    return "stream.failed", {
-        "error": {"code": outcome.error_code, "message": outcome.error_message},
-        "usage": usage,
-    }
 
 
 def publish_terminal(
@@ -83,10 +51,29 @@ def publish_terminal(
     """Close the stream's log with its terminal event and tell the user's channel."""
     ttl = int(app.config["STREAM_LOG_TTL_S"])
     event, payload = terminal_event(outcome, prompt_tokens, completion_tokens)
-    _publish(
-        app, stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl
-    )
+    _publish(stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl)
     _lifecycle(app, gen, event, {"status": outcome.status})
+
+
+class TerminalSink:
+    """The sink of a run its worker lost: the reaper settles it, subscribers get the end."""
+
+    def __init__(self, app: Flask, gen: Generation) -> None:
+        self.app = app
+        self.gen = gen
+
+    def started(self) -> None:
+        return None
+
+    def accepted(self) -> None:
+        return None
+
+    def token(self, text: str, index: int) -> None:
+        return None
+
+    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.gen.mode == "channel":  # a direct-mode client went with its worker
+            publish_terminal(self.app, self.gen, outcome, prompt_tokens, completion_tokens)
 
 
 class LogSink:
@@ -94,7 +81,8 @@ class LogSink:
 
     The first token goes out at once; later ones are merged while they arrive within
     ``SSE_COALESCE_MS`` of the last flush, or until ``SSE_COALESCE_BYTES``; a timer flushes a
-    tail that would otherwise wait for a stalled upstream.
+    tail that would otherwise wait for a stalled upstream. Each flush is one ``hub.publish`` of
+    the already-encoded event: one JSON encode and one Redis round trip per coalesced event.
     """
 
     def __init__(self, app: Flask, gen: Generation) -> None:
@@ -119,7 +107,6 @@ class LogSink:
     def started(self) -> None:
         gen = self.gen
         _publish(
-            self.app,
             self.channel,
             "stream.started",
             {
@@ -153,44 +140,23 @@ class LogSink:
         with self.lock:
             self.timer_armed = False
             if self.buffer:
-                self._flush_locked(time.monotonic())
+                with self.app.app_context():  # a timer runs outside the run's context
+                    self._flush_locked(time.monotonic())
 
     def _flush_locked(self, now: float) -> None:
-        text = "".join(self.buffer)
         payload = {
             "type": "token",
-            "text": text,
+            "text": "".join(self.buffer),
             "index": self.buffer_index,
             "count": len(self.buffer),
         }
         self.buffer.clear()
         self.buffer_bytes = 0
         self.last_flush = now
-        from streaming.hub import hub
-
-        hub.publish_to(
-            self.app, self.channel, "token", payload, self.running_ttl, encoded=dumps(payload)
-        )
+        hub.publish(sse.dumps(payload), type="token", channel=self.channel, ttl_s=self.running_ttl)
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:
             if self.buffer:
                 self._flush_locked(time.monotonic())
         publish_terminal(self.app, self.gen, outcome, prompt_tokens, completion_tokens)
-
-
-def call_later(delay: float, fn: Any) -> None:
-    """Call ``fn`` after ``delay`` seconds: a gevent timer when monkey-patched, else a thread."""
-    try:
-        from gevent import monkey
-
-        if monkey.is_module_patched("threading"):
-            import gevent
-
-            gevent.spawn_later(max(0.0, delay), fn)
-            return
-    except ImportError:  # pragma: no cover
-        pass
-    timer = threading.Timer(max(0.0, delay), fn)
-    timer.daemon = True
-    timer.start()

@@ -1,14 +1,16 @@
-"""The control bus and the per-process services that act on it.
+"""The control bus: a typed message, one writer, one reader per worker, ops by table.
 
-- ``send``: an admin action (cancel / revoke a stream, revoke a user or a token) is written as a
-  flag in Redis, then announced on the ``sg:control`` pub/sub topic.
-- ``Dispatcher``: ONE pub/sub connection per worker process. It receives control messages and the
-  notifications of every hub channel that has a local subscriber, and fans each event out to the
-  local subscribers' queues (framed once, shared by all). Redis connections per worker therefore
-  do not grow with subscribers.
-- ``Keeper``: every few seconds renews the leases of local runs, re-checks their flags (a worker
-  that missed a message still acts within one interval), enforces the maximum duration, and reaps
-  runs whose worker died (their lease expired) so their subscribers are told.
+- ``ControlMessage``: an admin action (cancel / revoke a stream, revoke a user, a token or a
+  tenant), with the one ``encode`` / ``decode`` of its JSON. ``send`` (and ``set_flags``, for the
+  per-stream flags a worker re-checks on its keeper tick) are the only writers of that JSON;
+  ``streaming.revocation`` and channel-mode cancel call them.
+- ``Dispatcher``: ONE pub/sub connection per worker process. It receives control messages (each
+  handed to the handler its op names in ``ops``) and the notifications of every hub channel that
+  has a local subscriber, and fans each event out to the local subscribers' queues (framed once,
+  shared by all). Redis connections per worker therefore do not grow with subscribers.
+- ``Services``: the worker's dispatcher and keeper threads, started by
+  ``streaming.services.start_services`` (gunicorn's ``post_worker_init``, test fixtures), never
+  by a request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -27,9 +30,8 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core.store import REDIS_EXTENSION
 from streaming import sse
-from streaming.log import EVENT_TOPIC_PREFIX, EventLog, parse_id, topic
+from streaming.log import EVENT_TOPIC_PREFIX, parse_id, topic
 
 log = logging.getLogger("streamgate.control")
 
@@ -37,19 +39,67 @@ CONTROL_TOPIC = "sg:control"
 FLAG_KEY = "sg:flag:stream:{}"
 CLOSE = object()
 
+CANCEL_STREAM = "cancel_stream"
+REVOKE_STREAM = "revoke_stream"
+REVOKE_USER = "revoke_user"
+REVOKE_TOKEN = "revoke_token"  # noqa: S105 - an op name, not a secret
+REVOKE_TENANT = "revoke_tenant"
+_TARGETS = ("stream_id", "user_id", "jti", "tenant_id")
+
 
 def flag_key(stream_id: str) -> str:
     return FLAG_KEY.format(stream_id)
 
 
-def send(client: redis.Redis, op: str, ttl_s: int, **fields: Any) -> None:
-    """Record the action as a flag (for stream ops) and announce it to every worker."""
-    message = json.dumps({"op": op, **fields})
+@dataclass(frozen=True)
+class ControlMessage:
+    """One action on the control bus: ``op`` and the one target field it names."""
+
+    op: str
+    stream_id: str | None = None
+    user_id: str | None = None
+    jti: str | None = None
+    tenant_id: str | None = None
+    by: str | None = None  # the acting user's id; None: the command line
+    reason: str | None = None
+
+    def encode(self) -> str:
+        """The JSON on the wire and in a stream's flag: the op, its target, by and reason."""
+        fields = asdict(self)
+        return json.dumps({k: v for k, v in fields.items() if k not in _TARGETS or v is not None})
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ControlMessage:
+        """Parse a message (ValueError when it is not one)."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("op"), str):
+            raise ValueError("not a control message")
+        values = {k: data.get(k) for k in ("op", *_TARGETS, "by", "reason")}
+        return cls(**{k: None if v is None else str(v) for k, v in values.items()})  # type: ignore[arg-type]
+
+
+def send(client: redis.Redis, message: ControlMessage, ttl_s: int) -> None:
+    """Record a stream op as the stream's flag, then announce the message to every worker."""
+    encoded = message.encode()
     pipe = client.pipeline(transaction=False)
-    if "stream_id" in fields:
-        pipe.set(flag_key(fields["stream_id"]), message, ex=ttl_s)
-    pipe.publish(CONTROL_TOPIC, message)
+    if message.stream_id is not None:
+        pipe.set(flag_key(message.stream_id), encoded, ex=ttl_s)
+    pipe.publish(CONTROL_TOPIC, encoded)
     pipe.execute()
+
+
+def set_flags(client: redis.Redis, messages: list[ControlMessage], ttl_s: int) -> None:
+    """Flag streams without announcing them (a principal-wide message announces them all)."""
+    if not messages:
+        return
+    pipe = client.pipeline(transaction=False)
+    for message in messages:
+        if message.stream_id is not None:
+            pipe.set(flag_key(message.stream_id), message.encode(), ex=ttl_s)
+    pipe.execute()
+
+
+Handler = Callable[[ControlMessage], None]
 
 
 class Subscriber:
@@ -154,7 +204,7 @@ class Dispatcher:
         self.lock = threading.RLock()
         self.channels: dict[str, _Channel] = {}
         self.pending: dict[str, int] = {}
-        self.handlers: list[Callable[[dict[str, Any]], None]] = []
+        self.ops: dict[str, Handler] = {}  # op name -> what this worker does about it
         self.pubsub: Any = None
         self.running = True
         self.healthy = threading.Event()
@@ -304,14 +354,16 @@ class Dispatcher:
 
     def _control(self, data: str) -> None:
         try:
-            message = json.loads(data)
+            message = ControlMessage.decode(data)
         except ValueError:
             return
-        for handler in list(self.handlers):
-            try:
-                handler(message)
-            except Exception:  # noqa: BLE001 - one handler must not starve the others
-                log.exception("control handler failed for %s", message.get("op"))
+        handler = self.ops.get(message.op)
+        if handler is None:
+            return
+        try:
+            handler(message)
+        except Exception:  # noqa: BLE001 - a failed handler must not stop the reader
+            log.exception("control handler failed for %s", message.op)
 
     def stop(self) -> None:
         self.running = False
@@ -325,77 +377,51 @@ class Dispatcher:
 
 
 class Services:
-    """The per-process services of one app: dispatcher, keeper, event log."""
+    """The per-process background services of one app: the dispatcher and the keeper.
 
-    def __init__(self, app: Flask) -> None:
+    ``keeper`` is the keeper's loop; it returns once ``stopping`` is set.
+    """
+
+    def __init__(self, app: Flask, dispatcher: Dispatcher) -> None:
         self.app = app
         self.pid = os.getpid()
-        self.dispatcher = Dispatcher(app)
-        self.event_log = event_log(app)
-        self.running = True
+        self.dispatcher = dispatcher
         self.stopping = threading.Event()  # wakes the keeper's sleep at once on stop
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        from streaming.keeper import keep
-
-        for name, target in (
-            ("hub-dispatcher", self.dispatcher.run),
-            ("keeper", lambda: keep(self)),
-        ):
+    def start(self, keeper: Callable[[], None]) -> None:
+        for name, target in (("hub-dispatcher", self.dispatcher.run), ("keeper", keeper)):
             thread = threading.Thread(target=target, name=f"streamgate-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
         self.dispatcher.healthy.wait(5)
 
     def stop(self) -> None:
-        self.running = False
         self.stopping.set()
         self.dispatcher.stop()
         for thread in self.threads:
             thread.join(2)
 
 
-def event_log(app: Flask) -> EventLog:
-    """The app's event log (no background work: appending needs only the Redis client).
-
-    Publishing must not start the services: a run that outlives its app's services (a test's
-    teardown, a worker shutting down) would otherwise start them again.
-    """
-    current: EventLog | None = app.extensions.get("streamgate.event_log")
-    if current is None:
-        current = EventLog(
-            app.extensions[REDIS_EXTENSION],
-            app.config["STREAM_LOG_MAXLEN"],
-            retry_s=app.config["REDIS_RETRY_S"],
-        )
-        app.extensions["streamgate.event_log"] = current
-    return current
+_SERVICES = "streamgate.services"
 
 
-_start_lock = threading.Lock()
+def install(app: Flask, services: Services) -> None:
+    """Make ``services`` this process's services for ``app`` (see ``services_of``)."""
+    app.extensions[_SERVICES] = services
 
 
-def services(app: Flask) -> Services:
-    """This process's services for ``app``, started on first use (after gunicorn forks)."""
-    current: Services | None = app.extensions.get("streamgate.services")
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _start_lock:
-        current = app.extensions.get("streamgate.services")
-        if current is None or current.pid != os.getpid():
-            current = Services(app)
-            app.extensions["streamgate.services"] = current
-            from streaming.keeper import install_control_handlers
-
-            install_control_handlers(current)
-            current.start()
+def services_of(app: Flask) -> Services | None:
+    """This process's running services for ``app``; None when none were started here."""
+    current: Services | None = app.extensions.get(_SERVICES)
+    if current is None or current.pid != os.getpid():
+        return None
     return current
 
 
 def stop_services(app: Flask) -> None:
     """Stop this app's background services (tests, shutdown)."""
-    current: Services | None = app.extensions.pop("streamgate.services", None)
+    current: Services | None = app.extensions.pop(_SERVICES, None)
     if current is not None and current.pid == os.getpid():
         current.stop()
     provider = app.extensions.get("streamgate.llm")

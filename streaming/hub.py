@@ -5,8 +5,12 @@ gate refuses malformed channel names (400) before any Redis call, then authentic
 header, cookie, or a one-time ``ticket``) and applies ``may_read`` (403, the same body whether or
 not the channel exists).
 
-Unlike stock flask-sse (a pub/sub connection per subscriber, leaked until the next message), a
-subscriber here costs a queue in this process: the worker's single dispatcher fans events out.
+Events enter a channel only through ``hub.publish`` (flask-sse's ``publish``): appended to the
+channel's log, a Redis Stream, and announced to every worker in one script. Unlike stock
+flask-sse (a pub/sub connection per subscriber, leaked until the next message), a subscriber here
+costs a queue in this process: the worker's single dispatcher fans events out. flask-sse's
+``Message`` is not used for framing: it writes ``data:`` without the space and splits data with
+``str.splitlines`` (U+2028, NEL...), which is not the WHATWG rule; ``streaming.sse`` frames.
 A subscriber first registers for live events, then replays the log after ``Last-Event-ID``
 (header, or ``last_event_id`` query for clients that cannot set headers), and skips live events
 it already replayed: no gap, no duplicate.
@@ -15,11 +19,8 @@ it already replayed: no gap, no duplicate.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,18 +33,15 @@ from auth.models import User
 from auth.tickets import redeem_ticket
 from auth.tokens import auth_error
 from core.errors import ApiError
-from core.store import REDIS_EXTENSION, db, get_redis
-from streaming import sse, state
-from streaming.channel import TERMINAL_EVENTS, call_later
-from streaming.control import CLOSE, Services, Subscriber, event_log, services
-from streaming.log import parse_id
+from core.store import db
+from streaming import greenlets, sse, state, subscriptions
+from streaming.control import CLOSE, Dispatcher, Subscriber, services_of
+from streaming.generation import TERMINAL_EVENTS
+from streaming.log import event_log, parse_id
 from streaming.models import StreamRecord
-from streaming.runner import dumps
 
 log = logging.getLogger("streamgate.hub")
 
-SUBS_KEY = "sg:subs:{}"
-STREAM_SUBS_KEY = "sg:ss:{}"  # a stream's open connections (conn id -> expiry): the admin's count
 QUEUE_BOUND = 1024  # events buffered for one slow subscriber before it is dropped
 REPLAY_CHUNK_BYTES = 65536  # a replayed backlog goes out in writes of about this size
 SUBSCRIBE_TIMEOUT_S = 5.0  # longest wait for Redis to confirm a new channel subscription
@@ -52,48 +50,30 @@ SUBSCRIBE_TIMEOUT_S = 5.0  # longest wait for Redis to confirm a new channel sub
 class EventHub(ServerSentEventsBlueprint):
     """flask-sse's blueprint, with a Redis Streams log, one reader per worker and an access gate."""
 
-    @property
-    def redis(self) -> Any:
-        """The app's shared client (flask-sse would build a new one on every access)."""
-        return get_redis()
-
     def publish(
         self,
         data: Any,
-        type: str | None = None,
+        type: str | None = None,  # noqa: A002 - flask-sse's signature
         id: str | None = None,  # noqa: A002
         retry: int | None = None,
         channel: str = "sse",
+        *,
+        ttl_s: int | None = None,
     ) -> str:
-        """flask-sse's signature: append ``data`` to ``channel``'s log; returns the entry id."""
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        encoded = data if isinstance(data, str) else dumps(data)
-        return self.publish_to(
-            app,
-            channel,
-            type or "message",
-            None,
-            int(app.config["STREAM_LOG_TTL_S"]),
-            encoded=encoded,
-        )
+        """Append an event to ``channel``'s log and announce it to every worker; its entry id.
 
-    def publish_to(
-        self,
-        app: Flask,
-        channel: str,
-        event: str,
-        payload: Any,
-        ttl_s: int,
-        encoded: str | None = None,
-    ) -> str:
-        """Append one event to ``channel``'s log and announce it to every worker."""
-        return event_log(app).append(
-            channel, event, encoded if encoded is not None else dumps(payload), ttl_s
-        )
-
-    def messages(self, channel: str = "sse") -> Iterator[Any]:
-        """Not used: stock flask-sse opens a pub/sub connection per subscriber; see ``stream``."""
-        raise NotImplementedError("subscribe through GET /v1/events (EventHub.stream)")
+        flask-sse's ``publish``, and the one way an event enters a channel. ``data`` that is not
+        a string is encoded with ``sse.dumps`` (pass a string to encode once, as the runner's
+        sink does). The id is the log's entry id, so ``id`` and ``retry`` (sent once per
+        connection by the hub) may not be given. ``ttl_s``: how long the log is kept from now
+        (default ``STREAM_LOG_TTL_S``). Called within an app context.
+        """
+        if id is not None or retry is not None:
+            raise ValueError("the event log assigns ids; retry is sent once per connection")
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        encoded = data if isinstance(data, str) else sse.dumps(data)
+        ttl = int(app.config["STREAM_LOG_TTL_S"]) if ttl_s is None else ttl_s
+        return event_log(app).append(channel, type or "message", encoded, ttl)
 
     def stream(self) -> Response:
         """Stream a channel's events as Server-Sent Events (replay, then follow)."""
@@ -108,34 +88,30 @@ class EventHub(ServerSentEventsBlueprint):
             )
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         cfg = app.config
-        svc = services(app)
+        dispatcher = _dispatcher(app)
+        events = event_log(app)
         live = state.live_status(object_id) if kind == "streams" else {}
         if live.get("status") == "revoked":
             raise ApiError(410, "This stream was revoked.", code="stream_revoked")
-        conn_id = _claim_subscription(app, ident, channel)
+        conn_id = subscriptions.claim(app, ident.user_id, channel)
         sub = Subscriber(
             channel, ident.user_id, ident.jti, ident.tenant_id, QUEUE_BOUND, claims, conn_id
         )
-        release = _Release(app, svc, sub)
+        release = _Release(app, dispatcher, sub)
         try:
             # Live events first (confirmed by Redis), then the log: an event appended in between
             # is in both, and the subscriber skips what it already replayed. No gap, no duplicate.
-            if not svc.dispatcher.add(sub).wait(SUBSCRIBE_TIMEOUT_S) or sub.closed is not None:
-                raise ApiError(
-                    503,
-                    "The event hub is reconnecting to Redis; retry shortly.",
-                    code="hub_unavailable",
-                    headers={"Retry-After": "1"},
-                )
-            backlog = svc.event_log.replay(channel, last)
-            lost = svc.event_log.history_lost(channel, last)
+            if not dispatcher.add(sub).wait(SUBSCRIBE_TIMEOUT_S) or sub.closed is not None:
+                raise _unavailable()
+            backlog = events.replay(channel, last)
+            lost = events.history_lost(channel, last)
             grace: float | None = None  # follow without end, or only this long
             if kind == "streams":
                 status = live.get("status")
                 if status is None:  # the live state expired: ask the record
                     record = db.session.get(StreamRecord, object_id)
                     status = record.status if record is not None else None
-                    if not backlog and not svc.event_log.exists(channel):
+                    if not backlog and not events.exists(channel):
                         if status == "revoked":
                             raise ApiError(410, "This stream was revoked.", code="stream_revoked")
                         raise ApiError(
@@ -144,7 +120,7 @@ class EventHub(ServerSentEventsBlueprint):
                             code="stream_expired",
                         )
                 if status is not None and status != "running":
-                    tail = backlog[-1][1] if backlog else svc.event_log.last_event(channel)
+                    tail = backlog[-1][1] if backlog else events.last_event(channel)
                     if tail in TERMINAL_EVENTS and not backlog and last is not None:
                         release()
                         # The client has everything; 204 is how a server tells EventSource to stop.
@@ -169,11 +145,29 @@ class EventHub(ServerSentEventsBlueprint):
         if sock is not None:
             sock.settimeout(cfg["SSE_SEND_TIMEOUT_S"])  # a client that stops reading is dropped
             _abort_when_unacknowledged(sock, float(cfg["SSE_HEARTBEAT_S"]))
-            release.watcher = _watch_hangup(sock, sub)
+            release.watcher = greenlets.watch_hangup(sock, lambda: sub.close("client_gone"))
         app.extensions["streamgate.metrics"].active_subscribers.inc()
         release.counted = True
         body = _events(app, sub, ident, kind, backlog, last, grace)
         return Response(_Body(body, release), headers=headers)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "The event hub is reconnecting to Redis; retry shortly.",
+        code="hub_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _dispatcher(app: Flask) -> Dispatcher:
+    """This worker's dispatcher (started with the worker, never by a request)."""
+    services = services_of(app)
+    if services is None:
+        log.error("the hub's dispatcher is not running in this process")
+        raise _unavailable()
+    return services.dispatcher
 
 
 hub = EventHub("events", __name__)
@@ -217,139 +211,12 @@ def _owner(ident: Identity, object_id: str) -> tuple[str, str] | None:
     return (user.tenant_id, user.id) if user is not None else None
 
 
-def _stream_of(channel: str) -> str | None:
-    return channel[len("streams/") :] if channel.startswith("streams/") else None
-
-
-def _claim_subscription(app: Flask, ident: Identity, channel: str) -> str:
-    """Count this connection against the user's open subscriptions; 429 past the cap.
-
-    The same entry goes into the stream's own set (``sg:ss:<id>``): the admin's subscriber count.
-    """
-    cfg = app.config
-    conn_id = uuid.uuid4().hex
-    key = SUBS_KEY.format(ident.user_id)
-    now = time.time()
-    ttl = subscription_ttl(app)
-    stream_id = _stream_of(channel)
-    # One round trip. Not MULTI (the two keys may live on different cluster slots): two claims
-    # racing may both see the other's entry and both be refused, never both admitted over it.
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.zremrangebyscore(key, "-inf", now)
-    pipe.zadd(key, {conn_id: now + ttl})
-    pipe.zcard(key)
-    pipe.expire(key, int(ttl) + 1)
-    if stream_id is not None:
-        skey = STREAM_SUBS_KEY.format(stream_id)
-        pipe.zremrangebyscore(skey, "-inf", now)
-        pipe.zadd(skey, {conn_id: now + ttl})
-        pipe.expire(skey, int(ttl) + 1)
-    count = pipe.execute()[2]
-    limit = cfg["SSE_MAX_SUBSCRIPTIONS_PER_USER"]
-    if count > limit:
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.zrem(key, conn_id)
-        if stream_id is not None:
-            pipe.zrem(STREAM_SUBS_KEY.format(stream_id), conn_id)
-        pipe.execute()
-        app.extensions["streamgate.metrics"].rate_limited.labels("subscriptions").inc()
-        raise ApiError(
-            429,
-            f"Too many open subscriptions: at most {limit} per user.",
-            code="too_many_subscriptions",
-            headers={"Retry-After": str(max(1, int(cfg["SSE_HEARTBEAT_S"])))},
-        )
-    return conn_id
-
-
-def subscription_ttl(app: Flask) -> float:
-    """How long a subscription entry lives without renewal (the keeper renews it every tick)."""
-    return 3 * float(app.config["SSE_HEARTBEAT_S"])
-
-
-def renew_subscriptions(app: Flask, subs: list[Subscriber]) -> None:
-    """Renew the subscription entries of this worker's open connections (one pipeline)."""
-    if not subs:
-        return
-    ttl = subscription_ttl(app)
-    expires = time.time() + ttl
-    keys: dict[str, dict[str, float]] = {}
-    for sub in subs:
-        keys.setdefault(SUBS_KEY.format(sub.user_id), {})[sub.conn_id] = expires
-        stream_id = _stream_of(sub.channel)
-        if stream_id is not None:
-            keys.setdefault(STREAM_SUBS_KEY.format(stream_id), {})[sub.conn_id] = expires
-    pipe = get_redis().pipeline(transaction=False)
-    for key, members in keys.items():
-        pipe.zadd(key, members, xx=True)  # xx: a released entry is not brought back
-        pipe.expire(key, int(ttl) + 1)
-    pipe.execute()
-
-
-def subscriber_counts(stream_ids: list[str]) -> dict[str, int]:
-    """Open hub connections to each stream, on every node (one round trip)."""
-    if not stream_ids:
-        return {}
-    now = time.time()
-    pipe = get_redis().pipeline(transaction=False)
-    for stream_id in stream_ids:
-        pipe.zcount(STREAM_SUBS_KEY.format(stream_id), now, "+inf")
-    return {stream_id: int(n) for stream_id, n in zip(stream_ids, pipe.execute(), strict=True)}
-
-
-class _Releaser:
-    """Removes released subscription entries in batches: a mass hang-up costs one round trip
-    (and one pooled connection) per batch, not one per subscriber."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.pending: list[Subscriber] = []
-        self.scheduled = False
-
-    def release(self, sub: Subscriber) -> None:
-        with self.lock:
-            self.pending.append(sub)
-            if self.scheduled:
-                return
-            self.scheduled = True
-        call_later(0.0, self.flush)
-
-    def flush(self) -> None:
-        # One flush in flight at a time: what is released meanwhile goes in its next round.
-        for _ in range(1_000_000):
-            with self.lock:
-                batch, self.pending = self.pending, []
-                if not batch:
-                    self.scheduled = False
-                    return
-            try:
-                pipe = self.client.pipeline(transaction=False)
-                for sub in batch:
-                    pipe.zrem(SUBS_KEY.format(sub.user_id), sub.conn_id)
-                    stream_id = _stream_of(sub.channel)
-                    if stream_id is not None:
-                        pipe.zrem(STREAM_SUBS_KEY.format(stream_id), sub.conn_id)
-                pipe.execute()
-            except Exception:  # noqa: BLE001 - the entries expire on their own
-                log.warning("releasing %d hub subscriptions failed; they expire", len(batch))
-
-
-def _releaser(app: Flask) -> _Releaser:
-    current: _Releaser | None = app.extensions.get("streamgate.hub_releaser")
-    if current is None or current.pid != os.getpid():
-        current = _Releaser(app.extensions[REDIS_EXTENSION])
-        app.extensions["streamgate.hub_releaser"] = current
-    return current
-
-
 class _Release:
     """Everything one subscription holds, released once, whichever path ends it."""
 
-    def __init__(self, app: Flask, svc: Services, sub: Subscriber) -> None:
+    def __init__(self, app: Flask, dispatcher: Dispatcher, sub: Subscriber) -> None:
         self.app = app
-        self.svc = svc
+        self.dispatcher = dispatcher
         self.sub = sub
         self.done = False
         self.counted = False
@@ -360,13 +227,13 @@ class _Release:
             return
         self.done = True
         self.sub.close("released")
-        self.svc.dispatcher.remove(self.sub)
+        self.dispatcher.remove(self.sub)
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher.close()
         if self.counted:
             self.app.extensions["streamgate.metrics"].active_subscribers.dec()
-        _releaser(self.app).release(self.sub)
+        subscriptions.release(self.app, self.sub)
 
 
 class _Body:
@@ -401,38 +268,6 @@ def _abort_when_unacknowledged(sock: Any, seconds: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, option, max(1000, int(seconds * 1000)))
     except OSError:  # pragma: no cover - not a TCP socket
         log.debug("TCP_USER_TIMEOUT not set", exc_info=True)
-
-
-def _watch_hangup(sock: Any, sub: Subscriber) -> Any:
-    """Close ``sub`` as soon as the client hangs up, not at the next heartbeat write.
-
-    Under gevent an idle subscriber's socket is watched by the event loop (no greenlet, no CPU):
-    a client that goes away makes it readable with nothing to read. Nothing else may arrive on an
-    event stream's connection; if bytes do arrive, the watch stops and the heartbeat write is
-    what notices a dead peer.
-    """
-    try:
-        from gevent import get_hub, monkey, spawn
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return None
-    raw = getattr(sock, "_sock", None)
-    if raw is None or not monkey.is_module_patched("socket"):
-        return None
-    watcher = get_hub().loop.io(sock.fileno(), 1)
-
-    def readable() -> None:
-        try:
-            peeked = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return  # spurious wake-up
-        except OSError:
-            peeked = b""
-        watcher.stop()
-        if not peeked:
-            spawn(sub.close, "client_gone")  # not from the loop's own callback: close takes locks
-
-    watcher.start(readable)
-    return watcher
 
 
 def _events(

@@ -1,63 +1,76 @@
 """The keeper: leases, flags, maximum duration and the reaper, on one timer per worker.
 
-It also installs the control-bus handlers that stop local runs and close local subscribers.
+It also builds the table of control ops (op name -> handler) that stops local runs and closes
+local subscribers; the bus (``Dispatcher``) and a stream's flag (re-checked every tick, for a
+worker that missed the message) both go through it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask
 
+from auth.tokens import revoked_among
 from core.store import REDIS_EXTENSION
-from streaming import state
+from streaming import control, state
+from streaming.control import ControlMessage, Dispatcher, Handler, Subscriber
+from streaming.generation import Generation, Outcome, outcome_payload, stopped_outcome
 from streaming.limits import admission_control
-from streaming.runner import Generation, Outcome, outcome_payload, registry, stopped_outcome
-
-if TYPE_CHECKING:
-    from streaming.control import Services
+from streaming.runner import Registry, Sink, registry, settle
+from streaming.subscriptions import renew_subscriptions
 
 log = logging.getLogger("streamgate.keeper")
 
+OrphanSink = Callable[[Flask, Generation], Sink]
+"""Where the terminal event of a run whose worker died goes (``channel.TerminalSink``)."""
 
-def install_control_handlers(services: Services) -> None:
-    """Act on control messages: stop matching runs, close matching subscribers."""
-    app = services.app
-    runs = registry(app)
-    dispatcher = services.dispatcher
 
-    def handle(message: dict[str, Any]) -> None:
-        op = message.get("op")
-        details = {"by": message.get("by"), "reason": message.get("reason")}
-        if op == "cancel_stream":
-            for run in runs.matching(lambda g: g.stream_id == message.get("stream_id")):
-                run.stop(stopped_outcome("cancelled", reason=message.get("reason") or "cancelled"))
-        elif op == "revoke_stream":
-            for run in runs.matching(lambda g: g.stream_id == message.get("stream_id")):
-                run.stop(stopped_outcome("revoked", **details))
-        elif op == "revoke_user":
-            user_id = message.get("user_id")
-            for run in runs.matching(lambda g: g.user_id == user_id):
-                run.stop(stopped_outcome("revoked", **details))
-            for sub in dispatcher.subscribers(lambda s: s.user_id == user_id):
-                sub.close("revoked")
-        elif op == "revoke_token":
-            jti = message.get("jti")
-            for run in runs.matching(lambda g: g.token_jti == jti):
-                run.stop(stopped_outcome("revoked", **details))
-            for sub in dispatcher.subscribers(lambda s: s.jti == jti):
-                sub.close("revoked")
-        elif op == "revoke_tenant":
-            tenant_id = message.get("tenant_id")
-            for run in runs.matching(lambda g: g.tenant_id == tenant_id):
-                run.stop(stopped_outcome("revoked", **details))
-            for sub in dispatcher.subscribers(lambda s: s.tenant_id == tenant_id):
-                sub.close("revoked")
+def control_ops(runs: Registry, dispatcher: Dispatcher) -> dict[str, Handler]:
+    """What this worker does about each control op: stop matching runs, close subscribers."""
 
-    dispatcher.handlers.append(handle)
+    def stop(predicate: Callable[[Generation], bool], outcome: Outcome) -> None:
+        for run in runs.matching(predicate):
+            run.stop(outcome)
+
+    def close(predicate: Callable[[Subscriber], bool]) -> None:
+        for sub in dispatcher.subscribers(predicate):
+            sub.close("revoked")
+
+    def revoked(m: ControlMessage) -> Outcome:
+        return stopped_outcome("revoked", by=m.by, reason=m.reason)
+
+    def cancel_stream(m: ControlMessage) -> None:
+        cancelled = stopped_outcome("cancelled", reason=m.reason or "cancelled")
+        stop(lambda g: g.stream_id == m.stream_id, cancelled)
+
+    def revoke_stream(m: ControlMessage) -> None:
+        stop(lambda g: g.stream_id == m.stream_id, revoked(m))
+
+    def revoke_user(m: ControlMessage) -> None:
+        stop(lambda g: g.user_id == m.user_id, revoked(m))
+        close(lambda s: s.user_id == m.user_id)
+
+    def revoke_token(m: ControlMessage) -> None:
+        stop(lambda g: g.token_jti == m.jti, revoked(m))
+        close(lambda s: s.jti == m.jti)
+
+    def revoke_tenant(m: ControlMessage) -> None:
+        stop(lambda g: g.tenant_id == m.tenant_id, revoked(m))
+        close(lambda s: s.tenant_id == m.tenant_id)
+
+    return {
+        control.CANCEL_STREAM: cancel_stream,
+        control.REVOKE_STREAM: revoke_stream,
+        control.REVOKE_USER: revoke_user,
+        control.REVOKE_TOKEN: revoke_token,
+        control.REVOKE_TENANT: revoke_tenant,
+    }
 
 
 def interval(app: Flask) -> float:
@@ -65,35 +78,33 @@ def interval(app: Flask) -> float:
     return float(max(0.05, min(cfg["LEASE_TTL_S"] / 3, cfg["SSE_HEARTBEAT_S"])))
 
 
-def keep(services: Services) -> None:
-    """Run ``tick`` every interval until the services stop."""
-    app = services.app
+def keep(
+    app: Flask, dispatcher: Dispatcher, stopping: threading.Event, orphan_sink: OrphanSink
+) -> None:
+    """Run ``tick`` every interval until ``stopping`` is set."""
     period = interval(app)
-    while services.running:
+    while not stopping.is_set():
         started = time.monotonic()
         try:
             with app.app_context():
-                tick(app)
+                tick(app, dispatcher.ops, orphan_sink)
         except Exception:  # noqa: BLE001 - the keeper must survive Redis or database outages
             log.warning("keeper tick failed", exc_info=True)
         try:
             with app.app_context():
-                maintain_subscribers(app, services)
+                maintain_subscribers(app, dispatcher)
         except Exception:  # noqa: BLE001
             log.warning("keeper: hub subscriber upkeep failed", exc_info=True)
-        services.stopping.wait(max(0.0, period - (time.monotonic() - started)))
+        stopping.wait(max(0.0, period - (time.monotonic() - started)))
 
 
-def maintain_subscribers(app: Flask, services: Services) -> None:
+def maintain_subscribers(app: Flask, dispatcher: Dispatcher) -> None:
     """Renew this worker's hub subscriptions and close those whose token was revoked, in batch.
 
     The control bus closes them at once; this catches a revocation that came without a message
     (logout, a disabled tenant) within one keeper interval, with two round trips per worker.
     """
-    from auth.tokens import revoked_among
-    from streaming.hub import renew_subscriptions
-
-    subs = services.dispatcher.subscribers(lambda s: s.closed is None)
+    subs = dispatcher.subscribers(lambda s: s.closed is None)
     if not subs:
         return
     renew_subscriptions(app, subs)
@@ -107,37 +118,43 @@ def maintain_subscribers(app: Flask, services: Services) -> None:
             sub.close("revoked")
 
 
-def tick(app: Flask) -> None:
+def tick(app: Flask, ops: dict[str, Handler], orphan_sink: OrphanSink) -> None:
     """One round: renew and check local runs, reap orphans, retry queued record writes."""
     cfg = app.config
     client = app.extensions[REDIS_EXTENSION]
     runs = registry(app).snapshot()
     if runs:
-        from streaming.control import flag_key
-
         now = time.time()
         pipe = client.pipeline(transaction=False)
         for run in runs:
             pipe.zadd(state.LIVE, {run.gen.stream_id: now + cfg["LEASE_TTL_S"]}, xx=True)
             pipe.hset(state.live_key(run.gen.stream_id), "tokens", run.tokens)
-            pipe.get(flag_key(run.gen.stream_id))
+            pipe.get(control.flag_key(run.gen.stream_id))
         results = pipe.execute()
         admission = admission_control(app)
         for run, flag in zip(runs, results[2::3], strict=True):
             if flag:
-                message = json.loads(flag)
-                details = {"by": message.get("by"), "reason": message.get("reason")}
-                kind = "revoked" if message.get("op") == "revoke_stream" else "cancelled"
-                run.stop(stopped_outcome(kind, **details))
+                _act_on_flag(ops, flag)
             elif time.monotonic() - run.started > cfg["STREAM_MAX_DURATION_S"]:
                 run.stop(stopped_outcome("max_duration"))
             elif run.gen.admission is not None:
                 admission.renew(run.gen.admission)
-    reap(app)
+    reap(app, orphan_sink)
     state.flush_pending_records()
 
 
-def reap(app: Flask, limit: int = 50) -> int:
+def _act_on_flag(ops: dict[str, Handler], flag: bytes | str) -> None:
+    """A flag is the message a worker may have missed: the same op table acts on it."""
+    try:
+        message = ControlMessage.decode(flag)
+    except ValueError:
+        return
+    handler = ops.get(message.op)
+    if handler is not None:
+        handler(message)
+
+
+def reap(app: Flask, orphan_sink: OrphanSink, limit: int = 50) -> int:
     """Settle runs whose lease expired (their worker died); returns how many were reaped."""
     client = app.extensions[REDIS_EXTENSION]
     expired = client.zrangebyscore(state.LIVE, "-inf", time.time(), start=0, num=limit)
@@ -173,20 +190,7 @@ def reap(app: Flask, limit: int = 50) -> int:
             stream_id,
             extra={"stream_id": stream_id},
         )
-        settle_orphan(app, gen, outcome, tokens)
+        settle(app, gen, outcome, gen.prompt_estimate, tokens, orphan_sink(app, gen))
+        log.info("settled orphan %s as %s", stream_id, json.dumps(outcome_payload(outcome)))
         reaped += 1
     return reaped
-
-
-def settle_orphan(app: Flask, gen: Generation, outcome: Outcome, completion_tokens: int) -> None:
-    """Tell subscribers, release limits, finish the record for a run nobody is running."""
-    from streaming.channel import publish_terminal
-
-    if gen.mode == "channel":
-        publish_terminal(app, gen, outcome, gen.prompt_estimate, completion_tokens)
-    if gen.admission is not None:
-        admission_control(app).release(gen.admission, gen.prompt_estimate, completion_tokens)
-    state.mark_finished(gen, outcome, gen.prompt_estimate, completion_tokens)
-    state.write_record(app, gen, outcome, gen.prompt_estimate, completion_tokens)
-    app.extensions["streamgate.metrics"].streams_total.labels(gen.mode, outcome.status).inc()
-    log.info("settled orphan %s as %s", gen.stream_id, json.dumps(outcome_payload(outcome)))

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from flask import Flask
+
+from core.store import REDIS_EXTENSION
 
 T = TypeVar("T")
 
@@ -152,6 +155,22 @@ class EventLog:
 
     def expire(self, channel: str, ttl_s: int) -> None:
         self.client.expire(log_key(channel), ttl_s)
+
+
+_EVENT_LOG = "streamgate.event_log"
+
+
+def event_log(app: Flask) -> EventLog:
+    """The app's event log (no background work: appending needs only the Redis client)."""
+    current: EventLog | None = app.extensions.get(_EVENT_LOG)
+    if current is None:
+        current = EventLog(
+            app.extensions[REDIS_EXTENSION],
+            app.config["STREAM_LOG_MAXLEN"],
+            retry_s=app.config["REDIS_RETRY_S"],
+        )
+        app.extensions[_EVENT_LOG] = current
+    return current
 
 
 def _s(value: Any) -> str:

@@ -17,14 +17,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 import openai
 from flask import Flask
 
-from streaming import sse, state
+from streaming import greenlets, state
+from streaming.generation import Generation, Outcome
 from streaming.limits import admission_control
 from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
@@ -36,36 +36,6 @@ class StopRun(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside a runner greenlet to stop it (cancel, revoke, client gone, max duration)."""
 
 
-@dataclass
-class Outcome:
-    """How a generation ended; the record, the sink and the metrics all read it."""
-
-    status: str  # completed | failed | cancelled | revoked
-    finish_reason: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    http_status: int | None = None  # for failures before the first token (direct mode answers it)
-    revoked_by: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class Generation:
-    """Everything a run needs, copied out of the request before the response starts."""
-
-    stream_id: str
-    tenant_id: str
-    user_id: str
-    token_jti: str
-    mode: str
-    model: str
-    messages: list[dict[str, str]]
-    params: dict[str, Any]
-    prompt_estimate: int
-    admission: dict[str, Any] | None = None
-    created: float = field(default_factory=time.time)
-
-
 class Sink(Protocol):
     def started(self) -> None: ...
     def accepted(self) -> None: ...
@@ -73,22 +43,19 @@ class Sink(Protocol):
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
-class AdmissionControl(Protocol):
-    """Implemented by ``streaming.limits``; the runner only renews and settles what was admitted."""
+class NullSink:
+    """Where the events of a run nobody follows go (the reaper settling a direct-mode run)."""
 
-    def renew(self, admission: dict[str, Any]) -> None: ...
-    def release(
-        self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int
-    ) -> None: ...
-
-
-class NoAdmission:
-    def renew(self, admission: dict[str, Any]) -> None:
+    def started(self) -> None:
         return None
 
-    def release(
-        self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int
-    ) -> None:
+    def accepted(self) -> None:
+        return None
+
+    def token(self, text: str, index: int) -> None:
+        return None
+
+    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         return None
 
 
@@ -98,25 +65,48 @@ class NoAdmission:
 def classify(exc: BaseException) -> Outcome:
     """Map a provider exception to what the client is told (OpenAI-style codes)."""
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-        return Outcome("failed", error_code="upstream_timeout", http_status=504,
-                       error_message="The model server did not answer in time.")
+        return Outcome(
+            "failed",
+            error_code="upstream_timeout",
+            http_status=504,
+            error_message="The model server did not answer in time.",
+        )
     if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
-        return Outcome("failed", error_code="upstream_unavailable", http_status=502,
-                       error_message="The model server could not be reached.")
+        return Outcome(
+            "failed",
+            error_code="upstream_unavailable",
+            http_status=502,
+            error_message="The model server could not be reached.",
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         code = "upstream_rate_limited" if status == 429 else "upstream_error"
-        return Outcome("failed", error_code=code, http_status=503 if status in (429, 503) else 502,
-                       error_message=f"The model server answered {status}.")
+        return Outcome(
+            "failed",
+            error_code=code,
+            http_status=503 if status in (429, 503) else 502,
+            error_message=f"The model server answered {status}.",
+        )
     if isinstance(exc, openai.APIError):
-        return Outcome("failed", error_code="upstream_error", http_status=502,
-                       error_message="The model server reported an error: "
-                       + str(exc.message)[:300])
+        return Outcome(
+            "failed",
+            error_code="upstream_error",
+            http_status=502,
+            error_message="The model server reported an error: " + str(exc.message)[:300],
+        )
     if isinstance(exc, httpx.HTTPError):
-        return Outcome("failed", error_code="upstream_disconnected", http_status=502,
-                       error_message="The model server dropped the connection.")
-    return Outcome("failed", error_code="internal_error", http_status=500,
-                   error_message="The generation failed unexpectedly.")
+        return Outcome(
+            "failed",
+            error_code="upstream_disconnected",
+            http_status=502,
+            error_message="The model server dropped the connection.",
+        )
+    return Outcome(
+        "failed",
+        error_code="internal_error",
+        http_status=500,
+        error_message="The generation failed unexpectedly.",
+    )
 
 
 # --- the run handle and the per-process registry -------------------------------------------------
@@ -135,26 +125,15 @@ class RunHandle:
 
     def attach_current(self) -> None:
         """Remember the greenlet running this generation, if we run under gevent."""
-        try:
-            import gevent
-
-            current = gevent.getcurrent()
-            if isinstance(current, gevent.Greenlet):
-                self._greenlet = current
-        except ImportError:  # pragma: no cover - gevent is a dependency
-            self._greenlet = None
+        self._greenlet = greenlets.current()
 
     def stop(self, outcome: Outcome) -> None:
         """Stop the run with ``outcome`` (first stop wins)."""
         if self.stopped is not None:
             return
         self.stopped = outcome
-        greenlet = self._greenlet
-        if greenlet is not None and not self.finalizing and not greenlet.dead:
-            import gevent
-
-            if gevent.getcurrent() is not greenlet:
-                greenlet.kill(StopRun(outcome.status), block=False)
+        if self._greenlet is not None and not self.finalizing:
+            greenlets.interrupt(self._greenlet, StopRun(outcome.status))
 
     def absorb_pending_stop(self) -> None:
         """Let a stop that was scheduled before finalizing land here, not mid-release.
@@ -166,10 +145,8 @@ class RunHandle:
         """
         if self._greenlet is None or self.stopped is None:
             return
-        import gevent
-
         try:
-            gevent.sleep(0)
+            greenlets.yield_now()
         except StopRun:
             pass
 
@@ -214,7 +191,6 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     gen = handle.gen
     metrics = app.extensions["streamgate.metrics"]
     provider: Provider = app.extensions["streamgate.llm"]
-    admission: AdmissionControl = admission_control(app)
     handle.attach_current()
     registry(app).add(handle)
     metrics.active_streams.labels(gen.mode).inc()
@@ -269,8 +245,13 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                     outcome.error_code = "upstream_disconnected"
                     outcome.error_message = "The model server dropped the connection."
             metrics.upstream_errors.labels(outcome.error_code or "unknown").inc()
-            log.warning("generation %s failed: %s: %s", gen.stream_id, type(exc).__name__, exc,
-                        extra={"stream_id": gen.stream_id})
+            log.warning(
+                "generation %s failed: %s: %s",
+                gen.stream_id,
+                type(exc).__name__,
+                exc,
+                extra={"stream_id": gen.stream_id},
+            )
         finally:
             handle.finalizing = True
             handle.absorb_pending_stop()
@@ -285,22 +266,38 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                 outcome = handle.stopped or Outcome("cancelled", reason="stopped")
             if reported_completion is not None:
                 completion_tokens = reported_completion
-            _settle(app, handle, sink, outcome, prompt_tokens, completion_tokens, admission)
+            settle(app, gen, outcome, prompt_tokens, completion_tokens, sink)
+            registry(app).remove(handle)
+            metrics.active_streams.labels(gen.mode).dec()
     return outcome
 
 
-def _settle(
-    app: Flask, handle: RunHandle, sink: Sink, outcome: Outcome, prompt_tokens: int,
-    completion_tokens: int, admission: AdmissionControl,
+def settle(
+    app: Flask,
+    gen: Generation,
+    outcome: Outcome,
+    prompt_tokens: int,
+    completion_tokens: int,
+    sink: Sink,
 ) -> None:
-    """The one place a run's resources are released, whatever happened."""
-    gen = handle.gen
+    """The one place a run's resources are released, whoever ends it (its runner or the reaper).
+
+    The admission (lease, token reservation) is settled to the actual usage, the live state marks
+    the end, the sink gets the terminal event, the record is completed and the run counted.
+    """
     metrics = app.extensions["streamgate.metrics"]
+    admission = admission_control(app)
     # The sink goes last: once a client sees the end, its lease and live entry are already gone,
     # so a follow-up request is not refused as one stream too many.
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("admission", lambda: admission.release(gen.admission, prompt_tokens, completion_tokens)
-         if gen.admission is not None else None),
+        (
+            "admission",
+            lambda: (
+                admission.release(gen.admission, prompt_tokens, completion_tokens)
+                if gen.admission is not None
+                else None
+            ),
+        ),
         ("live-state", lambda: state.mark_finished(gen, outcome, prompt_tokens, completion_tokens)),
         ("sink", lambda: sink.finished(outcome, prompt_tokens, completion_tokens)),
     ]
@@ -309,13 +306,13 @@ def _settle(
         try:
             with_redis_retry(step, retry_s)  # a Redis restart must not leave the run half-settled
         except Exception:  # noqa: BLE001 - one failed release must not skip the others
-            log.exception("releasing %s of %s failed", name, gen.stream_id,
-                          extra={"stream_id": gen.stream_id})
+            log.exception(
+                "releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id}
+            )
     text_of = getattr(sink, "text", None)
-    state.write_record(app, gen, outcome, prompt_tokens, completion_tokens,
-                       text_of() if text_of else None)
-    registry(app).remove(handle)
-    metrics.active_streams.labels(gen.mode).dec()
+    state.write_record(
+        app, gen, outcome, prompt_tokens, completion_tokens, text_of() if text_of else None
+    )
     metrics.streams_total.labels(gen.mode, outcome.status).inc()
     metrics.tokens_out.labels(gen.mode).inc(completion_tokens)
 
@@ -410,34 +407,3 @@ class QueueSink:
             if end is not None:
                 yield end
                 return
-
-
-def spawn(target: Callable[..., Any], *args: Any) -> None:
-    """Run ``target`` concurrently: a greenlet under gevent (monkey-patched), else a thread."""
-    thread = threading.Thread(target=target, args=args, daemon=True, name="streamgate-run")
-    thread.start()
-
-
-def stopped_outcome(kind: str, **details: Any) -> Outcome:
-    """An outcome for a stop requested from outside the run (control bus, client, keeper)."""
-    if kind == "revoked":
-        return Outcome("revoked", error_code="stream_revoked", revoked_by=details.get("by"),
-                       reason=details.get("reason"),
-                       error_message="The stream was revoked by an administrator.")
-    if kind == "max_duration":
-        return Outcome("failed", error_code="max_duration",
-                       error_message="The generation exceeded its maximum duration.")
-    if kind == "worker_lost":
-        return Outcome("failed", error_code="worker_lost",
-                       error_message="The worker running this generation stopped.")
-    return Outcome("cancelled", reason=details.get("reason") or kind)
-
-
-def outcome_payload(outcome: Outcome) -> dict[str, Any]:
-    """The JSON an outcome is stored as (live state, terminal events)."""
-    return {k: v for k, v in outcome.__dict__.items() if v is not None}
-
-
-def dumps(payload: Any) -> str:
-    """Compact JSON for event payloads (``sse.dumps``: safe for every line reader)."""
-    return sse.dumps(payload)

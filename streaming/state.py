@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, current_app
 
 from core.store import db, get_redis, utcnow
+from streaming.generation import Generation, Outcome
 from streaming.models import StreamRecord
-
-if TYPE_CHECKING:
-    from streaming.runner import Generation, Outcome
 
 log = logging.getLogger("streamgate.state")
 
@@ -83,6 +82,20 @@ def live_status(stream_id: str) -> dict[str, str]:
     """The live hash of a stream (empty once it expired)."""
     raw = get_redis().hgetall(live_key(stream_id))
     return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def live_states() -> list[dict[str, str]]:
+    """Every stream in the live set with its live hash (one ZRANGE, one pipelined HGETALL)."""
+    client = get_redis()
+    ids = [_text(raw) for raw in client.zrange(LIVE, 0, -1)]
+    pipe = client.pipeline(transaction=False)
+    for stream_id in ids:
+        pipe.hgetall(live_key(stream_id))
+    out = []
+    for stream_id, raw in zip(ids, pipe.execute(), strict=True):
+        if raw:
+            out.append({"id": stream_id, **{_text(k): _text(v) for k, v in raw.items()}})
+    return out
 
 
 def mark_finished(
@@ -180,8 +193,6 @@ def write_record(
 
 def apply_record(stream_id: str, fields: dict[str, Any]) -> None:
     """Write final fields onto a record (also used when replaying queued writes)."""
-    from datetime import UTC, datetime
-
     record = db.session.get(StreamRecord, stream_id)
     if record is None:
         return

@@ -209,7 +209,8 @@ def finish_runs(application: Any, timeout: float = 10.0) -> None:
     """
     import threading
 
-    from streaming.runner import registry, stopped_outcome
+    from streaming.generation import stopped_outcome
+    from streaming.runner import registry
 
     for handle in registry(application).snapshot():
         handle.stop(stopped_outcome("cancelled", reason="test teardown"))
@@ -217,6 +218,15 @@ def finish_runs(application: Any, timeout: float = 10.0) -> None:
     for thread in threading.enumerate():
         if thread.name == "streamgate-run" and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@pytest.fixture()
+def app_services(app: Any) -> Any:
+    """The in-process app's dispatcher and keeper (as gunicorn's ``post_worker_init`` starts them):
+    for tests that read the hub in-process or need runs stopped over the control bus."""
+    from streaming.services import start_services
+
+    return start_services(app)  # stopped by the app fixture's teardown
 
 
 @pytest.fixture()

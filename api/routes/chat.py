@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,8 +15,9 @@ from auth.access import current_identity, require
 from core.errors import ApiError
 from core.store import db
 from streaming import sse
-from streaming.control import services
-from streaming.runner import Outcome, QueueSink, RunHandle, run_generation, spawn, stopped_outcome
+from streaming.generation import Outcome, stopped_outcome
+from streaming.greenlets import spawn, watch_eof
+from streaming.runner import QueueSink, RunHandle, run_generation
 
 bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatible chat completions")
 
@@ -33,7 +33,6 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     handle, sink = RunHandle(gen), QueueSink()
     db.session.remove()  # nothing below needs the request's database session
-    services(app)  # this worker's control listener and keeper: the run must be revocable
     spawn(run_generation, app, handle, sink)
     unwatch = _watch_client(request.environ, handle, app.config["SSE_SEND_TIMEOUT_S"])
     headers = {"X-Stream-Id": gen.stream_id, **limit_headers}
@@ -74,44 +73,12 @@ def _watch_client(
     (slow first token, ``stream: false``), so the upstream request closes at once instead of at
     the next failed write. Elsewhere (tests in-process) the failed write alone notices.
     """
-    sock = environ.get("gunicorn.socket")
-    if sock is None or not _gevent_patched():
-        return lambda: None
-    import gevent
-
-    previous_timeout = sock.gettimeout()
-    sock.settimeout(send_timeout_s)  # a client that stops reading is dropped, as on the hub
-
-    def watch() -> None:
-        while handle.stopped is None:
-            try:
-                data = sock.recv(1, socket.MSG_PEEK)
-            except TimeoutError:
-                continue  # nothing to read is the normal case: keep watching
-            except OSError:
-                data = b""
-            if not data:
-                handle.stop(stopped_outcome("cancelled", reason="client_disconnected"))
-            return  # EOF, or the client sent more (a pipelined request): nothing left to watch
-
-    watcher = gevent.spawn(watch)
-
-    def unwatch() -> None:
-        watcher.kill()  # blocks until it no longer waits on the socket
-        try:
-            sock.settimeout(previous_timeout)  # the connection may serve another request
-        except OSError:
-            pass
-
-    return unwatch
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(monkey.is_module_patched("socket"))
+    return watch_eof(
+        environ.get("gunicorn.socket"),
+        lambda: handle.stopped is None,
+        lambda: handle.stop(stopped_outcome("cancelled", reason="client_disconnected")),
+        send_timeout_s,
+    )
 
 
 def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:

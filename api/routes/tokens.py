@@ -3,8 +3,8 @@
 """App tokens for third-party apps: ``/v1/tokens`` (issue, list, revoke).
 
 Apart from ``api.routes.auth`` because revoking a token also stops the streams it started
-and closes the subscriptions it opened, on every worker: ``api.admin_service`` does that for
-every path that revokes credentials, and ``auth`` may not import ``api``.
+and closes the subscriptions it opened, on every worker: ``streaming.revocation`` does that for
+every path that revokes credentials, and ``auth`` may not import ``streaming``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from api import admin_service
 from api.routes.auth import documents, no_store, on_response
 from api.schemas.auth import (
     AppTokenCreatedSchema,
@@ -24,6 +23,7 @@ from api.schemas.auth import (
 )
 from auth import service
 from auth.access import current_identity, require
+from streaming import revocation
 
 bp = Blueprint(
     "tokens",
@@ -71,4 +71,4 @@ def list_app_tokens() -> list[Any]:
 def revoke_app_token(jti: str) -> None:
     """Revoke an app token: refused everywhere at once; the streams it started are revoked."""
     ident = current_identity()
-    admin_service.revoke_app_token(ident.tenant_scope, jti, ident.user_id, None)
+    revocation.revoke_app_token(ident.tenant_scope, jti, ident.user_id, None)

@@ -24,6 +24,9 @@ from tests.api.admin_helpers import (
 )
 from tests.conftest import PASSWORD, wait_until
 
+# The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
+pytestmark = pytest.mark.usefixtures("app_services")
+
 
 @pytest.fixture()
 def app_overrides() -> dict[str, Any]:
@@ -34,7 +37,8 @@ def app_overrides() -> dict[str, Any]:
 def _stop_leftover_runs(app: Any) -> Iterator[None]:
     """No generation of one test may keep talking to the shared fake upstream in the next."""
     yield
-    from streaming.runner import registry, stopped_outcome
+    from streaming.generation import stopped_outcome
+    from streaming.runner import registry
 
     for run in registry(app).snapshot():
         run.stop(stopped_outcome("cancelled", reason="test over"))
@@ -370,8 +374,9 @@ def test_revoking_a_stream_whose_worker_died_settles_it_as_revoked(
     """No worker runs it any more (its lease is expiring): the reaper settles it as revoked."""
     from core.store import new_id
     from streaming import state
+    from streaming.channel import TerminalSink
+    from streaming.generation import Generation
     from streaming.keeper import reap
-    from streaming.runner import Generation
 
     a = world["a"]
     gen = Generation(
@@ -394,7 +399,7 @@ def test_revoking_a_stream_whose_worker_died_settles_it_as_revoked(
     assert response.status_code == 202 and response.get_json()["status"] == "revoked"
 
     redis.zadd("sg:live", {gen.stream_id: 0})  # its lease expired
-    reap(app)
+    reap(app, TerminalSink)
     watcher.read()
     assert watcher.names[-1] == "stream.revoked"
     assert watcher.events[-1].json()["reason"] == "gone"

@@ -322,7 +322,7 @@ def test_the_model_allow_list_decides_what_a_tenant_may_use(
 
 
 def test_disabling_a_tenant_locks_out_everyone_in_it_and_revokes_its_streams(
-    client: Any, world: dict[str, Any], fake_upstream: Any, redis: Any
+    client: Any, app_services: Any, world: dict[str, Any], fake_upstream: Any, redis: Any
 ) -> None:
     a, b = world["a"], world["b"]
     stream_id = start_channel(client, a["member_h"], max_tokens=200)

@@ -16,6 +16,9 @@ import pytest
 from bench.fake_upstream import expected_text, prompt_tokens
 from tests.conftest import app_config, free_port, wait_until
 
+# The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
+pytestmark = pytest.mark.usefixtures("app_services")
+
 Headers = dict[str, str]
 
 
@@ -285,9 +288,10 @@ def test_revoke_releases_lease_and_reconciles(app: Any, client: Any, tight: Any)
 
     user, headers, request = tight
     stream_id = start_and_see_tokens(client, headers, SLOW)
-    control.send(
-        get_redis(), "revoke_stream", 600, stream_id=stream_id, by="usr_admin", reason="test"
+    message = control.ControlMessage(
+        control.REVOKE_STREAM, stream_id=stream_id, by="usr_admin", reason="test"
     )
+    control.send(get_redis(), message, 600)
     final = wait_status(client, headers, stream_id, "revoked")
     assert_reconciled(client, headers, [final["usage"]])
     assert client.post("/v1/streams", json=request, headers=headers).status_code == 202

@@ -202,16 +202,21 @@ def test_sse_endpoints_document_every_event_and_the_chunk(spec: dict[str, Any]) 
 
 
 def test_channel_events_match_their_schemas(
-    app: Any, client: Any, spec: dict[str, Any], make_user: Any, auth_headers: Any
+    app: Any,
+    app_services: Any,
+    client: Any,
+    spec: dict[str, Any],
+    make_user: Any,
+    auth_headers: Any,
 ) -> None:
     from api.schemas.events import STREAM_EVENTS
     from core.store import get_redis
     from streaming import control
-    from streaming.control import services
+    from streaming.log import event_log
 
     user = make_user()
     user_id, headers = user.id, auth_headers(user)  # views end the session: keep plain values
-    log = services(app).event_log
+    log = event_log(app)
 
     def run(content: str, stop: str | None = None) -> list[tuple[str, str, str]]:
         body = {"model": "fake-model", "messages": [{"role": "user", "content": content}]}
@@ -226,11 +231,10 @@ def test_channel_events_match_their_schemas(
         elif stop == "revoke":  # what POST /v1/admin/streams/<id>/revoke sends on the bus
             control.send(
                 get_redis(),
-                "revoke_stream",
+                control.ControlMessage(
+                    control.REVOKE_STREAM, stream_id=stream_id, by=user_id, reason="spec check"
+                ),
                 60,
-                stream_id=stream_id,
-                by=user_id,
-                reason="spec check",
             )
         return wait_until(
             lambda: (
@@ -266,7 +270,12 @@ def test_channel_events_match_their_schemas(
 
 
 def test_ping_matches_its_schema(
-    app: Any, client: Any, spec: dict[str, Any], make_user: Any, auth_headers: Any
+    app: Any,
+    app_services: Any,
+    client: Any,
+    spec: dict[str, Any],
+    make_user: Any,
+    auth_headers: Any,
 ) -> None:
     user = make_user()
     url, headers = "/v1/events?channel=users/" + user.id, auth_headers(user)

@@ -14,6 +14,9 @@ from bench.fake_upstream import expected_text
 from tests.conftest import wait_until
 from tests.streaming.conftest import open_hub, prompt, tenant_of
 
+# The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
+pytestmark = pytest.mark.usefixtures("app_services")
+
 Headers = dict[str, str]
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from core.store import new_id
-from streaming.channel import LogSink, stream_channel
-from streaming.control import event_log
-from streaming.runner import Generation, Outcome
+from streaming.channel import LogSink
+from streaming.generation import Generation, Outcome, stream_channel
+from streaming.log import event_log
 from tests.conftest import wait_until
 
 

@@ -11,10 +11,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from streaming.control import event_log
-from streaming.log import log_key
+import pytest
+
+from streaming.log import event_log, log_key
 from tests.conftest import wait_until
 from tests.streaming.conftest import open_hub
+
+# The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
+pytestmark = pytest.mark.usefixtures("app_services")
 
 
 def _hub_connection(redis: Any) -> dict[str, Any]:

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import free_port, wait_until
 from tests.streaming.conftest import open_hub, tenant_of
 
+# The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
+pytestmark = pytest.mark.usefixtures("app_services")
+
 GOOD_STREAM = "streams/str_" + "a" * 20
 GOOD_USER = "users/usr_" + "b" * 20
 

@@ -184,11 +184,10 @@ def test_a_revoked_stream_ends_its_readers_and_answers_410(
             wait_until(lambda: get_redis().zcard(f"sg:ss:{started['id']}") >= 1)
             control.send(
                 get_redis(),
-                "revoke_stream",
+                control.ControlMessage(
+                    control.REVOKE_STREAM, stream_id=started["id"], by=admin_id, reason="policy"
+                ),
                 60,
-                stream_id=started["id"],
-                by=admin_id,
-                reason="policy",
             )
         thread.join(60)
         (seen,) = reader

@@ -1,0 +1,121 @@
+"""Every gevent concern in one place: spawn, call later, interrupt, watch for a client hanging up.
+
+Under gunicorn's gevent worker the process is monkey-patched: a ``threading.Thread`` is a greenlet,
+a blocking socket read parks only its greenlet, and the event loop can watch a socket with no
+greenlet at all. In-process (tests, ``flask`` commands) nothing is patched and the same calls fall
+back to threads, or to doing nothing where only gevent can help (the hang-up watchers).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import monkey
+
+
+def under_gevent() -> bool:
+    """True in a monkey-patched process (gunicorn's gevent worker)."""
+    return bool(monkey.is_module_patched("threading") and monkey.is_module_patched("socket"))
+
+
+def spawn(target: Callable[..., Any], *args: Any, name: str = "streamgate-run") -> None:
+    """Run ``target`` concurrently: a thread, which is a greenlet when monkey-patched."""
+    thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+    thread.start()
+
+
+def call_later(delay: float, fn: Callable[[], Any]) -> None:
+    """Call ``fn`` after ``delay`` seconds: a gevent timer when monkey-patched, else a thread."""
+    if under_gevent():
+        gevent.spawn_later(max(0.0, delay), fn)
+        return
+    timer = threading.Timer(max(0.0, delay), fn)
+    timer.daemon = True
+    timer.start()
+
+
+def current() -> Any:
+    """The greenlet running this code if it is a gevent ``Greenlet`` (else None)."""
+    here = gevent.getcurrent()
+    return here if isinstance(here, gevent.Greenlet) else None
+
+
+def interrupt(greenlet: Any, exc: BaseException) -> None:
+    """Raise ``exc`` in ``greenlet`` where it waits (scheduled for the hub's next turn)."""
+    if greenlet is not None and not greenlet.dead and gevent.getcurrent() is not greenlet:
+        greenlet.kill(exc, block=False)
+
+
+def yield_now() -> None:
+    """One trip through the gevent hub: callbacks scheduled before this one run first."""
+    gevent.sleep(0)
+
+
+def watch_hangup(sock: Any, on_gone: Callable[[], None]) -> Any:
+    """Call ``on_gone`` (in a new greenlet) as soon as the client of ``sock`` hangs up.
+
+    The event loop watches the socket (no greenlet, no CPU while idle): a client that goes away
+    makes it readable with nothing to read. Nothing else may arrive on an event stream's
+    connection; if bytes do arrive, the watch stops. Returns the watcher (``stop()``/``close()``)
+    or None when not under gevent.
+    """
+    raw = getattr(sock, "_sock", None)
+    if raw is None or not under_gevent():
+        return None
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+
+    def readable() -> None:
+        try:
+            peeked = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # spurious wake-up
+        except OSError:
+            peeked = b""
+        watcher.stop()
+        if not peeked:
+            gevent.spawn(on_gone)  # not from the loop's own callback: closing takes locks
+
+    watcher.start(readable)
+    return watcher
+
+
+def watch_eof(
+    sock: Any, active: Callable[[], bool], on_eof: Callable[[], None], send_timeout_s: float
+) -> Callable[[], None]:
+    """Call ``on_eof`` when the client closes ``sock``, even while nothing is being written.
+
+    A greenlet blocks on a ``MSG_PEEK`` read that consumes nothing; EOF means the client left.
+    Returns the watch's stopper, which also restores the socket's timeout (the keep-alive
+    connection may serve another request). Not under gevent: nothing to watch.
+    """
+    if sock is None or not under_gevent():
+        return lambda: None
+    previous_timeout = sock.gettimeout()
+    sock.settimeout(send_timeout_s)  # a client that stops reading is dropped, as on the hub
+
+    def watch() -> None:
+        while active():
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            except TimeoutError:
+                continue  # nothing to read is the normal case: keep watching
+            except OSError:
+                data = b""
+            if not data:
+                on_eof()
+            return  # EOF, or the client sent more (a pipelined request): nothing left to watch
+
+    watcher = gevent.spawn(watch)
+
+    def unwatch() -> None:
+        watcher.kill()  # blocks until it no longer waits on the socket
+        try:
+            sock.settimeout(previous_timeout)
+        except OSError:
+            pass
+
+    return unwatch
