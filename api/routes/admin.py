@@ -2,7 +2,7 @@
 
 Every route needs a token with the ``admin`` scope and an admin or operator role (401 without a
 token, 403 otherwise); a tenant admin sees and acts on their own tenant only (another tenant's
-object is a 404); tenants are managed by operators. Views are thin: ``api.admin_service`` does
+object is a 404); tenants are managed by operators. Views are thin: ``api.services.admin`` does
 the work and writes the audit log.
 """
 
@@ -14,7 +14,6 @@ from typing import Any, TypeVar, cast
 
 from flask_smorest import Blueprint, Page
 
-from api import admin_service as service
 from api.schemas.admin import (
     AdminStreamSchema,
     AuditEventSchema,
@@ -33,6 +32,7 @@ from api.schemas.admin import (
     UserSchema,
     UserUpdateSchema,
 )
+from api.services import admin as service
 from auth.access import current_identity, require
 
 bp = Blueprint(

@@ -9,8 +9,8 @@ from typing import Any
 from flask import Response, current_app, request, stream_with_context
 from flask_smorest import Blueprint
 
-from api.generations import start_generation
 from api.schemas.chat import ChatCompletionSchema, ChatRequestSchema
+from api.services.generations import start_generation
 from auth.access import current_identity, require
 from core.errors import ApiError
 from core.store import db

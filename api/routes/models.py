@@ -6,8 +6,8 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
-from api.generations import allowed_models
 from api.schemas.chat import ModelListSchema
+from api.services.generations import allowed_models
 from auth.access import current_identity, require
 
 bp = Blueprint("models", __name__, url_prefix="/v1", description="Models a tenant may use")

@@ -8,8 +8,6 @@ from flask import current_app
 from flask_jwt_extended import get_jwt
 from flask_smorest import Blueprint, Page
 
-from api import streams_service as service
-from api.generations import start_generation
 from api.limits import rate_limited
 from api.schemas.streams import (
     StreamAcceptedSchema,
@@ -19,6 +17,8 @@ from api.schemas.streams import (
     TicketRequestSchema,
     TicketSchema,
 )
+from api.services import streams as service
+from api.services.generations import start_generation
 from auth.access import current_identity, require
 from core.store import db
 

@@ -38,7 +38,7 @@ def body(text: str = "Tell me a story", max_tokens: int = 50, **knobs: Any) -> d
 
 def estimate(request: dict[str, Any]) -> int:
     """What admission reserves for ``request``: the prompt estimate plus max_tokens."""
-    from api.generations import estimate_prompt_tokens
+    from api.services.generations import estimate_prompt_tokens
 
     return estimate_prompt_tokens(request["messages"]) + request["max_tokens"]
 
