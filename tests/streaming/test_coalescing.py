@@ -16,7 +16,7 @@ from auth.models import new_id
 from streaming.channel import LogSink, stream_channel
 from streaming.control import event_log
 from streaming.runner import Generation, Outcome
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 
 def _sink(app: Any) -> tuple[LogSink, str]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from streaming.control import event_log
 from streaming.log import log_key
-from tests.conftest import wait_until
-from tests.streaming.conftest import open_hub
+from tests.support.hub import open_hub
+from tests.support.waiting import wait_until
 
 
 def _hub_connection(redis: Any) -> dict[str, Any]:

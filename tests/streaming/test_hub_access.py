@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_until
-from tests.streaming.conftest import open_hub, tenant_of
+from tests.support.hub import open_hub, tenant_of
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 GOOD_STREAM = "streams/str_" + "a" * 20
 GOOD_USER = "users/usr_" + "b" * 20
