@@ -233,16 +233,26 @@ def _overrides_key(item: pytest.Item) -> tuple[int, str]:
     return (0, "") if overrides is None else (1, repr(sorted(dict(overrides).items())))
 
 
+SLOW_MARKERS = ("live", "browser", "e2e")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Within a module, run tests parametrized with the same ``live_overrides`` one after another
-    (the others first), so they share one live server instead of alternating between two."""
-    start = 0
-    while start < len(items):
-        end = start
-        while end < len(items) and items[end].path == items[start].path:
-            end += 1
-        items[start:end] = sorted(items[start:end], key=_overrides_key)
-        start = end
+    """Order the run for sharing and for two xdist workers.
+
+    Modules that start servers come first (the quick in-process ones then fill both workers
+    to the end instead of one worker finishing a long module alone). Within a module, tests
+    parametrized with the same ``live_overrides`` run one after another (the others first), so
+    they share one live server instead of alternating between two.
+    """
+    modules: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+
+    def slow(path: Path) -> bool:
+        return any(m.name in SLOW_MARKERS for it in modules[path] for m in it.iter_markers())
+
+    ordered = sorted(modules, key=lambda path: not slow(path))  # stable: collection order kept
+    items[:] = [it for path in ordered for it in sorted(modules[path], key=_overrides_key)]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -133,7 +133,9 @@ def run(args: list[str], env: dict[str, str], cwd: Path, what: str) -> str:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_docs_examples_run(page: str, docs_server: DocsServer, tmp_path: Path) -> None:
+def test_docs_examples_run(page: str, docs_server: DocsServer, redis: Any, tmp_path: Path) -> None:
+    # ``redis``: start from an empty Redis (the server is idle between these tests), so failed
+    # logins another test left for 127.0.0.1 cannot throttle the reader's login.
     env = reader_env(docs_server, page)
     shell = [e for e in examples(page) if e.lang == "sh"]
     if shell:
