@@ -13,7 +13,7 @@ from tests.support.tokens import tenant_of
 
 @pytest.fixture()
 def login(client: Any) -> Callable[..., Any]:
-    """POST /v1/auth/login for ``user`` (password from conftest unless given)."""
+    """POST /v1/auth/login for ``user`` (``tests.support.config.PASSWORD`` unless given)."""
 
     def do(user: Any, password: str = PASSWORD, *, addr: str = "127.0.0.1", **extra: Any) -> Any:
         body = {"tenant": tenant_of(user).slug, "email": user.email, "password": password, **extra}
