@@ -12,7 +12,8 @@ STAMP := $(VENV)/.streamgate-installed
 # -qq: errors only (a machine's pip config may warn once per package about its local indexes).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
 # `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
-PYTEST_ARGS ?= -m 'not soak'
+# Two pytest-xdist workers, each taking whole files (a file's tests share one live server).
+PYTEST_ARGS ?= -m 'not soak' -n 2 --dist loadfile
 # The soak prints its figures (one `soak: {...}` line); -s lets them reach the log.
 SOAK_ARGS ?= -s
 export PYTHONPATH := $(CURDIR)

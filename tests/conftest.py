@@ -1,103 +1,46 @@
 """Shared fixtures: a real Redis server, real SQL databases, the fake upstream, apps and users.
 
-- ``redis_server`` starts Debian's redis-server once per session on a free loopback port;
-  ``redis`` flushes it before each test.
+Built on ``tests/support/`` (import helpers from there, never from this file).
+
+- ``redis_server`` starts Debian's redis-server once per session (per xdist worker) on a free
+  loopback port; ``redis`` flushes it before each test.
 - ``db_url`` is a fresh SQLite file per test; tests marked ``db`` also run on PostgreSQL when
   ``TEST_POSTGRES_URL`` is set (``make test`` starts a throwaway cluster and sets it).
 - ``fake_upstream`` is the deterministic OpenAI-compatible server from ``bench/``.
-- ``app`` / ``client`` are in-process; ``live`` is real gunicorn gevent workers on loopback.
+- ``app`` / ``client`` are in-process; ``live`` is real gunicorn gevent workers on loopback,
+  shared by consecutive tests with the same ``live_overrides`` and reset between them
+  (``tests.support.live``).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis as redis_lib
 import sqlalchemy
 
 from bench.fake_upstream import FakeUpstream
-from bench.stack import free_port, redis_argv, wait_for_redis
+from tests.support.config import PASSWORD, app_config
+from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
+from tests.support.processes import RedisServer, start_redis, stop_redis
 
-ROOT = Path(__file__).resolve().parent.parent
-TEST_SECRET = "test-secret-" + "x" * 40
-PASSWORD = "correct horse battery staple"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it (or fail the test)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
+LIVE_POOL = pytest.StashKey[LivePool]()
 
 
 # --- Redis ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class RedisServer:
-    port: int
-    proc: subprocess.Popen[bytes]
-    workdir: str
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis_lib.Redis:
-        return redis_lib.Redis(port=self.port, decode_responses=True)
-
-
-def start_redis(
-    extra: list[str] | None = None, port: int | None = None, workdir: str | None = None
-) -> RedisServer:
-    port = port or free_port()
-    workdir = workdir or tempfile.mkdtemp(prefix="sg-redis-")
-    proc = subprocess.Popen(
-        redis_argv(port, workdir, "--maxclients", "20000", *(extra or [])),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_redis(port)
-    return RedisServer(port, proc, workdir)
-
-
-def stop_process(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10
-) -> None:
-    """End a process this test session started, by its PID."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
-    stop_process(server.proc)
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    stop_redis(server)
 
 
 @pytest.fixture()
@@ -153,20 +96,6 @@ def db_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 # --- apps -----------------------------------------------------------------------------------------
-
-
-def app_config(redis_url: str, db_url: str, llm_url: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "TESTING": True,
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "DATABASE_URL": db_url,
-        "REDIS_URL": redis_url,
-        "LLM_BASE_URL": llm_url,
-        "LLM_MODELS": ["fake-model"],
-        "JWT_COOKIE_SECURE": False,
-        "LOG_LEVEL": "WARNING",
-        **extra,
-    }
 
 
 @pytest.fixture()
@@ -305,82 +234,56 @@ def auth_headers() -> Callable[..., dict[str, str]]:
     return headers
 
 
-# --- live gunicorn servers ------------------------------------------------------------------------
+# --- live gunicorn servers ---------------------------------------------------------------------
 
 
-@dataclass
-class LiveServer:
-    """A gunicorn master with gevent workers, and an in-process app bound to the same stores."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    app: Any
-    env: dict[str, str]
-    log_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30), **kwargs)
+def _overrides_key(item: pytest.Item) -> tuple[int, str]:
+    callspec = getattr(item, "callspec", None)
+    overrides = callspec.params.get("live_overrides") if callspec is not None else None
+    return (0, "") if overrides is None else (1, repr(sorted(dict(overrides).items())))
 
 
-def start_gunicorn(
-    env: dict[str, str], log_path: Path, workers: int = 2
-) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "-w",
-                str(workers),
-                "-b",
-                f"127.0.0.1:{port}",
-                "api:create_app()",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+SLOW_MARKERS = ("live", "browser", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the run for sharing and for two xdist workers.
+
+    Modules that start servers come first (the quick in-process ones then fill both workers
+    to the end instead of one worker finishing a long module alone). Within a module, tests
+    parametrized with the same ``live_overrides`` run one after another (the others first), so
+    they share one live server instead of alternating between two.
+    """
+    modules: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+
+    def slow(path: Path) -> bool:
+        return any(m.name in SLOW_MARKERS for it in modules[path] for m in it.iter_markers())
+
+    ordered = sorted(modules, key=lambda path: not slow(path))  # stable: collection order kept
+    items[:] = [it for path in ordered for it in sorted(modules[path], key=_overrides_key)]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    pool = config.stash.get(LIVE_POOL, None)
+    if pool is not None and pool.started:
+        terminalreporter.write_line(
+            f"live servers: {pool.started} started, {len(pool.replaced)} replaced after a test"
         )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail("gunicorn exited:\n" + log_path.read_text(errors="replace")[-4000:])
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, timeout=30, interval=0.1)
-    except BaseException:
-        stop_process(proc)  # a server that came up too late must not outlive the failed test
-        raise
-    return url, proc
-
-
-def live_env(redis_url: str, db_url: str, llm_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    env.update(
-        JWT_SECRET_KEY=TEST_SECRET,
-        DATABASE_URL=db_url,
-        REDIS_URL=redis_url,
-        LLM_BASE_URL=llm_url,
-        LLM_MODELS="fake-model",
-        JWT_COOKIE_SECURE="false",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
-    )
-    env.update(extra)  # live_overrides may replace any of the above (e.g. LLM_BASE_URL)
-    return env
+        for reason in pool.replaced:
+            terminalreporter.write_line(f"  replaced: {reason}")
 
 
 @pytest.fixture()
@@ -389,32 +292,50 @@ def live_overrides() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture()
-def live(
-    redis: redis_lib.Redis,
+@pytest.fixture(scope="session")
+def live_pool(
+    request: pytest.FixtureRequest,
     redis_server: RedisServer,
-    fake_upstream: FakeUpstream,
-    tmp_path: Path,
-    live_overrides: dict[str, str],
-) -> Iterator[LiveServer]:
-    """Real gunicorn gevent workers on loopback, sharing Redis and SQLite with ``live.app``."""
-    from api import create_app
-    from core.store import db
-    from streaming.control import stop_services
+    _upstream_server: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LivePool]:
+    pool = LivePool(
+        redis_server, _upstream_server.base_url, lambda: tmp_path_factory.mktemp("live")
+    )
+    request.config.stash[LIVE_POOL] = pool
+    yield pool
+    pool.close()
 
-    db_url = f"sqlite:///{tmp_path / 'live.db'}"
-    application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
-    with application.app_context():
-        db.create_all()
-        log_path = tmp_path / "gunicorn.log"
-        env = live_env(redis_server.url, db_url, fake_upstream.base_url, **live_overrides)
-        url, proc = start_gunicorn(env, log_path)
-        server = LiveServer(url, proc, application, env, log_path)
-        try:
-            yield server
-        finally:
-            stop_process(proc)
-            stop_services(application)
-            db.session.remove()
-            db.engine.dispose()
-    application.extensions["streamgate.redis"].close()
+
+@pytest.fixture()
+def live_cluster(
+    request: pytest.FixtureRequest,
+    redis: redis_lib.Redis,
+    fake_upstream: FakeUpstream,
+    live_pool: LivePool,
+    live_overrides: dict[str, str],
+) -> Iterator[LiveCluster]:
+    """The live server(s) for ``live_overrides``: reused, or started; checked idle afterwards."""
+    fresh = request.node.get_closest_marker("fresh_live_server") is not None
+    cluster = live_pool.get(live_overrides, redis, fresh=fresh)
+    yield cluster
+    problem = cluster.wait_idle(redis, lambda: int(fake_upstream.snapshot()["active"]))
+    if problem is None and request.node.stash.get(_CALL_FAILED, False):
+        problem = "the test failed"
+    if problem is not None:
+        live_pool.discard(f"{request.node.nodeid}: {problem}")
+
+
+@pytest.fixture()
+def live(live_cluster: LiveCluster) -> Iterator[LiveServer]:
+    """Real gunicorn gevent workers on loopback, sharing Redis and SQLite with ``live.app``.
+
+    The server may have served earlier tests: its tables are emptied and Redis flushed first.
+    """
+    application = live_cluster.make_app()
+    try:
+        live_cluster.empty_tables(application)
+        with application.app_context():
+            yield live_cluster.server(application)
+    finally:
+        close_app(application)

@@ -54,7 +54,7 @@ def record_of(stream_id: str) -> Any:
 
 def finished_record(stream_id: str) -> Any:
     """The record once its run settled (the response may end a moment before the write)."""
-    from tests.conftest import wait_until
+    from tests.support.waiting import wait_until
 
     return wait_until(
         lambda: (r := record_of(stream_id)) is not None and r.status != "running" and r

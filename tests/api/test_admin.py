@@ -22,7 +22,8 @@ from tests.api.admin_helpers import (
     open_hub,
     start_channel,
 )
-from tests.conftest import PASSWORD, wait_until
+from tests.support.config import PASSWORD
+from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.api.admin_helpers import Headers, build_world, start_channel
-from tests.conftest import PASSWORD, wait_until
+from tests.support.config import PASSWORD
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.db
 

@@ -3,7 +3,7 @@
 The openai SDK, LangChain's ``ChatOpenAI`` and raw httpx-sse talk to Streamgate over loopback;
 Streamgate talks to the deterministic fake upstream, whose vocabulary carries leading spaces,
 ``\\n``, ``\\r\\n``, ``\\r``, U+2028 and emoji: every test compares the text byte for byte.
-(Each test starts its own gunicorn, so related checks share a test.)
+(The tests share one gunicorn, reset between them: see tests/support/live.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from tests.api.chat_helpers import (
     live_ids,
     token_of,
 )
-from tests.conftest import LiveServer, free_port, wait_until
+from tests.support.live import LiveServer
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -288,9 +290,9 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_and_cancels_the_record(
                 break  # leaving the block closes the connection mid-stream
         assert fake_upstream.snapshot()["active"] == 1
 
-    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1 and s["active"] == 0), (
-        fake_upstream.snapshot()
-    )
+    assert fake_upstream.wait_for(
+        lambda s: s["disconnects"] == 1 and s["active"] == 0, timeout=15
+    ), fake_upstream.snapshot()
     record = finished_record(stream_id)
     assert (record.status, record.error_code) == ("cancelled", None)
     assert record.completion_tokens >= seen  # what was generated is counted
@@ -357,7 +359,7 @@ def test_a_slow_first_token_is_preceded_by_keep_alive_comments(
             if lines.count(": keep-alive") == 3:
                 break
     assert not any('"content":" Hello"' in line for line in lines)
-    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1)
+    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1, timeout=15)
 
     # A first token that does come after a while: keep-alives, then the whole text.
     with (
@@ -405,7 +407,9 @@ def test_an_upstream_that_never_answers_is_a_504(
         response = post(live, headers, chat_body("hang", stream=stream))
         assert_openai_error(response, 504, "upstream_timeout")
         assert finished_record(stream_id_of(response)).status == "failed"
-    assert fake_upstream.wait_for(lambda s: s["requests"] == 2 and s["active"] == 0)  # we hung up
+    assert fake_upstream.wait_for(  # we hung up
+        lambda s: s["requests"] == 2 and s["active"] == 0, timeout=15
+    )
 
     # It answered, then went quiet for longer than LLM_READ_TIMEOUT_S: the 200 is out, so the
     # timeout arrives in-band.
@@ -584,7 +588,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
     assert "[DONE]" not in datas
     error = json.loads(datas[-1])["error"]
     assert error["code"] == "stream_revoked" and error["message"]
-    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1 and s["active"] == 0)
+    assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1 and s["active"] == 0, timeout=15)
     record = finished_record(stream_id)
     assert (record.status, record.revoked_by) == ("revoked", admin.id)
     assert record.completion_tokens >= 3

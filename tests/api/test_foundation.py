@@ -10,7 +10,8 @@ import pytest
 from flask import Flask, request
 
 from api.config import VARIABLES, ConfigError, markdown_table
-from tests.conftest import ROOT, app_config, free_port
+from tests.support.config import ROOT, app_config
+from tests.support.processes import free_port
 
 ENVELOPE_KEYS = {"code", "status", "message"}
 

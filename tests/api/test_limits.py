@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text, prompt_tokens
-from tests.conftest import app_config, free_port, wait_until
+from tests.api.limits_helpers import SLOW, body, estimate
+from tests.support.config import app_config
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
@@ -22,25 +25,7 @@ pytestmark = pytest.mark.usefixtures("app_services")
 Headers = dict[str, str]
 
 
-# --- helpers (also used by test_limits_live.py) ------------------------------------------------
-
-
-def body(text: str = "Tell me a story", max_tokens: int = 50, **knobs: Any) -> dict[str, Any]:
-    """A chat request; ``knobs`` steer the fake upstream (``[[fake k=v]]``)."""
-    pairs = " ".join(f"{k}={v}" for k, v in knobs.items())
-    directive = f" [[fake {pairs}]]" if knobs else ""
-    return {
-        "model": "fake-model",
-        "max_tokens": max_tokens,
-        "messages": [{"role": "user", "content": text + directive}],
-    }
-
-
-def estimate(request: dict[str, Any]) -> int:
-    """What admission reserves for ``request``: the prompt estimate plus max_tokens."""
-    from api.services.generations import estimate_prompt_tokens
-
-    return estimate_prompt_tokens(request["messages"]) + request["max_tokens"]
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def upstream_prompt(request: dict[str, Any]) -> int:
@@ -61,9 +46,6 @@ def settled(get_usage: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return usage if quiet and usage["limits"]["tenant"]["concurrent"]["used"] == 0 else None
 
     return wait_until(idle, timeout=15)
-
-
-SLOW = body(max_tokens=2000, infinite=1, delay_ms=10)  # runs until stopped, in practice
 
 
 # --- fixtures ----------------------------------------------------------------------------------

@@ -6,17 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.api.test_limits import SLOW, body, estimate
-from tests.conftest import LiveServer, start_gunicorn, stop_process, wait_until
+from tests.api.limits_helpers import SLOW, body, estimate
+from tests.support.live import LiveCluster, LiveServer
+from tests.support.processes import process_talking_to, worker_pids
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -24,13 +25,11 @@ Headers = dict[str, str]
 
 
 @pytest.fixture()
-def two_nodes(live: LiveServer, tmp_path: Path) -> Iterator[list[str]]:
+def two_nodes(live: LiveServer, live_cluster: LiveCluster) -> list[str]:
     """Two gunicorn masters (two workers each) sharing one Redis and one database."""
-    url, proc = start_gunicorn(live.env, tmp_path / "gunicorn-2.log")
-    try:
-        yield [live.url, url]
-    finally:
-        stop_process(proc)
+    if len(live_cluster.nodes) < 2:
+        live_cluster.add_node()  # kept with the live server for the tests that follow
+    return [live.url, live_cluster.nodes[1][0]]
 
 
 @pytest.fixture()
@@ -201,48 +200,14 @@ def test_client_disconnect_releases_lease_and_reconciles(
     assert httpx.post(live.url + "/v1/streams", headers=headers, json=body()).status_code == 202
 
 
-def worker_pids(master: int) -> list[int]:
-    """The gunicorn master's children, from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                pids.append(int(entry))
-    return pids
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
 def worker_talking_to(master: int, port: int) -> int | None:
     """The worker holding a TCP connection to ``port`` (the one running the generation)."""
-    remote = f":{port:04X}"
-    with open("/proc/net/tcp") as f:
-        inodes = {
-            cols[9]
-            for cols in (line.split() for line in f.readlines()[1:])
-            if cols[2].endswith(remote) and cols[3] == "01"
-        }  # ESTABLISHED
-    for pid in worker_pids(master):
-        if _socket_inodes(pid) & inodes:
-            return pid
-    return None
+    return process_talking_to(worker_pids(master), port)
 
 
+# A server of its own: workers that served earlier tests hold idle keep-alive connections to the
+# fake upstream, and the worker to kill is found by its connection to it.
+@pytest.mark.fresh_live_server
 @pytest.mark.parametrize("live_overrides", [{"LEASE_TTL_S": "2"}], ids=["lease-2s"])
 def test_worker_killed_mid_stream_lease_expires_and_reaper_settles(
     live: LiveServer, person: Any, fake_upstream: Any

@@ -12,7 +12,7 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "openapi.yaml"

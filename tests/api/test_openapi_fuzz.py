@@ -28,13 +28,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance, response_schema_conformance
 
 from bench.fake_upstream import FakeUpstream
-from tests.conftest import (
-    app_config,
-    live_env,
-    start_gunicorn,
-    start_redis,
-    stop_process,
-)
+from tests.support.config import app_config, live_env
+from tests.support.live import start_gunicorn
+from tests.support.processes import start_redis, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = 10  # per operation: the whole module stays near a minute on two idle cores

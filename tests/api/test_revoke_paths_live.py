@@ -31,7 +31,8 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.api.admin_helpers import gen_body
-from tests.conftest import wait_until
+from tests.support.hub import active_subscribers
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -99,14 +100,6 @@ class Watch:
 
 def _has_text(sse: ServerSentEvent) -> bool:
     return '"content":"' in sse.data and '"content":""' not in sse.data
-
-
-def active_subscribers(client: httpx.Client) -> float:
-    """``streamgate_active_subscribers`` from /metrics, summed over the live workers."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("streamgate_active_subscribers "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def record_status(live: Any, stream_id: str) -> str:

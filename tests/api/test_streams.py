@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.conftest import wait_until
-from tests.streaming.conftest import open_hub, prompt, tenant_of
+from tests.support.hub import open_hub, prompt, tenant_of
+from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
@@ -95,7 +95,7 @@ def test_cancel_closes_the_upstream_tells_subscribers_and_records_it(
         hub.close()
     assert hub.eof and hub.events[-1].event == "stream.cancelled"
     assert hub.events[-1].data["type"] == "stream.cancelled"
-    assert fake_upstream.wait_for(lambda s: s["disconnects"] > closed_before)
+    assert fake_upstream.wait_for(lambda s: s["disconnects"] > closed_before, timeout=15)
     sent = "".join(e.data["text"] for e in hub.events if e.event == "token")
 
     def recorded() -> dict[str, Any] | None:

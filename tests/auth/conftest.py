@@ -1,47 +1,19 @@
-"""Helpers for identity tests: log in through the API, read a tenant, forge tokens with PyJWT."""
+"""Fixtures for identity tests: log in through the API (helpers: ``tests.support.tokens``)."""
 
 from __future__ import annotations
 
-import base64
-import json
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import jwt as pyjwt
 import pytest
 
-from tests.conftest import PASSWORD, TEST_SECRET
-
-OTHER_SECRET = "another-secret-" + "y" * 40
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": "Bearer " + token}
-
-
-def tenant_of(user: Any) -> Any:
-    from auth.models import Tenant
-    from core.store import db
-
-    return db.session.get(Tenant, user.tenant_id)
-
-
-def assert_auth_error(response: Any, status: int = 401, error: str = "invalid_token") -> None:
-    """A 401/403 in the envelope, with the RFC 6750 challenge naming ``error``."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert body["code"] == status and isinstance(body["message"], str) and body["message"]
-    challenge = response.headers["WWW-Authenticate"]
-    assert challenge.startswith('Bearer realm="streamgate"')
-    if error:
-        assert f'error="{error}"' in challenge
-        assert body["error_code"] == error
+from tests.support.config import PASSWORD
+from tests.support.tokens import tenant_of
 
 
 @pytest.fixture()
 def login(client: Any) -> Callable[..., Any]:
-    """POST /v1/auth/login for ``user`` (password from conftest unless given)."""
+    """POST /v1/auth/login for ``user`` (``tests.support.config.PASSWORD`` unless given)."""
 
     def do(user: Any, password: str = PASSWORD, *, addr: str = "127.0.0.1", **extra: Any) -> Any:
         body = {"tenant": tenant_of(user).slug, "email": user.email, "password": password, **extra}
@@ -60,29 +32,3 @@ def tokens_for(login: Callable[..., Any]) -> Callable[[Any], dict[str, str]]:
         return dict(response.get_json())
 
     return do
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    return dict(pyjwt.decode(token, options={"verify_signature": False}))
-
-
-def sign(claims: dict[str, Any], *, key: str = TEST_SECRET, alg: str = "HS256") -> str:
-    """Encode ``claims`` with PyJWT directly (a forger's view of our tokens)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PyJWT warns about key lengths for some algorithms
-        return pyjwt.encode(claims, key, algorithm=alg)
-
-
-def _b64(data: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def unsigned(claims: dict[str, Any]) -> str:
-    """An ``alg: none`` token: header and payload, empty signature."""
-    return _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(claims) + "."
-
-
-def tampered(token: str, **changes: Any) -> str:
-    """The same token with edited claims and the original signature."""
-    header, _payload, signature = token.split(".")
-    return header + "." + _b64({**claims_of(token), **changes}) + "." + signature

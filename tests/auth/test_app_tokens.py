@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.auth.conftest import assert_auth_error, bearer, claims_of
+from tests.support.tokens import assert_auth_error, bearer, claims_of
 
 pytestmark = pytest.mark.db
 

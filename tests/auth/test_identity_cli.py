@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.auth.conftest import assert_auth_error, bearer
-from tests.conftest import PASSWORD
+from tests.support.config import PASSWORD
+from tests.support.tokens import assert_auth_error, bearer
 
 pytestmark = pytest.mark.db
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from core.errors import ApiError
-from tests.auth.conftest import assert_auth_error, bearer
+from tests.support.tokens import assert_auth_error, bearer
 
 pytestmark = pytest.mark.db
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.support.config import PASSWORD
 
 MAX = 5  # LOGIN_MAX_FAILURES default
 WINDOW = 900  # LOGIN_WINDOW_S default

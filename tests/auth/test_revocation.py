@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.auth.conftest import assert_auth_error, bearer
-from tests.conftest import app_config, free_port
+from tests.support.config import app_config
+from tests.support.processes import free_port
+from tests.support.tokens import assert_auth_error, bearer
 
 pytestmark = pytest.mark.db
 

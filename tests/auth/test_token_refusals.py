@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.auth.conftest import (
+from tests.support.tokens import (
     OTHER_SECRET,
     assert_auth_error,
     bearer,

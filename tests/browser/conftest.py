@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import PASSWORD, ROOT
+from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Account
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 # Waits end as soon as the page shows the state; the bound is for a loaded CI machine.
 expect.set_options(timeout=20_000)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +26,6 @@ def browser() -> Iterator[Any]:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
-
-
-@dataclass
-class Account:
-    tenant: str
-    email: str
-    user_id: str
-    role: str
-    tenant_id: str
 
 
 @pytest.fixture()
@@ -76,15 +54,3 @@ def screenshot(request: pytest.FixtureRequest) -> Callable[[Any, str], Path]:
         return path
 
     return take
-
-
-def log_in(page: Any, base_url: str, account: Account) -> None:
-    """Log in through the playground's form, as a person would."""
-    page.goto(base_url + "/")
-    page.locator("#login-view").wait_for(state="visible")
-    page.fill("#login-tenant", account.tenant)
-    page.fill("#login-email", account.email)
-    page.fill("#login-password", PASSWORD)
-    page.click("#login-submit")
-    page.locator("#app-view").wait_for(state="visible")
-    page.locator("#model option[value='fake-model']").wait_for(state="attached")

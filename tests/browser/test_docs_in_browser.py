@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import token_text
-from tests.conftest import PASSWORD
-from tests.docs.test_docs_examples import examples
+from tests.support.config import PASSWORD
+from tests.support.docs import examples
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from bench.fake_upstream import token_text
-from tests.browser.conftest import log_in
+from tests.support.browser import log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 TIMEOUT_MS = 20_000

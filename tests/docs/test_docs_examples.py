@@ -11,8 +11,6 @@ print.
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -25,33 +23,15 @@ import httpx
 import pytest
 
 from bench.fake_upstream import FakeUpstream
-from tests.conftest import PASSWORD, ROOT, app_config, live_env, start_gunicorn, stop_process
+from tests.support.config import PASSWORD, app_config, live_env
+from tests.support.docs import examples
+from tests.support.live import start_gunicorn
+from tests.support.processes import stop_process
 
 pytestmark = [pytest.mark.live]
-DOCS = ROOT / "docs"
 PAGES = ("quickstart.md", "channels.md", "mobile.md", "limits.md")
-FENCE = re.compile(r"^```(\w+)[ \t]*([^\n]*)\n(.*?)^```[ \t]*$", re.S | re.M)
 # Per page, limits its user is given (limits.md shows a 429 with a concurrency limit of 1).
 USER_LIMITS = {"limits.md": {"concurrent": 1}}
-
-
-@dataclass
-class Example:
-    page: str
-    lang: str
-    title: str
-    expect: list[str]
-    code: str
-
-
-def examples(page: str) -> list[Example]:
-    found = []
-    for lang, info, code in FENCE.findall((DOCS / page).read_text(encoding="utf-8")):
-        attrs = dict(part.split("=", 1) for part in shlex.split(info) if "=" in part)
-        if "title" in attrs:
-            expect = [attrs["expect"]] if "expect" in attrs else []
-            found.append(Example(page, lang, attrs["title"], expect, code))
-    return found
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -153,7 +133,9 @@ def run(args: list[str], env: dict[str, str], cwd: Path, what: str) -> str:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_docs_examples_run(page: str, docs_server: DocsServer, tmp_path: Path) -> None:
+def test_docs_examples_run(page: str, docs_server: DocsServer, redis: Any, tmp_path: Path) -> None:
+    # ``redis``: start from an empty Redis (the server is idle between these tests), so failed
+    # logins another test left for 127.0.0.1 cannot throttle the reader's login.
     env = reader_env(docs_server, page)
     shell = [e for e in examples(page) if e.lang == "sh"]
     if shell:

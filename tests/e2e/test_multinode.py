@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.conftest import (
-    LiveServer,
-    app_config,
-    live_env,
-    start_gunicorn,
-    stop_process,
-    wait_until,
-)
+from tests.support.live import LiveCluster, LiveServer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -46,31 +38,16 @@ class Nodes:
 
 
 @pytest.fixture()
-def nodes(redis: Any, redis_server: Any, fake_upstream: Any, tmp_path: Path) -> Iterator[Nodes]:
-    """Two gunicorn masters (two gevent workers each) on one Redis and one SQLite file."""
-    from api import create_app
-    from core.store import db
-    from streaming.control import stop_services
+def live_overrides() -> dict[str, str]:
+    return {"SSE_HEARTBEAT_S": "1"}
 
-    db_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    application = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
-    servers: list[LiveServer] = []
-    with application.app_context():
-        db.create_all()
-        env = live_env(redis_server.url, db_url, fake_upstream.base_url, SSE_HEARTBEAT_S="1")
-        try:
-            for name in ("a", "b"):
-                log_path = tmp_path / f"gunicorn-{name}.log"
-                url, proc = start_gunicorn(env, log_path)
-                servers.append(LiveServer(url, proc, application, env, log_path))
-            yield Nodes(*servers)
-        finally:
-            for server in servers:
-                stop_process(server.proc)
-            stop_services(application)
-            db.session.remove()
-            db.engine.dispose()
-    application.extensions["streamgate.redis"].close()
+
+@pytest.fixture()
+def nodes(live: LiveServer, live_cluster: LiveCluster) -> Nodes:
+    """Two gunicorn masters (two gevent workers each) on one Redis and one SQLite file."""
+    if len(live_cluster.nodes) < 2:
+        live_cluster.add_node()  # kept with the live server for the next test
+    return Nodes(live, live_cluster.server(live.app, 1))
 
 
 @pytest.fixture()

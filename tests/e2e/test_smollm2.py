@@ -18,7 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, LiveServer, free_port, stop_process, wait_until
+from tests.support.config import ROOT
+from tests.support.live import LiveServer
+from tests.support.processes import free_port, stop_process
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

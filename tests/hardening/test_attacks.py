@@ -14,7 +14,7 @@ import jwt as pyjwt
 import pytest
 
 from auth.tokens import issue_user_tokens, revoke_jti
-from tests.conftest import TEST_SECRET
+from tests.support.config import TEST_SECRET
 
 PUBLIC_BLUEPRINTS = ("static", "docs.", "web.", "health.", "metrics.")
 PUBLIC_RULES = {"/v1/auth/login"}

@@ -22,14 +22,10 @@ import pytest
 from httpx_sse import connect_sse
 
 from bench.fake_upstream import FakeUpstream, expected_text
-from tests.conftest import (
-    app_config,
-    live_env,
-    start_gunicorn,
-    start_redis,
-    stop_process,
-    wait_until,
-)
+from tests.support.config import app_config, live_env
+from tests.support.live import start_gunicorn
+from tests.support.processes import start_redis, stop_process, worker_pids
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 TERMINAL = {"stream.completed", "stream.failed", "stream.cancelled", "stream.revoked"}
@@ -165,7 +161,7 @@ def start_followed(
 def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None:
     user, headers = headers_for(node)
     stream, reader, result = start_followed(node, headers, "[[fake tokens=80 delay_ms=50]]")
-    time.sleep(1.0)
+    wait_until(lambda: streamed_tokens(node, stream["id"]) > 0, timeout=20)  # mid-stream
     node.restart_redis(down_s=1.0)
     reader.join(90)
     events = result["events"]
@@ -188,22 +184,14 @@ def test_redis_restart_mid_stream_continues_or_fails_cleanly(node: Node) -> None
     wait_until(lambda: node.redis.client().zcard("sg:live") == 0, timeout=15)
 
 
+def streamed_tokens(node: Node, stream_id: str) -> int:
+    """Tokens the run has generated so far, as its worker last recorded in Redis."""
+    return int(node.redis.client().hget(f"sg:st:{stream_id}", "tokens") or 0)
+
+
 def _post_ok(node: Node, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any] | None:
     response = httpx.post(node.url + "/v1/streams", json=body, headers=headers, timeout=10)
     return response.json() if response.status_code == 202 else None
-
-
-def worker_pids(master: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                children.append(int(entry.name))
-    return children
 
 
 def test_worker_killed_mid_generation_is_reaped_and_subscribers_told(node: Node) -> None:
@@ -220,10 +208,7 @@ def test_worker_killed_mid_generation_is_reaped_and_subscribers_told(node: Node)
         target=lambda: result.update(read_resuming(node.url, stream["channel"], headers))
     )
     reader.start()
-    wait_until(
-        lambda: int(node.redis.client().hget(f"sg:st:{stream['id']}", "tokens") or 0) > 0,
-        timeout=20,
-    )
+    wait_until(lambda: streamed_tokens(node, stream["id"]) > 0, timeout=20)
     # Kill every worker: whichever ran the generation dies without a chance to clean up.
     for pid in worker_pids(node.proc.pid):
         os.kill(pid, signal.SIGKILL)
@@ -287,7 +272,7 @@ def test_database_outage_during_a_stream_keeps_tokens_flowing(
     try:
         _, headers = headers_for(node)
         stream, reader, result = start_followed(node, headers, "[[fake tokens=60 delay_ms=50]]")
-        time.sleep(0.5)
+        wait_until(lambda: streamed_tokens(node, stream["id"]) > 0, timeout=20)  # mid-stream
         pg.pause(cluster)
         # While the database is down, requests that need it say so (never a 500).
         during = httpx.get(node.url + f"/v1/streams/{stream['id']}", headers=headers, timeout=10)

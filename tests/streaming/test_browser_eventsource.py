@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.conftest import PASSWORD, ROOT
-from tests.streaming.conftest import prompt, tenant_of
+from tests.support.config import PASSWORD, ROOT
+from tests.support.hub import prompt, tenant_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 

@@ -16,7 +16,7 @@ from core.store import new_id
 from streaming.channel import LogSink
 from streaming.generation import Generation, Outcome, stream_channel
 from streaming.log import event_log
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 
 def _sink(app: Any) -> tuple[LogSink, str]:

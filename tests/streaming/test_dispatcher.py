@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from streaming.log import event_log, log_key
-from tests.conftest import wait_until
-from tests.streaming.conftest import open_hub
+from tests.support.hub import open_hub
+from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")

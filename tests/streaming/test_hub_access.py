@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_until
-from tests.streaming.conftest import open_hub, tenant_of
+from tests.support.hub import open_hub, tenant_of
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.conftest import PASSWORD, wait_until
-from tests.streaming.conftest import (
+from tests.support.config import PASSWORD
+from tests.support.hub import (
     Reading,
+    active_subscribers,
     assert_continuous,
     read_hub,
     read_live,
@@ -29,16 +30,10 @@ from tests.streaming.conftest import (
     tenant_of,
     text_of,
 )
+from tests.support.live import hub_readers
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
-
-
-def active_subscribers(client: httpx.Client) -> float:
-    """``streamgate_active_subscribers`` from /metrics: summed over the live workers."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("streamgate_active_subscribers "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def _in_thread(fn: Callable[[], Reading], out: list[Reading]) -> threading.Thread:
@@ -276,12 +271,17 @@ def test_subscribers_of_a_worker_whose_pubsub_drops_are_closed_and_resume_withou
     redis: Any,
 ) -> None:
     _, headers = live_user()
+    workers = live.workers()
+    # Both workers' readers must be there to be cut: a worker that was still (re)connecting its
+    # pub/sub connection would be missed by the kill, and its subscribers never see a drop.
+    wait_until(lambda: len(hub_readers(redis, workers)) == len(workers) == 2)
     with live.client() as client:
         started = start_stream(client, headers, tokens=300, delay_ms=10)
         killed: list[int] = []
 
         def kill_pubsub_once(event: Any) -> bool:
             if not killed and event.event == "token" and event.data["index"] > 20:
+                wait_until(lambda: len(hub_readers(redis, workers)) == 2)
                 killed.append(redis.client_kill_filter(_type="pubsub"))
             return False  # keep reading until the server ends the connection
 
@@ -295,3 +295,5 @@ def test_subscribers_of_a_worker_whose_pubsub_drops_are_closed_and_resume_withou
         assert_continuous(events)
         assert len({e.id for e in events}) == len(events)
     assert "control/hub connection lost" in live.log()
+    # Both readers are back: the control bus reaches every worker again.
+    wait_until(lambda: len(hub_readers(redis, workers)) == 2)

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from bench import procstat
-from tests.conftest import stop_process, wait_until
-from tests.streaming.test_hub_live import active_subscribers
+from tests.support.hub import active_subscribers
+from tests.support.live import hub_readers
+from tests.support.processes import connections_to, stop_process
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -70,14 +71,15 @@ def _hold(live: Any, count: int, channels: list[tuple[str, str]]) -> subprocess.
 
 def _worker_connections(live: Any, redis_port: int) -> dict[int, int]:
     """Established TCP connections to Redis held by each gunicorn worker (from /proc)."""
-    workers = procstat.children(live.proc.pid)
+    workers = live.workers()
     assert len(workers) == 2
-    return procstat.connections_per_process(workers, redis_port)
+    return connections_to(workers, redis_port)
 
 
-def _hubs(redis: Any) -> set[str]:
-    """Names of the workers' pub/sub connections in Redis ``CLIENT LIST`` (``sg-hub:<pid>``)."""
-    return {c["name"] for c in redis.client_list() if c.get("name", "").startswith("sg-hub:")}
+def _hubs(redis: Any, workers: list[int]) -> list[str]:
+    """The workers' pub/sub connections in Redis ``CLIENT LIST`` (``sg-hub:<pid>``), one entry
+    per connection: a worker with two would show twice."""
+    return hub_readers(redis, workers)
 
 
 def test_idle_subscribers_share_the_workers_redis_connections_and_are_released_on_hang_up(
@@ -88,7 +90,7 @@ def test_idle_subscribers_share_the_workers_redis_connections_and_are_released_o
 ) -> None:
     users = [live_user() for _ in range(5)]
     channels = [(f"users/{u.id}", h["Authorization"].removeprefix("Bearer ")) for u, h in users]
-    workers = procstat.children(live.proc.pid)
+    workers = live.workers()
     holders: list[subprocess.Popen[str]] = []
     try:
         with live.client() as client:
@@ -96,9 +98,9 @@ def test_idle_subscribers_share_the_workers_redis_connections_and_are_released_o
             # connection is the kernel's choice, so hold a few more until both have some.
             for _ in range(20):
                 holders.append(_hold(live, 5, channels))
-                if _hubs(redis) == {f"sg-hub:{pid}" for pid in workers}:
+                if _hubs(redis, workers) == sorted(f"sg-hub:{pid}" for pid in workers):
                     break
-            assert _hubs(redis) == {f"sg-hub:{pid}" for pid in workers}
+            assert _hubs(redis, workers) == sorted(f"sg-hub:{pid}" for pid in workers)
             warm = 5 * len(holders)
             wait_until(lambda: active_subscribers(client) == warm)
             before = _worker_connections(live, redis_server.port)
@@ -110,7 +112,7 @@ def test_idle_subscribers_share_the_workers_redis_connections_and_are_released_o
                 f"redis connections per worker: {warm} subscribers {before}, "
                 f"{warm + 50} subscribers {during}"
             )
-            assert _hubs(redis) == {f"sg-hub:{pid}" for pid in workers}  # one pub/sub each
+            assert _hubs(redis, workers) == sorted(f"sg-hub:{pid}" for pid in workers)  # one each
             assert all(during[pid] <= before[pid] for pid in workers), (before, during)  # flat
             held = sum(len(redis.zrange(f"sg:subs:{u.id}", 0, -1)) for u, _ in users)
             assert held == warm + 50

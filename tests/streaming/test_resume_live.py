@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.streaming.conftest import (
+from tests.support.hub import (
     TERMINAL,
     Event,
     Reading,

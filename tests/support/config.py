@@ -1,0 +1,43 @@
+"""Configuration shared by the in-process apps and the live gunicorn servers of the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_SECRET = "test-secret-" + "x" * 40
+PASSWORD = "correct horse battery staple"
+
+
+def app_config(redis_url: str, db_url: str, llm_url: str, **extra: Any) -> dict[str, Any]:
+    """``create_app`` config for a test app on the given Redis, database and model server."""
+    return {
+        "TESTING": True,
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "LLM_BASE_URL": llm_url,
+        "LLM_MODELS": ["fake-model"],
+        "JWT_COOKIE_SECURE": False,
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def live_env(redis_url: str, db_url: str, llm_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a live gunicorn server; ``extra`` may replace any of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env.update(
+        JWT_SECRET_KEY=TEST_SECRET,
+        DATABASE_URL=db_url,
+        REDIS_URL=redis_url,
+        LLM_BASE_URL=llm_url,
+        LLM_MODELS="fake-model",
+        JWT_COOKIE_SECURE="false",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)  # live_overrides may replace any of the above (e.g. LLM_BASE_URL)
+    return env

@@ -1,0 +1,143 @@
+"""Processes the tests start (and end by their PID), and what ``/proc`` says about them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import redis as redis_lib
+
+from bench.stack import free_port, redis_argv, wait_for_redis
+
+__all__ = [
+    "RedisServer",
+    "connections_to",
+    "free_port",
+    "start_redis",
+    "stop_process",
+    "stop_redis",
+    "worker_pids",
+]
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str],
+    sig: int = signal.SIGTERM,
+    timeout: float = 10,
+) -> None:
+    """End a process this test session started, by its PID."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis_lib.Redis:
+        return redis_lib.Redis(port=self.port, decode_responses=True)
+
+
+def start_redis(
+    extra: list[str] | None = None, port: int | None = None, workdir: str | None = None
+) -> RedisServer:
+    """Debian's redis-server on loopback; a free port is picked again if another took it."""
+    workdir = workdir or tempfile.mkdtemp(prefix="sg-redis-")
+    for attempt in range(5):
+        chosen = port or free_port()
+        proc = subprocess.Popen(
+            redis_argv(chosen, workdir, "--maxclients", "20000", *(extra or [])),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_redis(chosen)
+        except RuntimeError:
+            lost_race = proc.poll() is not None and port is None  # the port was taken meanwhile
+            stop_process(proc)
+            if lost_race and attempt < 4:
+                continue
+            raise
+        return RedisServer(chosen, proc, workdir)
+    raise AssertionError("unreachable")
+
+
+def stop_redis(server: RedisServer) -> None:
+    stop_process(server.proc)
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def worker_pids(master: int) -> list[int]:
+    """The direct children of ``master`` (a gunicorn master's workers), from ``/proc``."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{master}/task")
+    except FileNotFoundError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{master}/task/{task}/children") as handle:
+                found.extend(int(p) for p in handle.read().split())
+        except FileNotFoundError:
+            continue
+    return sorted(found)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _established_to(port: int) -> set[str]:
+    """Inodes of established TCP connections (IPv4 and IPv6) whose remote end is ``port``."""
+    remote = f":{port:04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except FileNotFoundError:
+            continue
+        inodes |= {cols[9] for cols in rows if cols[2].endswith(remote) and cols[3] == "01"}
+    return inodes
+
+
+def connections_to(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections each of ``pids`` holds to ``port``."""
+    remote = _established_to(port)
+    return {pid: len(_socket_inodes(pid) & remote) for pid in pids}
+
+
+def process_talking_to(pids: list[int], port: int) -> int | None:
+    """The first of ``pids`` holding an established connection to ``port``, if any."""
+    remote = _established_to(port)
+    for pid in pids:
+        if _socket_inodes(pid) & remote:
+            return pid
+    return None
