@@ -175,6 +175,22 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _register_request_hooks(app: Flask) -> None:
+    proxy_warned = False
+
+    @app.before_request
+    def warn_unconfigured_proxy() -> None:
+        # Behind a proxy with TRUSTED_PROXIES=0 every client has the proxy's address: one login
+        # throttle for everybody. Say so loudly, once per worker.
+        nonlocal proxy_warned
+        if not proxy_warned and app.config["TRUSTED_PROXIES"] == 0:
+            if "X-Forwarded-For" in request.headers:
+                proxy_warned = True
+                access_log.critical(
+                    "X-Forwarded-For received but TRUSTED_PROXIES=0: client addresses are the "
+                    "proxy's, so the login throttle and logs see one client. Set TRUSTED_PROXIES "
+                    "to the number of proxies in front of Streamgate."
+                )
+
     @app.before_request
     def assign_request_id() -> None:
         supplied = request.headers.get("X-Request-Id", "")

@@ -134,6 +134,20 @@ def test_logout_without_a_body_ends_the_session_refresh_token_included(
     assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
 
 
+def test_successful_logins_are_rate_limited_per_account(
+    client: Any, make_user: Any, login: Any
+) -> None:
+    user = make_user()
+    for i in range(10):  # LOGIN_ACCOUNT_RPM default
+        assert login(user, addr=f"10.8.0.{i + 1}").status_code == 200
+
+    refused = login(user, addr="10.8.1.1")
+
+    assert refused.status_code == 429
+    wait = int(refused.headers["Retry-After"])
+    assert 0 < wait <= 60 and f"try again in {wait} seconds" in refused.get_json()["message"]
+
+
 def test_logout_refuses_another_users_refresh_token_and_revokes_nothing(
     client: Any, make_user: Any, tokens_for: Any
 ) -> None:
