@@ -68,7 +68,8 @@ def _derive_settings(app: Flask) -> None:
     """Translate Streamgate's variables into the settings its extensions read."""
     cfg = app.config
     cfg["SQLALCHEMY_DATABASE_URI"] = _sqlite_url(cfg["DATABASE_URL"])
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: SQL errors in the log never carry bound values (emails, hashes, text).
+    engine_options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         engine_options["connect_args"] = {"timeout": 15}
     else:

@@ -434,6 +434,10 @@ def revoke_app_token(
     row = get_for_tenant(AppToken, tenant_id, jti)
     if row is None:
         raise _not_found("App token")
+    owner = db.session.get(User, row.owner_id)
+    if tenant_id is not None and owner is not None and owner.role == "operator":
+        # Raised before anything is revoked: the admin API's stream revocation runs after this.
+        raise ApiError(403, "Only an operator may revoke an operator's token.", code="forbidden")
     if row.revoked_at is not None:
         return row
     tokens.revoke_jti(row.jti, row.expires_at.timestamp())
