@@ -164,3 +164,53 @@ def test_login_with_no_such_tenant_is_throttled_like_any_other(client: Any, make
         assert client.post("/v1/auth/login", json=body).status_code == 401
 
     _assert_throttled(client.post("/v1/auth/login", json=body))
+
+
+def test_under_gevent_a_hash_runs_in_another_os_thread_and_the_loop_keeps_turning(
+    redis_server: Any, tmp_path: Any
+) -> None:
+    """What gunicorn's gevent worker does: monkey-patch, then log users in."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import ROOT, app_config
+
+    script = textwrap.dedent(
+        f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        import threading
+        from api import create_app
+        from auth.passwords import hash_password, off_loop, verify_password
+
+        real_ident = monkey.get_original("threading", "get_ident")
+        app = create_app({app_config(redis_server.url, f"sqlite:///{tmp_path}/x.db", "http://127.0.0.1:9/v1")!r})
+        ticks = []
+
+        def ticker():
+            while True:
+                ticks.append(1)
+                gevent.sleep(0.005)
+
+        with app.app_context():
+            stored = hash_password("s3cret-pass")
+            loop_thread = real_ident()
+            worker_thread = off_loop(real_ident)
+            ticker_greenlet = gevent.spawn(ticker)
+            gevent.sleep(0)
+            before = len(ticks)
+            assert verify_password(stored, "s3cret-pass")
+            during = len(ticks) - before
+            ticker_greenlet.kill()
+        print(worker_thread != loop_thread, during)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    other_thread, ticks_during_verify = done.stdout.split()
+    assert other_thread == "True"  # the hash ran in the hub's thread pool
+    assert int(ticks_during_verify) > 0  # and other greenlets ran while it did
