@@ -14,6 +14,7 @@ and per address per minute; it answers the same way whether or not the account e
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -64,7 +65,22 @@ def off_loop(work: Callable[[], T]) -> T:
             return work()
         if not is_module_patched("threading"):
             return work()
-        return get_hub().threadpool.apply(work)  # type: ignore[no-any-return]
+        return get_hub().threadpool.apply(_in_background, (work,))  # type: ignore[no-any-return]
+
+
+def _in_background(work: Callable[[], T]) -> T:
+    # The pool thread runs at a lower CPU priority than the worker's event loop: on a busy
+    # machine the scheduler hands the cores to the streams first, the hashes get what is left.
+    try:
+        from gevent.monkey import get_original
+
+        native_id = get_original("threading", "get_native_id")()
+        os.setpriority(
+            os.PRIO_PROCESS, native_id, max(os.getpriority(os.PRIO_PROCESS, native_id), 10)
+        )
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
+        pass
+    return work()
 
 
 def hash_password(password: str) -> str:

@@ -5,7 +5,8 @@ Password hashing (argon2id, 64 MiB, t=3) runs in the gevent hub's thread pool, a
 credentials while 20 ms-per-token streams run, and checks what a user would notice: every stream
 completes intact and every login is answered 200 or 429. The largest gap between two tokens is
 printed (``-s``), never asserted: timing belongs in reports. ``LOGIN_STORM_S`` (default 10)
-lengthens the storm for a manual run (the report's figure comes from 30 s).
+lengthens the storm for a manual run (the report's figure comes from 30 s);
+``LOGIN_STORM_CLIENTS=0`` measures the same streams without a storm (the machine's baseline).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.api.chat_helpers import chat_body
 from tests.auth.conftest import tenant_of
 from tests.conftest import PASSWORD, LiveServer, wait_until
 
-CLIENTS = 8
+CLIENTS = int(os.environ.get("LOGIN_STORM_CLIENTS", "8"))
 STORM_S = float(os.environ.get("LOGIN_STORM_S", "10"))
 TOKENS = 50
 
@@ -76,7 +77,11 @@ def test_a_login_storm_leaves_concurrent_streams_intact(
         body = {"tenant": slug, "email": email, "password": PASSWORD}
         with live.client() as client:
             while not stop.is_set():
-                status = client.post("/v1/auth/login", json=body).status_code
+                # A new connection each time: gunicorn's workers share the listening socket, so
+                # the storm lands on every worker, the stream's included.
+                status = client.post(
+                    "/v1/auth/login", json=body, headers={"Connection": "close"}
+                ).status_code
                 with lock:
                     answers[status] += 1
 
@@ -97,7 +102,7 @@ def test_a_login_storm_leaves_concurrent_streams_intact(
             thread.join(60)
 
     assert set(answers) <= {200, 429}, answers
-    assert answers[200] > 0
+    assert answers[200] > 0 or not CLIENTS
     print(
         f"login storm: {CLIENTS} clients, {STORM_S:.0f} s, logins {dict(answers)}, "
         f"{streams} streams of {TOKENS} tokens at 20 ms, largest inter-token gap "
