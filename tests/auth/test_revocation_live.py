@@ -145,9 +145,12 @@ def test_revocations_hold_when_redis_forgets_them(
 
     with live.client() as client:
         pair = log_in(client, slug, email)
-        assert (
-            client.post("/v1/auth/logout", headers=bearer(pair["access_token"])).status_code == 204
+        logout = client.post(
+            "/v1/auth/logout",
+            headers=bearer(pair["access_token"]),
+            json={"refresh_token": pair["refresh_token"]},
         )
+        assert logout.status_code == 204
         created = client.post(
             "/v1/tokens", headers=admin_headers, json={"name": "app", "scopes": ["read"]}
         ).json()
