@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import redis
 from sqlalchemy import or_, select
 
 from auth.models import AppToken, AuthSession, RevokedToken, Tenant, User
@@ -122,7 +123,13 @@ def revoked_among(payloads: list[dict[str, Any]]) -> list[bool]:
         return []
     rows = _fetch(payloads)
     if any(values[-1] is None for values in rows):
-        reseed()  # SQL reads: only when Redis has lost its state
+        try:
+            reseed()  # SQL reads: only when Redis has lost its state
+        except redis.RedisError:
+            # Redis lost its state and cannot take it back (read-only replica, out of memory):
+            # SQL answers alone until it can.
+            log.warning("revocation state not re-seeded (Redis refuses writes): checking SQL")
+            return [_revoked_in_sql(payload) for payload in payloads]
         rows = _fetch(payloads)
     return [_revoked(p, values) for p, values in zip(payloads, rows, strict=True)]
 
@@ -143,6 +150,32 @@ def record_revoked_jti(jti: str, expires_at: datetime) -> None:
     """Add a revoked token to the current transaction (the caller commits, then writes Redis)."""
     if db.session.get(RevokedToken, jti) is None:
         db.session.add(RevokedToken(jti=jti, expires_at=expires_at, revoked_at=utcnow()))
+
+
+def _revoked_in_sql(payload: dict[str, Any]) -> bool:
+    """The slow path: the same decision as ``_revoked``, from SQL alone."""
+    jti, sid = str(payload.get("jti")), payload.get("sid")
+    if db.session.get(RevokedToken, jti) is not None:
+        return True
+    app = db.session.get(AppToken, jti)
+    if app is not None and app.revoked_at is not None:
+        return True
+    if sid is not None:
+        session = db.session.get(AuthSession, str(sid))
+        if session is None or session.revoked_at is not None:
+            return True
+    user = db.session.get(User, str(payload.get("sub")))
+    tenant = db.session.get(Tenant, str(payload.get("tenant")))
+    if user is None or tenant is None or user.disabled or tenant.disabled:
+        return True
+    signed_under, issued = payload.get("ver", 0), payload.get("iat_ms")
+    if not isinstance(signed_under, int) or signed_under < user.token_version:
+        return True
+    issued_ms = issued if isinstance(issued, int) else 0
+    return any(
+        cutoff is not None and issued_ms < _ms(cutoff)
+        for cutoff in (user.tokens_valid_after, tenant.tokens_valid_after)
+    )
 
 
 def reseed() -> int:
