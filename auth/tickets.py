@@ -21,7 +21,7 @@ from core.errors import ApiError
 from core.store import get_redis
 
 _KEY = "sg:ticket:{}"
-_CLAIMS = ("sub", "tenant", "role", "scopes", "kind", "jti", "exp", "iat_ms")
+_CLAIMS = ("sub", "tenant", "role", "scopes", "kind", "jti", "exp", "iat_ms", "ver", "sid")
 
 
 def issue_ticket(claims: dict[str, Any], channel: str) -> tuple[str, int]:

@@ -58,6 +58,34 @@ def test_a_ticket_is_refused_once_its_token_has_expired(
         assert hub_status(client, {"channel": channel, "ticket": ticket}, {}) == 401
 
 
+def test_a_ticket_works_after_a_sign_out_everywhere_and_dies_with_its_session(
+    live: LiveServer, make_user: Callable[..., Any]
+) -> None:
+    from auth import service
+    from tests.auth.conftest import tenant_of
+    from tests.conftest import PASSWORD
+
+    with live.app.app_context():
+        user = make_user()
+        service.sign_out_everywhere(user.tenant_id, user.id, None)  # token_version is now 1
+        body = {"tenant": tenant_of(user).slug, "email": user.email, "password": PASSWORD}
+        channel = f"users/{user.id}"
+    with live.client() as client:
+        access = client.post("/v1/auth/login", json=body).json()["access_token"]
+
+        def ticket() -> str:
+            issued = client.post(
+                "/v1/events/tickets", headers=bearer(access), json={"channel": channel}
+            )
+            assert issued.status_code == 201, issued.text
+            return str(issued.json()["ticket"])
+
+        assert hub_status(client, {"channel": channel, "ticket": ticket()}, {}) == 200
+        unused = ticket()
+        assert client.post("/v1/auth/logout", headers=bearer(access)).status_code == 204
+        assert hub_status(client, {"channel": channel, "ticket": unused}, {}) == 401
+
+
 @pytest.fixture()
 def operator_and_admin(
     live: LiveServer,
