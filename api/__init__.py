@@ -68,7 +68,8 @@ def _derive_settings(app: Flask) -> None:
     """Translate Streamgate's variables into the settings its extensions read."""
     cfg = app.config
     cfg["SQLALCHEMY_DATABASE_URI"] = _sqlite_url(cfg["DATABASE_URL"])
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: SQL errors in the log never carry bound values (emails, hashes, text).
+    engine_options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         engine_options["connect_args"] = {"timeout": 15}
     else:
@@ -175,6 +176,22 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _register_request_hooks(app: Flask) -> None:
+    proxy_warned = False
+
+    @app.before_request
+    def warn_unconfigured_proxy() -> None:
+        # Behind a proxy with TRUSTED_PROXIES=0 every client has the proxy's address: one login
+        # throttle for everybody. Say so loudly, once per worker.
+        nonlocal proxy_warned
+        if not proxy_warned and app.config["TRUSTED_PROXIES"] == 0:
+            if "X-Forwarded-For" in request.headers:
+                proxy_warned = True
+                access_log.critical(
+                    "X-Forwarded-For received but TRUSTED_PROXIES=0: client addresses are the "
+                    "proxy's, so the login throttle and logs see one client. Set TRUSTED_PROXIES "
+                    "to the number of proxies in front of Streamgate."
+                )
+
     @app.before_request
     def assign_request_id() -> None:
         supplied = request.headers.get("X-Request-Id", "")

@@ -16,8 +16,10 @@ from typing import Any, TypeVar, cast
 from flask import g
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
+from auth.models import User
 from auth.tokens import auth_error
 from core.errors import ApiError
+from core.store import db
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,4 +146,35 @@ def may_read(
     tenant_id, user_id = owner
     if tenant_id != ident.tenant_id:
         return False
-    return user_id == ident.user_id or ident.is_admin
+    if user_id == ident.user_id:
+        return True
+    # A tenant admin reads the tenant's channels, but never an operator's: operators are above
+    # tenant admins on every path.
+    return ident.is_admin and not _is_operator(user_id)
+
+
+def may_act_on(ident: Identity, user_id: str) -> bool:
+    """``may_manage`` by id: whether ``ident`` may see or act on what ``user_id`` owns.
+
+    An unknown user is refused (404 at the caller, like another tenant's).
+    """
+    user = db.session.get(User, user_id)
+    return user is not None and may_manage(ident, user)
+
+
+def _is_operator(user_id: str) -> bool:
+    user = db.session.get(User, user_id)
+    return user is not None and user.role == "operator"
+
+
+def may_manage(ident: Identity, target: User) -> bool:
+    """Whether ``ident`` may act on ``target`` (limits, tokens, streams, role, revocation).
+
+    Operators may act on anyone; a tenant admin on the users of their own tenant except
+    operators; a member on nobody but themselves.
+    """
+    if ident.is_operator and "admin" in ident.scopes:
+        return True
+    if target.id == ident.user_id:
+        return True
+    return ident.is_admin and target.tenant_id == ident.tenant_id and target.role != "operator"

@@ -1,4 +1,4 @@
-"""Durable identity records: tenants, users, app tokens and the admin audit log.
+"""Durable identity records: tenants, users, sessions, app tokens, revocations and the audit log.
 
 Every tenant-owned row carries ``tenant_id``; look rows up through ``get_for_tenant`` so another
 tenant's object is indistinguishable from a missing one.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.store import UTCDateTime, db, new_id, utcnow
@@ -27,6 +27,8 @@ class Tenant(db.Model):  # type: ignore[name-defined,misc]
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    # Tokens of the tenant issued before this instant are refused (SQL truth behind Redis).
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -41,6 +43,9 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     role: Mapped[str] = mapped_column(String(16), default="member")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Bumped by every change that must kill the user's tokens (demotion, sign-out, disable);
+    # every token carries the version it was signed under (claim ``ver``).
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -57,6 +62,34 @@ class AppToken(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class AuthSession(db.Model):  # type: ignore[name-defined,misc]
+    """One login: a family of refresh tokens, of which only ``refresh_jti`` is current."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ses"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    device: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(64))
+    refresh_jti: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class RevokedToken(db.Model):  # type: ignore[name-defined,misc]
+    """A revoked JWT (a logged-out access token), kept until it would have expired anyway."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined,misc]

@@ -1,9 +1,11 @@
-"""Identity business logic: log in, refresh, log out; tenants, users and app tokens.
+"""Identity business logic: tenants, users and app tokens (sessions are in ``auth.sessions``).
 
 Every function takes plain arguments (``tenant_id`` first where it applies; ``tenant_id=None`` means
 an operator, who may act on any tenant), raises ``ApiError`` for anything but success, and writes
-its audit event in the same transaction as the change. Redis revocation happens before the
-database commit: if the commit then fails, the account is locked rather than left open.
+its audit event in the same transaction as the change. A revocation is written to Redis twice:
+a cutoff before the commit (if the commit fails, the account is locked rather than left open) and
+the user's new token version after it, so a token signed from a read made before the commit
+(a refresh or a login racing the change) is refused too.
 
 The admin API and the CLI call these; views stay thin.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,37 +21,18 @@ from flask_jwt_extended import decode_token
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from auth import tokens
+from auth import sessions, tokens
 from auth.models import ROLES, SCOPES, AppToken, Tenant, User, get_for_tenant, record_audit
-from auth.passwords import (
-    check_password_policy,
-    hash_password,
-    login_succeeded,
-    needs_rehash,
-    reserve_login_attempt,
-    verify_password,
-)
+from auth.passwords import check_password_policy, hash_password
+from auth.sessions import BAD_CREDENTIALS, Session, login, logout, normalize_email
 from core.errors import ApiError
 from core.store import db, setting, utcnow
 
-BAD_CREDENTIALS = "Invalid tenant, email or password."
+# Re-exported: the CLI and older callers log in through ``auth.service``.
+__all__ = ["BAD_CREDENTIALS", "Session", "login", "logout", "normalize_email"]
 SLUG_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
 EMAIL_RE = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,252}\Z")
 _RANK = {"member": 0, "admin": 1, "operator": 2}
-
-
-@dataclass(frozen=True)
-class Session:
-    """The outcome of a login: who, and their fresh tokens."""
-
-    user: User
-    access_token: str
-    refresh_token: str
-
-
-def normalize_email(email: str) -> str:
-    """Emails are compared case-insensitively and without surrounding blanks."""
-    return email.strip().lower()
 
 
 def _not_found(kind: str) -> ApiError:
@@ -61,89 +43,18 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, f"{field}: {message}", errors={field: [message]})
 
 
-# --- sessions -----------------------------------------------------------------------------------
-
-
-def login(tenant_slug: str, email: str, password: str, client_addr: str) -> Session:
-    """Check credentials (throttled per account and address) and issue a token pair.
-
-    An unknown tenant or email, a wrong password and a disabled user or tenant all cost one
-    password verification and answer the same 401.
-    """
-    slug, email = tenant_slug.strip().lower(), normalize_email(email)
-    reserve_login_attempt(slug, email, client_addr)
-    found = db.session.execute(
-        select(User, Tenant)
-        .join(Tenant, Tenant.id == User.tenant_id)
-        .where(Tenant.slug == slug, User.email == email)
-    ).first()
-    user, tenant = (found[0], found[1]) if found is not None else (None, None)
-    ok = verify_password(user.password_hash if user is not None else None, password)
-    if user is None or tenant is None or not ok or user.disabled or tenant.disabled:
-        raise tokens.auth_error(BAD_CREDENTIALS)
-    login_succeeded(slug, email, client_addr)
-    if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
-        db.session.commit()
-    pair = tokens.issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
-    return Session(user, pair["access_token"], pair["refresh_token"])
-
-
-def refresh_access(tenant_id: str, user_id: str) -> str:
-    """A new access token for a verified refresh token, with the user's current role.
-
-    Redis already refused revoked tokens; the database is checked too, so a disabled account
-    stays out even if Redis lost its revocation keys.
-    """
-    user = get_for_tenant(User, tenant_id, user_id)
-    tenant = db.session.get(Tenant, tenant_id)
-    if user is None or tenant is None or user.disabled or tenant.disabled:
-        raise tokens.auth_error("Token has been revoked")
-    return tokens.issue_access_token(user_id=user.id, tenant_id=tenant_id, role=user.role)
-
-
-def verified_refresh_claims(tenant_id: str, user_id: str, encoded: str) -> dict[str, Any] | None:
-    """Decode a refresh token presented for logout; None if it has already expired.
-
-    Raises 422 if it is not a refresh token of this user (nothing is revoked then).
-    """
-    try:
-        claims = decode_token(encoded, allow_expired=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a token of ours"
-        raise _invalid("refresh_token", "Not a valid refresh token.") from exc
-    if (
-        claims.get("type") != "refresh"
-        or claims.get("sub") != user_id
-        or claims.get("tenant") != tenant_id
-    ):
-        raise _invalid("refresh_token", "Not a refresh token of this user.")
-    if float(claims["exp"]) <= datetime.now(UTC).timestamp():
-        return None
-    return claims
-
-
-def logout(
-    tenant_id: str, user_id: str, access: dict[str, Any], refresh: dict[str, Any] | None
-) -> None:
-    """Revoke the presented access token (and refresh token): they stop working everywhere."""
-    jti = str(access["jti"])
-    if access.get("kind") == "app" and get_for_tenant(AppToken, tenant_id, jti) is not None:
-        revoke_app_token(tenant_id, jti, user_id, reason="logout")  # keeps its record in step
-    else:
-        tokens.revoke_jti(jti, float(access["exp"]))
-    if refresh is not None:
-        tokens.revoke_jti(str(refresh["jti"]), float(refresh["exp"]))
-
-
 def sign_out_everywhere(
     tenant_id: str | None, user_id: str, actor_id: str | None, reason: str | None = None
 ) -> User:
-    """Every token the user holds stops working; the account stays enabled."""
+    """Every token the user holds stops working and every session ends; the account stays."""
     user = _user_in_scope(tenant_id, user_id)
+    ended = sessions.open_session_ids(user.id)
     tokens.revoke_user_tokens(user.id)
-    user.tokens_valid_after = utcnow()
+    sessions.bump_token_version(user)
     _audit(user.tenant_id, actor_id, "user.sign_out", "user", user.id, reason)
     db.session.commit()
+    sessions.publish_token_version(user)
+    sessions.end_sessions(ended, "signed_out_everywhere")
     return user
 
 
@@ -206,6 +117,7 @@ def disable_tenant(
         raise _not_found("Tenant")
     tokens.set_tenant_disabled(tenant.id, True)
     tenant.disabled = True
+    tenant.tokens_valid_after = utcnow()
     _audit(tenant.id, actor_id, "tenant.disable", "tenant", tenant.id, reason, details)
     db.session.commit()
     return tenant
@@ -218,6 +130,7 @@ def enable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = Non
         raise _not_found("Tenant")
     tokens.set_tenant_disabled(tenant.id, False)
     tenant.disabled = False
+    tenant.tokens_valid_after = utcnow()
     _audit(tenant.id, actor_id, "tenant.enable", "tenant", tenant.id, reason)
     db.session.commit()
     return tenant
@@ -319,11 +232,14 @@ def disable_user(
     ``user.revoke`` also lists the streams it revoked).
     """
     user = _user_in_scope(tenant_id, user_id)
+    ended = sessions.open_session_ids(user.id)
     tokens.revoke_user_tokens(user.id, disable=True)
     user.disabled = True
-    user.tokens_valid_after = utcnow()
+    sessions.bump_token_version(user)
     _audit(user.tenant_id, actor_id, action, "user", user.id, reason, details)
     db.session.commit()
+    sessions.publish_token_version(user)
+    sessions.end_sessions(ended, "user_disabled")
     return user
 
 
@@ -332,11 +248,13 @@ def enable_user(
 ) -> User:
     """Re-enable a user; tokens issued before stay dead, new logins work."""
     user = _user_in_scope(tenant_id, user_id)
-    tokens.revoke_user_tokens(user.id, disable=False)
     user.disabled = False
-    user.tokens_valid_after = utcnow()
+    sessions.bump_token_version(user)
     _audit(user.tenant_id, actor_id, "user.enable", "user", user.id, reason)
     db.session.commit()
+    # Lowering the cutoff from "disabled" happens only once SQL says enabled.
+    tokens.revoke_user_tokens(user.id, disable=False)
+    sessions.publish_token_version(user)
     return user
 
 
@@ -350,15 +268,21 @@ def set_user_role(
     allow_operator: bool = False,
     details: dict[str, Any] | None = None,
 ) -> User:
-    """Change a user's role; a demotion revokes their tokens (they carry the old role)."""
+    """Change a user's role; a demotion revokes their tokens (they carry the old role).
+
+    The new token version reaches Redis after the commit: a refresh, login or app token signed
+    from a read of the old role, however late it is signed, carries the old version and dies.
+    """
     _check_role(role, allow_operator)
     user = _user_in_scope(tenant_id, user_id)
     old = user.role
     if role == old:
         return user
-    if is_demotion(old, role):
+    demotion = is_demotion(old, role)
+    ended = sessions.open_session_ids(user.id) if demotion else []
+    if demotion:
         tokens.revoke_user_tokens(user.id, disable=user.disabled)
-        user.tokens_valid_after = utcnow()
+        sessions.bump_token_version(user)
     user.role = role
     _audit(
         user.tenant_id,
@@ -370,6 +294,9 @@ def set_user_role(
         {"from": old, "to": role, **(details or {})},
     )
     db.session.commit()
+    if demotion:
+        sessions.publish_token_version(user)
+        sessions.end_sessions(ended, "role_changed")
     return user
 
 
@@ -414,8 +341,15 @@ def create_app_token(
     """Issue a named, scoped, long-lived JWT for a third-party app; the JWT is returned once.
 
     ``grantable_scopes`` are the caller's own scopes (a token never gets more than its maker);
-    ``not_after`` caps the expiry (a token made by an app token never outlives it).
+    ``not_after`` caps the expiry (a token made by an app token never outlives it). The token's
+    role and version are the owner's row in SQL, never only the caller's token: a token minted
+    from a role being taken away carries the old version and dies with it.
     """
+    owner = get_for_tenant(User, tenant_id, owner_id)
+    if owner is None or owner.disabled:
+        raise tokens.auth_error(sessions.REVOKED)
+    if _RANK.get(owner.role, -1) < _RANK.get(role, 99):
+        role = owner.role  # the caller's token says more than the row: the row wins
     wanted = sorted(set(scopes))
     if not wanted or not set(wanted) <= set(SCOPES):
         raise _invalid("scopes", f"Choose from: {', '.join(SCOPES)}.")
@@ -446,7 +380,12 @@ def create_app_token(
         if ttl.total_seconds() < 60:
             raise _invalid("expires_in_days", "Your own token expires too soon to issue another.")
     encoded = tokens.issue_app_token(
-        user_id=owner_id, tenant_id=tenant_id, role=role, scopes=wanted, ttl=ttl
+        user_id=owner_id,
+        tenant_id=tenant_id,
+        role=role,
+        scopes=wanted,
+        ttl=ttl,
+        version=owner.token_version,
     )
     claims = decode_token(encoded)
     row = AppToken(
@@ -495,6 +434,10 @@ def revoke_app_token(
     row = get_for_tenant(AppToken, tenant_id, jti)
     if row is None:
         raise _not_found("App token")
+    owner = db.session.get(User, row.owner_id)
+    if tenant_id is not None and owner is not None and owner.role == "operator":
+        # Raised before anything is revoked: the admin API's stream revocation runs after this.
+        raise ApiError(403, "Only an operator may revoke an operator's token.", code="forbidden")
     if row.revoked_at is not None:
         return row
     tokens.revoke_jti(row.jti, row.expires_at.timestamp())

@@ -1,33 +1,55 @@
 """JWT issue, verify and revoke (flask-jwt-extended), with revocation state in Redis.
 
 Every token carries ``sub`` (user id), ``tenant``, ``role``, ``scopes``, ``kind`` (``user`` or
-``app``), ``jti``, ``exp``, ``iat_ms``, ``iss`` and ``aud``. Revocation is checked on every request
-with one Redis round trip: the token's ``jti`` in the blocklist, and the user's and the tenant's
-"tokens valid after" cutoffs (a disabled user or tenant has a cutoff in the far future).
+``app``), ``jti``, ``exp``, ``iat_ms``, ``ver`` (the user's token version when it was signed),
+``iss`` and ``aud``; a login's tokens also carry ``sid`` (their session). Revocation is checked on
+every request with one Redis round trip: the token's ``jti`` and ``sid`` in the blocklist, the
+user's and the tenant's "tokens valid after" cutoffs (a disabled user or tenant has a cutoff in
+the far future) and the user's current token version.
+
+The revocation state itself lives in ``auth.revocations`` (SQL the truth, Redis the fast path).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from flask_jwt_extended.exceptions import RevokedTokenError
 from sqlalchemy import select, update
+from sqlalchemy.orm import aliased
 
 from auth.models import AppToken, Tenant, User
+from auth.revocations import (
+    DISABLED_CUTOFF_MS,
+    is_revoked,
+    revoke_jti,
+    revoke_session_key,
+    revoke_user_tokens,
+    revoked_among,
+    set_tenant_disabled,
+)
 from core.errors import ApiError
 from core.store import db, get_redis, utcnow
 
 jwt = JWTManager()
 
-DISABLED_CUTOFF_MS = 2**62  # "every token is before this": the account is disabled
-_JTI_KEY = "sg:rv:jti:{}"
-_USER_KEY = "sg:rv:user:{}"
-_TENANT_KEY = "sg:rv:tenant:{}"
+# Re-exported: the hub, the admin paths and the tests reach revocation through this module.
+__all__ = [
+    "DISABLED_CUTOFF_MS",
+    "is_revoked",
+    "revoke_jti",
+    "revoke_session_key",
+    "revoke_user_tokens",
+    "revoked_among",
+    "set_tenant_disabled",
+]
+
 _APP_USED_KEY = "sg:tu:{}"
 APP_TOKEN_TOUCH_S = 60  # an app token's last_used_at is written at most this often
 REALM = 'Bearer realm="streamgate"'
@@ -38,91 +60,70 @@ def user_scopes(role: str) -> list[str]:
     return ["chat", "read", "admin"] if role in {"admin", "operator"} else ["chat", "read"]
 
 
-def _claims(*, tenant_id: str, role: str, scopes: list[str], kind: str) -> dict[str, Any]:
-    return {
+def _claims(
+    *,
+    tenant_id: str,
+    role: str,
+    scopes: list[str],
+    kind: str,
+    version: int,
+    session_id: str | None = None,
+) -> dict[str, Any]:
+    claims: dict[str, Any] = {
         "tenant": tenant_id,
         "role": role,
         "scopes": sorted(set(scopes)),
         "kind": kind,
         "iat_ms": int(time.time() * 1000),
+        "ver": version,
     }
+    if session_id is not None:
+        claims["sid"] = session_id
+    return claims
 
 
-def issue_user_tokens(*, user_id: str, tenant_id: str, role: str) -> dict[str, str]:
-    """Access and refresh tokens for a person who just logged in."""
-    claims = _claims(tenant_id=tenant_id, role=role, scopes=user_scopes(role), kind="user")
+def new_jti() -> str:
+    """A fresh token id (a session stores its current refresh token's)."""
+    return str(uuid.uuid4())
+
+
+def issue_user_tokens(
+    *,
+    user_id: str,
+    tenant_id: str,
+    role: str,
+    version: int | None = None,
+    session_id: str | None = None,
+    refresh_jti: str | None = None,
+) -> dict[str, str]:
+    """Access and refresh tokens for a person who just logged in (or rotated a refresh token).
+
+    ``version`` defaults to the user's current ``token_version`` in SQL (scripts, tests).
+    """
+    if version is None:
+        user = db.session.get(User, user_id)
+        version = user.token_version if user is not None else 0
+    claims = _claims(
+        tenant_id=tenant_id,
+        role=role,
+        scopes=user_scopes(role),
+        kind="user",
+        version=version,
+        session_id=session_id,
+    )
+    refresh_claims = {**claims, "jti": refresh_jti or new_jti()}
     return {
         "access_token": create_access_token(identity=user_id, additional_claims=claims),
-        "refresh_token": create_refresh_token(identity=user_id, additional_claims=claims),
+        "refresh_token": create_refresh_token(identity=user_id, additional_claims=refresh_claims),
     }
-
-
-def issue_access_token(*, user_id: str, tenant_id: str, role: str) -> str:
-    """A fresh access token (the refresh flow)."""
-    claims = _claims(tenant_id=tenant_id, role=role, scopes=user_scopes(role), kind="user")
-    return str(create_access_token(identity=user_id, additional_claims=claims))
 
 
 def issue_app_token(
-    *, user_id: str, tenant_id: str, role: str, scopes: list[str], ttl: timedelta
+    *, user_id: str, tenant_id: str, role: str, scopes: list[str], ttl: timedelta, version: int = 0
 ) -> str:
     """A long-lived access token for a third-party app, limited to ``scopes``."""
-    claims = _claims(tenant_id=tenant_id, role=role, scopes=scopes, kind="app")
+    claims = _claims(tenant_id=tenant_id, role=role, scopes=scopes, kind="app", version=version)
     return str(create_access_token(identity=user_id, additional_claims=claims, expires_delta=ttl))
-
-
-# --- revocation -------------------------------------------------------------------------------
-
-
-def revoke_jti(jti: str, expires_at: float) -> None:
-    """Block one token until it would have expired anyway."""
-    ttl = max(1, int(expires_at - time.time()) + 1)
-    get_redis().set(_JTI_KEY.format(jti), "1", ex=ttl)
-
-
-def revoke_user_tokens(user_id: str, *, disable: bool = False) -> None:
-    """Every token the user holds now stops working (``disable``: and every future one)."""
-    cutoff = DISABLED_CUTOFF_MS if disable else int(time.time() * 1000) + 1
-    get_redis().set(_USER_KEY.format(user_id), cutoff)
-
-
-def set_tenant_disabled(tenant_id: str, disabled: bool) -> None:
-    """Disabling a tenant revokes every token of every user in it."""
-    cutoff = DISABLED_CUTOFF_MS if disabled else int(time.time() * 1000) + 1
-    get_redis().set(_TENANT_KEY.format(tenant_id), cutoff)
-
-
-def _revocation_keys(payload: dict[str, Any]) -> tuple[str, str, str]:
-    return (
-        _JTI_KEY.format(payload.get("jti")),
-        _USER_KEY.format(payload.get("sub")),
-        _TENANT_KEY.format(payload.get("tenant")),
-    )
-
-
-def _revoked(payload: dict[str, Any], values: list[Any]) -> bool:
-    jti_hit, user_cutoff, tenant_cutoff = values
-    if jti_hit is not None:
-        return True
-    issued = payload.get("iat_ms")
-    if not isinstance(issued, int):
-        issued = 0  # malformed: treat as older than any cutoff (the claim check refuses it anyway)
-    return any(
-        cutoff is not None and issued < int(cutoff) for cutoff in (user_cutoff, tenant_cutoff)
-    )
-
-
-def is_revoked(payload: dict[str, Any]) -> bool:
-    """True when the token was revoked by jti, user cutoff or tenant cutoff (one round trip)."""
-    return _revoked(payload, get_redis().mget(*_revocation_keys(payload)))
-
-
-def revoked_among(payloads: list[dict[str, Any]]) -> list[bool]:
-    """``is_revoked`` for many tokens in one round trip (the hub re-checks its open connections)."""
-    pipe = get_redis().pipeline(transaction=False)
-    for payload in payloads:
-        pipe.mget(*_revocation_keys(payload))
-    return [_revoked(p, values) for p, values in zip(payloads, pipe.execute(), strict=True)]
 
 
 # --- flask-jwt-extended wiring ----------------------------------------------------------------
@@ -131,26 +132,41 @@ def revoked_among(payloads: list[dict[str, Any]]) -> list[bool]:
 def note_app_token_use(jwt_header: dict[str, Any], payload: dict[str, Any]) -> None:
     """Stamp an app token's ``last_used_at``, at most once a minute per token.
 
-    The same once-a-minute visit re-reads the token's durable record, so a revocation or a
-    disabled owner or tenant still holds if Redis lost its revocation keys.
+    The same once-a-minute visit re-reads the token's durable record, so a revocation, a
+    disabled owner or tenant, a role change or a cutoff still holds if Redis lost its keys.
     """
     jti = str(payload["jti"])
     if not get_redis().set(_APP_USED_KEY.format(jti), "1", nx=True, ex=APP_TOKEN_TOUCH_S):
         return
+    owner, tenant = aliased(User), aliased(Tenant)
     row = db.session.execute(
-        select(AppToken.revoked_at, AppToken.tenant_id, User.disabled, Tenant.disabled)
-        .join(User, User.id == AppToken.owner_id)
-        .join(Tenant, Tenant.id == AppToken.tenant_id)
+        select(AppToken.revoked_at, AppToken.tenant_id, owner, tenant)
+        .join(owner, owner.id == AppToken.owner_id)
+        .join(tenant, tenant.id == AppToken.tenant_id)
         .where(AppToken.jti == jti)
     ).first()
     if row is None:
         return  # minted without a record (tests, scripts): Redis alone decides
-    revoked_at, tenant_id, user_disabled, tenant_disabled = row
-    if revoked_at is not None or tenant_id != payload["tenant"] or user_disabled or tenant_disabled:
+    revoked_at, tenant_id, user, tenant_row = row
+    if (
+        revoked_at is not None
+        or tenant_id != payload["tenant"]
+        or user.disabled
+        or tenant_row.disabled
+        or payload.get("ver", 0) != user.token_version
+        or payload.get("role") != user.role
+        or _issued_before(payload, user.tokens_valid_after, tenant_row.tokens_valid_after)
+    ):
         revoke_jti(jti, float(payload["exp"]))
         raise RevokedTokenError(jwt_header, payload)
     db.session.execute(update(AppToken).where(AppToken.jti == jti).values(last_used_at=utcnow()))
     db.session.commit()
+
+
+def _issued_before(payload: dict[str, Any], *cutoffs: datetime | None) -> bool:
+    issued = payload.get("iat_ms")
+    issued_ms = issued if isinstance(issued, int) else 0
+    return any(c is not None and issued_ms < int(c.timestamp() * 1000) for c in cutoffs)
 
 
 def _refusal(
@@ -225,6 +241,7 @@ def init_jwt(app: Flask, render: Callable[[ApiError], Response]) -> None:
             and payload.get("role") in {"member", "admin", "operator"}
             and isinstance(payload.get("scopes"), list)
             and payload.get("kind") in {"user", "app"}
+            and isinstance(payload.get("ver", 0), int)
         )
         if valid and payload["kind"] == "app":
             note_app_token_use(header, payload)

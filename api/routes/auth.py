@@ -1,6 +1,6 @@
 # flask-smorest's decorators are untyped; the views themselves are typed.
 # mypy: disable-error-code="untyped-decorator"
-"""HTTP surface of identity: ``/v1/auth`` (log in, refresh, log out, me).
+"""HTTP surface of identity: ``/v1/auth`` (log in, refresh, log out, sessions, me).
 
 Views are thin: load a schema, call ``auth.service``, dump a schema. Cookies are an HTTP concern
 and are set here, after the response is built. ``/v1/tokens`` lives in ``api.routes.tokens``
@@ -24,8 +24,14 @@ from flask_jwt_extended import (
 )
 from flask_smorest import Blueprint
 
-from api.schemas.auth import LoginSchema, LogoutSchema, MeSchema, TokenPairSchema
-from auth import service
+from api.schemas.auth import (
+    LoginSchema,
+    LogoutSchema,
+    MeSchema,
+    SessionSchema,
+    TokenPairSchema,
+)
+from auth import service, sessions
 from auth.access import current_identity, require
 from auth.models import Tenant, User, get_for_tenant
 from auth.tokens import auth_error
@@ -48,7 +54,7 @@ _ERRORS = {
     401: "Missing, invalid, expired or revoked token (RFC 6750 `WWW-Authenticate`).",
     403: "The token lacks the scope or role this needs (`insufficient_scope`).",
     404: "No such object in your tenant.",
-    429: "Too many failed logins for this account or address; see `Retry-After`.",
+    429: "Too many login attempts for this account or address; see `Retry-After`.",
     503: "Redis is unreachable: nothing is let through unchecked.",
 }
 
@@ -86,27 +92,44 @@ def _expires_in() -> int:
 # --- /v1/auth -----------------------------------------------------------------------------------
 
 
+def _client_addr() -> str:
+    return request.remote_addr or ""
+
+
+def _device() -> str:
+    return request.user_agent.string[:200] or "unknown device"
+
+
+def _deliver(pair: sessions.Session, cookie: bool) -> dict[str, Any]:
+    """The token pair as the body, or as HttpOnly cookies (browsers); never cached."""
+    body: dict[str, Any] = {"token_type": "Bearer", "expires_in": _expires_in()}
+    if cookie:
+
+        def set_cookies(response: Response) -> None:
+            no_store(response)
+            set_access_cookies(response, pair.access_token)
+            set_refresh_cookies(response, pair.refresh_token)
+
+        on_response(set_cookies)
+        return body
+    on_response(no_store)
+    return {**body, "access_token": pair.access_token, "refresh_token": pair.refresh_token}
+
+
 @bp.route("/login", methods=["POST"])
 @bp.arguments(LoginSchema)
 @bp.response(200, TokenPairSchema)
 @documents(401, 429, 503)
 def log_in(args: dict[str, Any]) -> dict[str, Any]:
-    """Log in with tenant, email and password; get access and refresh tokens."""
-    session = service.login(
-        args["tenant"], args["email"], args["password"], request.remote_addr or ""
+    """Log in with tenant, email and password; open a session with access and refresh tokens."""
+    pair = sessions.login(
+        args["tenant"],
+        args["email"],
+        args["password"],
+        _client_addr(),
+        args.get("device") or _device(),
     )
-    body: dict[str, Any] = {"token_type": "Bearer", "expires_in": _expires_in()}
-    if args["cookie"]:
-
-        def set_cookies(response: Response) -> None:
-            no_store(response)
-            set_access_cookies(response, session.access_token)
-            set_refresh_cookies(response, session.refresh_token)
-
-        on_response(set_cookies)
-        return body
-    on_response(no_store)
-    return {**body, "access_token": session.access_token, "refresh_token": session.refresh_token}
+    return _deliver(pair, args["cookie"])
 
 
 @bp.route("/refresh", methods=["POST"])
@@ -114,20 +137,10 @@ def log_in(args: dict[str, Any]) -> dict[str, Any]:
 @bp.response(200, TokenPairSchema)
 @documents(401, 503)
 def refresh_token() -> dict[str, Any]:
-    """Exchange a refresh token (header or cookie) for a new access token."""
+    """Rotate a refresh token (header or cookie): a new access and refresh token."""
     ident = current_identity()
-    access = service.refresh_access(ident.tenant_id, ident.user_id)
-    body: dict[str, Any] = {"token_type": "Bearer", "expires_in": _expires_in()}
-    if get_jwt_request_location() == "cookies":
-
-        def set_cookie(response: Response) -> None:
-            no_store(response)
-            set_access_cookies(response, access)
-
-        on_response(set_cookie)
-        return body
-    on_response(no_store)
-    return {**body, "access_token": access}
+    pair = sessions.refresh(ident.tenant_id, ident.user_id, get_jwt())
+    return _deliver(pair, get_jwt_request_location() == "cookies")
 
 
 @bp.route("/logout", methods=["POST"])
@@ -136,21 +149,62 @@ def refresh_token() -> dict[str, Any]:
 @bp.response(204)
 @documents(401, 503)
 def log_out(args: dict[str, Any]) -> None:
-    """Revoke the presented access token, and the refresh token if given; clear cookies."""
+    """Revoke the presented access token and end its session (its refresh tokens too)."""
     ident = current_identity()
     refresh = None
     if "refresh_token" in args:
-        refresh = service.verified_refresh_claims(
+        refresh = sessions.verified_refresh_claims(
             ident.tenant_id, ident.user_id, args["refresh_token"]
         )
     else:
         cookie = request.cookies.get(setting("JWT_REFRESH_COOKIE_NAME"))
         if cookie:
             try:
-                refresh = service.verified_refresh_claims(ident.tenant_id, ident.user_id, cookie)
+                refresh = sessions.verified_refresh_claims(ident.tenant_id, ident.user_id, cookie)
             except ApiError:
                 refresh = None  # a stale or foreign cookie is simply cleared
-    service.logout(ident.tenant_id, ident.user_id, get_jwt(), refresh)
+    sessions.logout(ident.tenant_id, ident.user_id, get_jwt(), refresh)
+    on_response(unset_jwt_cookies)
+
+
+@bp.route("/sessions", methods=["GET"])
+@require()
+@bp.response(200, SessionSchema(many=True))
+@documents(401, 503)
+def list_sessions() -> list[dict[str, Any]]:
+    """List your open sessions (device, address, created, last used)."""
+    ident = current_identity()
+    current = get_jwt().get("sid")
+    return [
+        {
+            **{
+                name: getattr(row, name)
+                for name in ("id", "device", "address", "created_at", "last_used_at", "expires_at")
+            },
+            "current": row.id == current,
+        }
+        for row in sessions.active_sessions(ident.tenant_id, ident.user_id)
+    ]
+
+
+@bp.route("/sessions/<string:session_id>", methods=["DELETE"])
+@require()
+@bp.response(204)
+@documents(401, 404, 503)
+def end_session(session_id: str) -> None:
+    """End one of your sessions: its refresh and access tokens stop working."""
+    ident = current_identity()
+    sessions.end_session(ident.tenant_id, ident.user_id, session_id)
+
+
+@bp.route("/sessions", methods=["DELETE"])
+@require()
+@bp.response(204)
+@documents(401, 503)
+def sign_out_everywhere() -> None:
+    """Sign out everywhere: every session and token of yours (app tokens too) stops working."""
+    ident = current_identity()
+    service.sign_out_everywhere(ident.tenant_scope, ident.user_id, ident.user_id, "self")
     on_response(unset_jwt_cookies)
 
 

@@ -1,6 +1,12 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes.
+
+``/readyz`` is unauthenticated: the model server's answer is cached per worker for
+``_LLM_PROBE_TTL_S`` so a flood of probes cannot turn into a flood of upstream calls.
+"""
 
 from __future__ import annotations
+
+import time
 
 import httpx
 from flask import Blueprint, current_app
@@ -27,7 +33,24 @@ def _check_redis() -> str:
     return "ok"
 
 
+_LLM_PROBE_TTL_S = 2.0
+_llm_probe: dict[str, tuple[float, str]] = {}  # base URL -> (monotonic time, outcome)
+
+
 def _check_llm() -> str:
+    base = current_app.config["LLM_BASE_URL"].rstrip("/")
+    cached = _llm_probe.get(base)
+    if cached is not None and time.monotonic() - cached[0] < _LLM_PROBE_TTL_S:
+        return cached[1]
+    try:
+        outcome = _probe_llm()
+    except Exception as exc:  # noqa: BLE001 - a probe reports every failure the same way
+        outcome = f"down: {type(exc).__name__}"
+    _llm_probe[base] = (time.monotonic(), outcome)
+    return outcome
+
+
+def _probe_llm() -> str:
     base = current_app.config["LLM_BASE_URL"].rstrip("/")
     response = httpx.get(
         base + "/models",

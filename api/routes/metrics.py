@@ -1,7 +1,9 @@
 """Prometheus metrics at ``/metrics``.
 
 Protected: with ``METRICS_TOKEN`` set, a matching bearer token is required; without it, only a
-direct loopback client (no ``X-Forwarded-For``: not through a proxy) may read it. Under gunicorn
+direct loopback client (no ``X-Forwarded-For``: not through a proxy) may read it, and only when
+no proxy is declared: behind ``TRUSTED_PROXIES`` > 0 the token is the only way in (a proxy on
+loopback makes every client look local, and a header's absence proves nothing). Under gunicorn
 ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py) and every worker's samples are aggregated.
 """
 
@@ -25,6 +27,8 @@ def _authorized() -> bool:
     if token:
         supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(supplied.encode(), token.encode())
+    if current_app.config["TRUSTED_PROXIES"] > 0:
+        return False
     return request.remote_addr in _LOOPBACK and "X-Forwarded-For" not in request.headers
 
 

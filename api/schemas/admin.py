@@ -17,19 +17,35 @@ from auth.passwords import MAX_PASSWORD_LENGTH
 ID = validate.Length(min=1, max=64)
 
 
+# Instants outside this range are refused: the services do date arithmetic (a default window of
+# days before ``to``) that would overflow near year 1 or 9999, and no usage predates 2000.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 class Instant(fields.Field[datetime]):
-    """A date (``2026-01-31``: midnight UTC) or an ISO 8601 date-time (naive means UTC)."""
+    """A date (``2026-01-31``: midnight UTC) or an ISO 8601 date-time (naive means UTC),
+    between 2000-01-01 and 9000-01-01."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         if not isinstance(value, str) or len(value) > 40:
             raise ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 date-time.")
         try:
             if len(value) == 10:
-                return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                parsed = datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+            else:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as exc:
             raise ValidationError("Use a date (YYYY-MM-DD) or an ISO 8601 date-time.") from exc
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            instant = (
+                parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            )
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00
+            raise ValidationError("Use a date between 2000-01-01 and 9000-01-01.") from exc
+        if not EARLIEST <= instant < LATEST:
+            raise ValidationError("Use a date between 2000-01-01 and 9000-01-01.")
+        return instant
 
 
 class ReasonSchema(Schema):

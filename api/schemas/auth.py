@@ -32,6 +32,10 @@ class LoginSchema(Schema):
     password = fields.String(
         required=True, load_only=True, validate=validate.Length(min=1, max=MAX_PASSWORD_LENGTH)
     )
+    device = fields.String(
+        validate=[validate.Length(min=1, max=200), no_control_chars],
+        metadata={"description": "A name for this session (default: the User-Agent)"},
+    )
     cookie = fields.Boolean(
         load_default=False,
         metadata={
@@ -53,10 +57,23 @@ class LogoutSchema(Schema):
 class TokenPairSchema(Schema):
     access_token = fields.String(metadata={"description": "Omitted when cookies were set"})
     refresh_token = fields.String(
-        metadata={"description": "Login only; omitted when cookies were set"}
+        metadata={
+            "description": "Omitted when cookies were set. Rotated on every refresh: use the "
+            "newest; presenting an older one ends the session"
+        }
     )
     token_type = fields.String(dump_default="Bearer")
     expires_in = fields.Integer(metadata={"description": "Seconds until the access token expires"})
+
+
+class SessionSchema(Schema):
+    id = fields.String()
+    device = fields.String(metadata={"description": "From the login body or the User-Agent"})
+    address = fields.String(metadata={"description": "Client address at login"})
+    created_at = fields.DateTime()
+    last_used_at = fields.DateTime(metadata={"description": "Login or last refresh"})
+    expires_at = fields.DateTime()
+    current = fields.Boolean(metadata={"description": "The session of the presented token"})
 
 
 class TenantRefSchema(Schema):

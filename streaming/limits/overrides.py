@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from auth.access import Identity
+from auth.access import Identity, may_manage
 from auth.models import Tenant, User, get_for_tenant, record_audit
 from core.errors import ApiError
 from core.store import db, get_redis, setting
@@ -106,6 +106,8 @@ def update_limits(
     row = _visible(ident, scope, row_id)
     if scope == "tenant" and not ident.is_operator:
         raise ApiError(403, "Only an operator may change a tenant's limits.", code="forbidden")
+    if isinstance(row, User) and not may_manage(ident, row):
+        raise ApiError(403, "Only an operator may change an operator.", code="forbidden")
     set_limits(scope, row.id, _present(limits), actor_id=ident.user_id, reason=reason)
     return describe_limits(ident, scope, row.id)
 

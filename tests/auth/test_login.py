@@ -101,7 +101,7 @@ def test_refresh_issues_a_new_access_token_with_the_current_role(
 
     assert response.status_code == 200
     body = response.get_json()
-    assert "refresh_token" not in body
+    assert body["refresh_token"] != pair["refresh_token"]  # rotated (tests/auth/test_sessions.py)
     assert claims_of(body["access_token"])["role"] == "admin"
     me = client.get("/v1/auth/me", headers=bearer(body["access_token"]))
     assert me.get_json()["role"] == "admin"
@@ -123,7 +123,7 @@ def test_logout_revokes_the_access_token_and_the_given_refresh_token(
     assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
 
 
-def test_logout_without_a_body_revokes_only_the_access_token(
+def test_logout_without_a_body_ends_the_session_refresh_token_included(
     client: Any, make_user: Any, tokens_for: Any
 ) -> None:
     pair = tokens_for(make_user())
@@ -131,7 +131,21 @@ def test_logout_without_a_body_revokes_only_the_access_token(
     assert client.post("/v1/auth/logout", headers=bearer(pair["access_token"])).status_code == 204
 
     assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-    assert client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])).status_code == 200
+    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+
+
+def test_successful_logins_are_rate_limited_per_account(
+    client: Any, make_user: Any, login: Any
+) -> None:
+    user = make_user()
+    for i in range(10):  # LOGIN_ACCOUNT_RPM default
+        assert login(user, addr=f"10.8.0.{i + 1}").status_code == 200
+
+    refused = login(user, addr="10.8.1.1")
+
+    assert refused.status_code == 429
+    wait = int(refused.headers["Retry-After"])
+    assert 0 < wait <= 60 and f"try again in {wait} seconds" in refused.get_json()["message"]
 
 
 def test_logout_refuses_another_users_refresh_token_and_revokes_nothing(
