@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from api.pagination import Rows
 from auth import service
-from auth.access import Identity
+from auth.access import Identity, may_act_on
 from auth.models import AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
@@ -98,6 +98,9 @@ def live_streams(
         and (user_id is None or s.get("user") == user_id)
         and (mode is None or s.get("mode") == mode)
     ]
+    if ident.tenant_scope is not None:  # a tenant admin never sees an operator's streams
+        visible = {u for u in {s.get("user", "") for s in rows} if may_act_on(ident, u)}
+        rows = [s for s in rows if s.get("user", "") in visible]
     rows.sort(key=lambda s: float(s.get("created") or 0), reverse=True)
     counts = subscriber_counts([s["id"] for s in rows])
     emails = _emails({s["user"] for s in rows if s.get("user")})
@@ -123,7 +126,7 @@ def live_streams(
 
 def _stream(ident: Identity, stream_id: str) -> StreamRecord:
     record = get_for_tenant(StreamRecord, ident.tenant_scope, stream_id)
-    if record is None:
+    if record is None or not may_act_on(ident, record.user_id):  # a tenant admin: no operator's
         raise ApiError(404, "No such stream.", code="stream_not_found")
     return record
 

@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 
 from api.pagination import Rows
-from auth.access import Identity, may_read, parse_channel
+from auth.access import Identity, may_act_on, may_read, parse_channel
 from auth.models import User
 from auth.tickets import issue_ticket
 from core.errors import ApiError
@@ -62,7 +62,8 @@ def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:
     if ident.is_operator and ident.is_admin:
         return record
     if record.tenant_id != ident.tenant_id or (
-        record.user_id != ident.user_id and not ident.is_admin
+        record.user_id != ident.user_id
+        and not (ident.is_admin and may_act_on(ident, record.user_id))  # never an operator's
     ):
         raise ApiError(404, "No such stream.", code="stream_not_found")
     return record

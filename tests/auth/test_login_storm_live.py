@@ -23,8 +23,10 @@ import pytest
 
 from bench.fake_upstream import expected_text
 from tests.api.chat_helpers import chat_body
-from tests.auth.conftest import tenant_of
-from tests.conftest import PASSWORD, LiveServer, wait_until
+from tests.support.config import PASSWORD
+from tests.support.live import LiveServer
+from tests.support.tokens import tenant_of
+from tests.support.waiting import wait_until
 
 CLIENTS = int(os.environ.get("LOGIN_STORM_CLIENTS", "8"))
 STORM_S = float(os.environ.get("LOGIN_STORM_S", "10"))

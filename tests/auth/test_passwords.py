@@ -174,7 +174,7 @@ def test_under_gevent_a_hash_runs_in_another_os_thread_and_the_loop_keeps_turnin
     import sys
     import textwrap
 
-    from tests.conftest import ROOT, app_config
+    from tests.support.config import ROOT, app_config
 
     script = textwrap.dedent(
         f"""

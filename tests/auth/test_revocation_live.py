@@ -15,7 +15,8 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from tests.conftest import PASSWORD, LiveServer
+from tests.support.config import PASSWORD
+from tests.support.live import LiveServer
 
 LOOPS = 12  # parallel refresh loops, as in the review
 ROUNDS = 4  # demotions per test

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.auth.conftest import assert_auth_error, bearer, claims_of, tenant_of
-from tests.conftest import PASSWORD
+from tests.support.config import PASSWORD
+from tests.support.tokens import assert_auth_error, bearer, claims_of, tenant_of
 
 
 def refresh(client: Any, token: str) -> Any:

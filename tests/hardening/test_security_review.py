@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_until
+from tests.support.live import LiveServer
+from tests.support.waiting import wait_until
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -62,8 +63,8 @@ def test_a_ticket_works_after_a_sign_out_everywhere_and_dies_with_its_session(
     live: LiveServer, make_user: Callable[..., Any]
 ) -> None:
     from auth import service
-    from tests.auth.conftest import tenant_of
-    from tests.conftest import PASSWORD
+    from tests.support.config import PASSWORD
+    from tests.support.tokens import tenant_of
 
     with live.app.app_context():
         user = make_user()
