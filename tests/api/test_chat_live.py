@@ -280,7 +280,7 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_and_cancels_the_record(
             "POST",
             "/v1/chat/completions",
             headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True),
+            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
         ) as source,
     ):
         stream_id = stream_id_of(source.response)
@@ -571,7 +571,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
             "POST",
             "/v1/chat/completions",
             headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True),
+            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
         ) as source,
     ):
         stream_id = stream_id_of(source.response)
