@@ -52,7 +52,6 @@ class Provider:
                 completion_tokens=usage["output_tokens"] if usage else None,
             )
 
-
     def close(self) -> None:
         """Close the pooled connections to the model server (app shutdown, tests)."""
         self.llm.root_client.close()
@@ -66,8 +65,9 @@ class _ChatOpenAI(ChatOpenAI):
     ``max_tokens`` is understood by every OpenAI-compatible server, OpenAI's chat models included.
     """
 
-    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None,
-                             **kwargs: Any) -> dict[str, Any]:
+    def _get_request_payload(
+        self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
         if "max_completion_tokens" in payload and "max_tokens" not in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
@@ -93,13 +93,22 @@ class _PlainChunks:
         if not payload.get("stream"):
             return self._completions.create(**payload)
         options: dict[str, Any] = {}
-        for key, option in (("extra_headers", "headers"), ("extra_query", "params"),
-                            ("timeout", "timeout")):
+        for key, option in (
+            ("extra_headers", "headers"),
+            ("extra_query", "params"),
+            ("timeout", "timeout"),
+        ):
             if payload.get(key) is not None:
                 options[option] = payload.pop(key)
         body = {**payload, **(payload.pop("extra_body", None) or {})}
-        return self._root.post("/chat/completions", body=body, options=options,  # type: ignore[call-overload]
-                               cast_to=object, stream=True, stream_cls=_ReusingStream)
+        return self._root.post(
+            "/chat/completions",
+            body=body,
+            options=options,  # type: ignore[call-overload]
+            cast_to=object,
+            stream=True,
+            stream_cls=_ReusingStream,
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._completions, name)

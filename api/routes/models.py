@@ -21,6 +21,8 @@ def list_models() -> dict[str, Any]:
     ident = current_identity()
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "streamgate"}
-                 for name in allowed_models(ident.tenant_id)],
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "streamgate"}
+            for name in allowed_models(ident.tenant_id)
+        ],
     }

@@ -26,8 +26,12 @@ class MessageSchema(Schema):
         unknown = EXCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
-    content = fields.String(required=True, error_messages={
-        "invalid": "Must be a string (content parts and images are not supported)."})
+    content = fields.String(
+        required=True,
+        error_messages={
+            "invalid": "Must be a string (content parts and images are not supported)."
+        },
+    )
     name = fields.String(validate=[validate.Length(max=64), NO_CONTROL])
 
 
@@ -46,12 +50,14 @@ class ChatRequestSchema(Schema):
 
     model = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_CONTROL])
     messages = fields.List(
-        fields.Nested(MessageSchema), required=True,
+        fields.Nested(MessageSchema),
+        required=True,
         validate=validate.Length(min=1, error="At least one message is required."),
     )
     max_tokens = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
-    max_completion_tokens = fields.Integer(strict=True, allow_none=True,
-                                           validate=validate.Range(min=1))
+    max_completion_tokens = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=1)
+    )
     temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
     stop = StopField(allow_none=True)
@@ -62,8 +68,9 @@ class ChatRequestSchema(Schema):
     @validates_schema
     def _one_limit(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("max_tokens") and data.get("max_completion_tokens"):
-            raise ValidationError("Give max_tokens or max_completion_tokens, not both.",
-                                  "max_tokens")
+            raise ValidationError(
+                "Give max_tokens or max_completion_tokens, not both.", "max_tokens"
+            )
 
     def handle_error(self, error: ValidationError, data: Any, *, many: bool, **kwargs: Any) -> None:
         """Name each bad field by its path (``messages[2].role``), as a client would write it."""
@@ -73,8 +80,14 @@ class ChatRequestSchema(Schema):
         raise ValidationError(flatten_errors(error.normalized_messages()))  # type: ignore[no-untyped-call]
 
 
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def flatten_errors(messages: dict[Any, Any], prefix: str = "") -> dict[str, Any]:

@@ -42,24 +42,44 @@ def start_generation(
     cfg = current_app.config
     model = body["model"]
     if model not in allowed_models(ident.tenant_id):
-        raise ApiError(404, f"The model '{model}' does not exist or you do not have access to it.",
-                       code="model_not_found", param="model", errors={"model": ["Unknown model."]})
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+            errors={"model": ["Unknown model."]},
+        )
     messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
     if len(messages) > cfg["MAX_MESSAGES"]:
-        raise ApiError(400, f"Too many messages: at most {cfg['MAX_MESSAGES']}.", param="messages",
-                       code="too_many_messages", errors={"messages": ["Too many messages."]})
+        raise ApiError(
+            400,
+            f"Too many messages: at most {cfg['MAX_MESSAGES']}.",
+            param="messages",
+            code="too_many_messages",
+            errors={"messages": ["Too many messages."]},
+        )
     if sum(len(m["content"]) for m in messages) > cfg["MAX_PROMPT_CHARS"]:
-        raise ApiError(400, f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters"
-                       " in all.",
-                       param="messages", code="context_length_exceeded",
-                       errors={"messages": ["Too long."]})
+        raise ApiError(
+            400,
+            f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters in all.",
+            param="messages",
+            code="context_length_exceeded",
+            errors={"messages": ["Too long."]},
+        )
     # A request that names no limit gets the default, never more than the cap allows.
-    max_tokens = (body.get("max_tokens") or body.get("max_completion_tokens")
-                  or min(cfg["DEFAULT_MAX_TOKENS"], cfg["MAX_TOKENS_CAP"]))
+    max_tokens = (
+        body.get("max_tokens")
+        or body.get("max_completion_tokens")
+        or min(cfg["DEFAULT_MAX_TOKENS"], cfg["MAX_TOKENS_CAP"])
+    )
     if max_tokens > cfg["MAX_TOKENS_CAP"]:
-        raise ApiError(400, f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.",
-                       param="max_tokens",
-                       code="max_tokens_too_large", errors={"max_tokens": ["Too large."]})
+        raise ApiError(
+            400,
+            f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.",
+            param="max_tokens",
+            code="max_tokens_too_large",
+            errors={"max_tokens": ["Too large."]},
+        )
     params = {
         "max_tokens": max_tokens,
         "temperature": body.get("temperature"),
@@ -70,8 +90,15 @@ def start_generation(
     estimate = estimate_prompt_tokens(messages)
     admission = admit(ident, estimate + max_tokens, stream_id)
     gen = Generation(
-        stream_id=stream_id, tenant_id=ident.tenant_id, user_id=ident.user_id, token_jti=ident.jti,
-        mode=mode, model=model, messages=messages, params=params, prompt_estimate=estimate,
+        stream_id=stream_id,
+        tenant_id=ident.tenant_id,
+        user_id=ident.user_id,
+        token_jti=ident.jti,
+        mode=mode,
+        model=model,
+        messages=messages,
+        params=params,
+        prompt_estimate=estimate,
         admission=admission.info,
     )
     try:
