@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 EventId = tuple[int, int]
 ID_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+_ID_LIMIT = 2**64  # stream ids are two unsigned 64-bit integers
 
 # ARGV[6] names this append; a retry after a lost reply finds it in KEYS[2] and gets the id
 # of the entry already written instead of writing the event twice.
@@ -77,12 +78,19 @@ def topic(channel: str) -> str:
 
 
 def parse_id(raw: str | bytes | None) -> EventId | None:
-    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; None when malformed."""
+    """``"1700000000000-3"`` -> ``(1700000000000, 3)``; None when malformed.
+
+    Each part must fit Redis's unsigned 64 bits: a larger one would pass the shape check and then
+    fail inside Redis, which is not the client being told what it sent wrong.
+    """
     if raw is None:
         return None
     text = raw.decode() if isinstance(raw, bytes) else raw
     match = ID_RE.match(text)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    if match is None:
+        return None
+    ms, seq = int(match.group(1)), int(match.group(2))
+    return (ms, seq) if ms < _ID_LIMIT and seq < _ID_LIMIT else None
 
 
 class EventLog:
