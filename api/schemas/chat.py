@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates_schema,
+)
+
+from core.errors import ApiError
+from core.store import setting
+
+# A refused body names at most this many fields; the rest are counted, not listed.
+MAX_FIELD_ERRORS = 20
 
 NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
 
@@ -65,6 +79,22 @@ class ChatRequestSchema(Schema):
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     user = fields.String(validate=[validate.Length(max=256), NO_CONTROL])
 
+    @pre_load
+    def _count_messages_first(self, data: Any, **_: Any) -> Any:
+        # Before any message is validated: 32,000 bad messages must cost one len(), not seconds
+        # of validation and a megabytes-long list of errors.
+        limit = setting("MAX_MESSAGES")
+        if isinstance(data, dict) and isinstance(data.get("messages"), list):
+            if len(data["messages"]) > limit:
+                raise ApiError(
+                    400,
+                    f"Too many messages: at most {limit}.",
+                    param="messages",
+                    code="too_many_messages",
+                    errors={"messages": ["Too many messages."]},
+                )
+        return data
+
     @validates_schema
     def _one_limit(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("max_tokens") and data.get("max_completion_tokens"):
@@ -77,7 +107,12 @@ class ChatRequestSchema(Schema):
         if not isinstance(data, dict):
             kind = _JSON_KINDS.get(type(data), "something else")
             raise ValidationError({"body": [f"The body must be a JSON object, not {kind}."]})
-        raise ValidationError(flatten_errors(error.normalized_messages()))  # type: ignore[no-untyped-call]
+        flat = flatten_errors(error.normalized_messages())  # type: ignore[no-untyped-call]
+        if len(flat) > MAX_FIELD_ERRORS:
+            more = len(flat) - MAX_FIELD_ERRORS
+            flat = dict(list(flat.items())[:MAX_FIELD_ERRORS])
+            flat["_more"] = [f"{more} more invalid fields not listed."]
+        raise ValidationError(flat)
 
 
 _JSON_KINDS = {
