@@ -43,22 +43,6 @@ class Sink(Protocol):
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
-class NullSink:
-    """Where the events of a run nobody follows go (the reaper settling a direct-mode run)."""
-
-    def started(self) -> None:
-        return None
-
-    def accepted(self) -> None:
-        return None
-
-    def token(self, text: str, index: int) -> None:
-        return None
-
-    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
-        return None
-
-
 # --- upstream failures --------------------------------------------------------------------------
 
 

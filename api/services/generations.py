@@ -50,14 +50,7 @@ def start_generation(
             errors={"model": ["Unknown model."]},
         )
     messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
-    if len(messages) > cfg["MAX_MESSAGES"]:
-        raise ApiError(
-            400,
-            f"Too many messages: at most {cfg['MAX_MESSAGES']}.",
-            param="messages",
-            code="too_many_messages",
-            errors={"messages": ["Too many messages."]},
-        )
+    # More than MAX_MESSAGES is refused by the schema, before any message is validated.
     if sum(len(m["content"]) for m in messages) > cfg["MAX_PROMPT_CHARS"]:
         raise ApiError(
             400,
