@@ -37,6 +37,7 @@ from auth.models import Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
 from core.store import db, setting
+from streaming import revocation
 
 bp = Blueprint(
     "auth", __name__, url_prefix="/v1/auth", description="Log in, refresh, log out, who am I."
@@ -163,7 +164,15 @@ def log_out(args: dict[str, Any]) -> None:
                 refresh = sessions.verified_refresh_claims(ident.tenant_id, ident.user_id, cookie)
             except ApiError:
                 refresh = None  # a stale or foreign cookie is simply cleared
-    sessions.logout(ident.tenant_id, ident.user_id, get_jwt(), refresh)
+    access = get_jwt()
+    # Like every path that kills a credential: what it started and opened stops at once too.
+    revocation.revoke_principal(
+        "token",
+        str(access["jti"]),
+        ident.user_id,
+        "logout",
+        lambda _streams: sessions.logout(ident.tenant_id, ident.user_id, access, refresh),
+    )
     on_response(unset_jwt_cookies)
 
 

@@ -3,7 +3,8 @@
 Real gunicorn gevent workers (2), a real Redis, httpx-sse clients, the fake upstream. What the
 person on the other end notices, whichever way the credentials were revoked (the owner's
 ``DELETE /v1/tokens/<jti>``, ``flask tokens revoke``, ``flask users disable``, ``flask users
-set-role`` to a lower role, ``flask tenants disable``, a demotion through the admin API):
+set-role`` to a lower role, ``flask tenants disable``, a demotion through the admin API, a
+logout):
 
 - a direct-mode generation started with the credential ends with an in-band ``stream_revoked``
   error (no ``[DONE]``);
@@ -166,6 +167,11 @@ def _api_demote(w: World, client: httpx.Client) -> None:
     assert response.json()["role"] == "member"
 
 
+def _log_out(w: World, client: httpx.Client) -> None:
+    response = client.post("/v1/auth/logout", json={}, headers=w.victim_h)
+    assert response.status_code == 204, response.text
+
+
 # (what revokes, whose credential the streams use: the victim's app token or access token)
 PATHS = {
     "DELETE /v1/tokens/<jti> by its owner": (_delete_own_token, "token"),
@@ -174,6 +180,7 @@ PATHS = {
     "flask users set-role (demotion)": (_cli_users_demote, "user"),
     "flask tenants disable": (_cli_tenants_disable, "user"),
     "PATCH /v1/admin/users/<id> (demotion)": (_api_demote, "user"),
+    "POST /v1/auth/logout": (_log_out, "user"),
 }
 
 
