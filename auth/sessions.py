@@ -91,16 +91,7 @@ def _open(user: User, device: str, client_addr: str) -> Session:
     )
     db.session.add(row)
     db.session.flush()
-    pair = tokens.issue_user_tokens(
-        user_id=user.id,
-        tenant_id=user.tenant_id,
-        role=user.role,
-        version=user.token_version,
-        session_id=row.id,
-        refresh_jti=refresh_jti,
-    )
-    db.session.commit()
-    return Session(user, row.id, pair["access_token"], pair["refresh_token"])
+    return _signed_in(user, row.id, refresh_jti)
 
 
 def refresh(tenant_id: str, user_id: str, claims: dict[str, Any]) -> Session:
@@ -138,16 +129,7 @@ def refresh(tenant_id: str, user_id: str, claims: dict[str, Any]) -> Session:
         db.session.rollback()
         end_sessions([row.id], "refresh_reuse")
         raise tokens.auth_error("Refresh token reuse detected; the session has been ended")
-    pair = tokens.issue_user_tokens(
-        user_id=user.id,
-        tenant_id=tenant_id,
-        role=user.role,
-        version=user.token_version,
-        session_id=row.id,
-        refresh_jti=new_jti,
-    )
-    db.session.commit()
-    return Session(user, row.id, pair["access_token"], pair["refresh_token"])
+    return _signed_in(user, row.id, new_jti)
 
 
 def verified_refresh_claims(tenant_id: str, user_id: str, encoded: str) -> dict[str, Any] | None:
@@ -265,3 +247,17 @@ def bump_token_version(user: User) -> None:
 def publish_token_version(user: User) -> None:
     """After the commit: Redis refuses the user's tokens of older versions, on every worker."""
     revocations.raise_user_version(user.id, user.token_version)
+
+
+def _signed_in(user: User, session_id: str, refresh_jti: str) -> Session:
+    """Sign the session's pair with the user's current role and version, then commit."""
+    pair = tokens.issue_user_tokens(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        role=user.role,
+        version=user.token_version,
+        session_id=session_id,
+        refresh_jti=refresh_jti,
+    )
+    db.session.commit()
+    return Session(user, session_id, pair["access_token"], pair["refresh_token"])

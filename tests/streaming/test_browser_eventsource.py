@@ -19,21 +19,12 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.config import PASSWORD, ROOT
 from tests.support.hub import prompt, tenant_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = ROOT / "test-artifacts" / "streaming"
 TOKENS = 300
 WAIT_MS = (
@@ -75,12 +66,12 @@ def live_overrides() -> dict[str, str]:
 
 @pytest.fixture()
 def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
+    if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
