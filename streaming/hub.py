@@ -120,8 +120,19 @@ class EventHub(ServerSentEventsBlueprint):
                             code="stream_expired",
                         )
                 if status is not None and status != "running":
-                    tail = backlog[-1][1] if backlog else events.last_event(channel)
-                    if tail in TERMINAL_EVENTS and not backlog and last is not None:
+                    # The newest entry, read after the replay: the run is marked ended before its
+                    # terminal event is written, so that event may land between the two reads. It
+                    # then reaches this subscriber live; only a client whose last id is the
+                    # terminal entry itself has everything.
+                    newest = backlog[-1][:2] if backlog else events.last_entry(channel)
+                    tail = newest[1] if newest else None
+                    if (
+                        not backlog
+                        and last is not None
+                        and newest is not None
+                        and tail in TERMINAL_EVENTS
+                        and _not_after(newest[0], last)
+                    ):
                         release()
                         # The client has everything; 204 is how a server tells EventSource to stop.
                         return Response(status=204, headers={"Cache-Control": "no-cache"})
@@ -150,6 +161,12 @@ class EventHub(ServerSentEventsBlueprint):
         release.counted = True
         body = _events(app, sub, ident, kind, backlog, last, grace)
         return Response(_Body(body, release), headers=headers)
+
+
+def _not_after(entry: str, last: str) -> bool:
+    """True when log entry ``entry`` is ``last`` or older (both well-formed ids)."""
+    a, b = parse_id(entry), parse_id(last)
+    return a is not None and b is not None and a <= b
 
 
 def _unavailable() -> ApiError:

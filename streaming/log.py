@@ -153,10 +153,10 @@ class EventLog:
         wanted = parse_id(after)
         return oldest is not None and wanted is not None and wanted < oldest
 
-    def last_event(self, channel: str) -> str | None:
-        """The name of the newest event in ``channel``'s log (None when empty or expired)."""
+    def last_entry(self, channel: str) -> tuple[str, str] | None:
+        """The id and event name of the newest entry in ``channel``'s log (None when empty)."""
         rows: Any = self.client.xrevrange(log_key(channel), max="+", min="-", count=1)
-        return _s(rows[0][1][b"e"]) if rows else None
+        return (_s(rows[0][0]), _s(rows[0][1][b"e"])) if rows else None
 
     def exists(self, channel: str) -> bool:
         return bool(self.client.exists(log_key(channel)))
