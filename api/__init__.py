@@ -13,7 +13,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import redis
 from flask import Flask, Response, g, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -23,7 +22,7 @@ from api.config import load_config
 from api.errors import error_response, register_error_handlers
 from api.extensions import api, migrate
 from api.logs import configure_logging
-from core.store import REDIS_EXTENSION, db
+from core.store import REDIS_EXTENSION, RUNS_REDIS_EXTENSION, db, redis_client
 from streaming.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,18 +120,14 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     api.init_app(app)
     init_jwt(app, error_response)
-    # A blocking pool: under gevent a burst of greenlets (thousands of subscribers opening or
-    # hanging up at once) waits for one of a bounded set of connections instead of opening one
-    # each (the default pool grows per concurrent caller, then fails past max_connections).
-    app.extensions[REDIS_EXTENSION] = redis.Redis(
-        connection_pool=redis.BlockingConnectionPool.from_url(
-            app.config["REDIS_URL"],
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=30,
-            max_connections=32,
-            timeout=5,
-        )
+    # Two bounded pools per process: requests (subscribers included) and generations. The log
+    # writer of channel mode has one connection of its own (streaming.log).
+    cfg = app.config
+    app.extensions[REDIS_EXTENSION] = redis_client(
+        cfg["REDIS_URL"], cfg["REDIS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
+    )
+    app.extensions[RUNS_REDIS_EXTENSION] = redis_client(
+        cfg["REDIS_URL"], cfg["REDIS_RUNS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
     )
     app.extensions["streamgate.metrics"] = Metrics()
     app.extensions["streamgate.llm"] = build_provider(app.config)
@@ -176,6 +171,8 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _register_request_hooks(app: Flask) -> None:
+    from api.limits import refuse_when_overloaded
+
     proxy_warned = False
 
     @app.before_request
@@ -197,6 +194,8 @@ def _register_request_hooks(app: Flask) -> None:
         supplied = request.headers.get("X-Request-Id", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         g.started = time.perf_counter()
+
+    app.before_request(refuse_when_overloaded)  # after the request id: refusals carry one
 
     @app.after_request
     def stamp_response(response: Response) -> Response:

@@ -17,6 +17,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from core.errors import ApiError
+from core.store import PoolExhausted
 
 log = logging.getLogger("streamgate.errors")
 
@@ -118,7 +119,20 @@ def handle_http_exception(exc: HTTPException) -> Response:
     return error_response(exc)
 
 
+def overloaded(reason: str) -> ApiError:
+    """``503 overloaded`` with ``Retry-After``, counted; OpenAI's SDKs back off and retry it."""
+    current_app.extensions["streamgate.metrics"].overload_refusals.labels(reason).inc()
+    return ApiError(
+        503,
+        "The gateway is at capacity; retry shortly. Streams already running are not affected.",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
+
+
 def handle_redis_error(exc: redis.RedisError) -> Response:
+    if isinstance(exc, PoolExhausted):  # every connection busy: capacity, not an outage
+        return error_response(overloaded("redis_pool"))
     log.error("redis unavailable: %s", exc)
     current_app.extensions["streamgate.metrics"].backend_errors.labels("redis").inc()
     return error_response(

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import after_this_request, current_app
+from flask import after_this_request, current_app, request
 
-from api.errors import wants_openai_shape
+from api.errors import overloaded, wants_openai_shape
 from auth.access import Identity, current_identity
 from core.errors import ApiError
 from streaming.limits import WINDOW_S, Admission, LimitExceeded, LimitState, admission_control
+from streaming.load import load_monitor
+from streaming.runner import registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -116,3 +118,25 @@ def rate_limited(view: F) -> F:
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+# --- load shedding at the door -----------------------------------------------------------------
+
+#: What the door guards: starting a generation (either mode) and opening a hub connection.
+SHED_ENDPOINTS = frozenset(
+    {"chat.create_chat_completion", "streams.create_stream", "events.stream"}
+)
+
+
+def refuse_when_overloaded() -> None:
+    """A ``before_request`` hook: refuse new work while this worker is at capacity.
+
+    Decided from in-process state only (``streaming.load``), before authentication, so a
+    refusal costs next to nothing when cost is what there is too much of.
+    """
+    if request.endpoint not in SHED_ENDPOINTS:
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    refusal = load_monitor(app).refusal(len(registry(app).runs))
+    if refusal is not None:
+        raise overloaded(refusal.reason)

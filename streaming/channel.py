@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -23,17 +24,24 @@ from streaming.generation import (
 )
 from streaming.greenlets import call_later
 from streaming.hub import hub
+from streaming.log import event_log
 
 
 def _publish(channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> str:
     return hub.publish({"type": event, **payload}, type=event, channel=channel, ttl_s=ttl_s)
 
 
-def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
-    _publish(
-        user_channel(gen.user_id),
-        event,
+def _lifecycle(
+    app: Flask,
+    gen: Generation,
+    event: str,
+    extra: dict[str, Any],
+    on_error: Callable[[BaseException], None] | None = None,
+) -> None:
+    """A stream's lifecycle event on its user's channel (queued: nobody waits for it)."""
+    hub.publish_later(
         {
+            "type": event,
             "stream_id": gen.stream_id,
             "channel": stream_channel(gen.stream_id),
             "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
@@ -41,7 +49,10 @@ def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -
             "model": gen.model,
             **extra,
         },
-        int(app.config["STREAM_LOG_TTL_S"]),
+        type=event,
+        channel=user_channel(gen.user_id),
+        ttl_s=int(app.config["STREAM_LOG_TTL_S"]),
+        on_error=on_error,
     )
 
 
@@ -77,12 +88,17 @@ class TerminalSink:
 
 
 class LogSink:
-    """Coalesces tokens and appends them to the stream's log (channel mode).
+    """Coalesces tokens and queues them for the stream's log (channel mode).
 
     The first token goes out at once; later ones are merged while they arrive within
     ``SSE_COALESCE_MS`` of the last flush, or until ``SSE_COALESCE_BYTES``; a timer flushes a
-    tail that would otherwise wait for a stalled upstream. Each flush is one ``hub.publish`` of
-    the already-encoded event: one JSON encode and one Redis round trip per coalesced event.
+    tail that would otherwise wait for a stalled upstream. Each flush is one
+    ``hub.publish_later`` of the already-encoded event: one JSON encode, no Redis wait (the
+    worker's log writer batches the appends of all its runs). Only the terminal event is waited
+    for, and it is written after every event queued before it.
+
+    If the writer cannot reach Redis for ``REDIS_RETRY_S``, the run fails at its next token
+    (``AppendFailed``): a stream never completes with events missing.
     """
 
     def __init__(self, app: Flask, gen: Generation) -> None:
@@ -100,22 +116,29 @@ class LogSink:
         self.last_flush = 0.0
         self.timer_armed = False
         self.lock = threading.Lock()
+        self.failed: BaseException | None = None
 
     def text(self) -> str:
         return "".join(self.parts)
 
+    def _lost(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = exc
+
     def started(self) -> None:
         gen = self.gen
-        _publish(
-            self.channel,
-            "stream.started",
+        hub.publish_later(
             {
+                "type": "stream.started",
                 "stream_id": gen.stream_id,
                 "model": gen.model,
                 "mode": gen.mode,
                 "created": gen.created,
             },
-            self.running_ttl,
+            type="stream.started",
+            channel=self.channel,
+            ttl_s=self.running_ttl,
+            on_error=self._lost,
         )
         _lifecycle(self.app, gen, "stream.started", {"status": "running"})
 
@@ -123,6 +146,8 @@ class LogSink:
         return None
 
     def token(self, text: str, index: int) -> None:
+        if self.failed is not None:
+            raise self.failed
         self.parts.append(text)
         with self.lock:
             if not self.buffer:
@@ -153,10 +178,25 @@ class LogSink:
         self.buffer.clear()
         self.buffer_bytes = 0
         self.last_flush = now
-        hub.publish(sse.dumps(payload), type="token", channel=self.channel, ttl_s=self.running_ttl)
+        hub.publish_later(
+            sse.dumps(payload),
+            type="token",
+            channel=self.channel,
+            ttl_s=self.running_ttl,
+            on_error=self._lost,
+        )
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:
             if self.buffer:
                 self._flush_locked(time.monotonic())
+        if outcome.status == "completed":
+            event_log(self.app).wait_written()
+            if self.failed is not None:  # the log misses events: the stream did not complete
+                outcome.status = "failed"
+                outcome.finish_reason = None
+                outcome.error_code = "event_log_unavailable"
+                outcome.error_message = (
+                    "Redis could not be written; the stream's events are incomplete."
+                )
         publish_terminal(self.app, self.gen, outcome, prompt_tokens, completion_tokens)

@@ -31,7 +31,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from streaming import sse
-from streaming.log import EVENT_TOPIC_PREFIX, parse_id, topic
+from streaming.load import stop_load_monitor
+from streaming.log import EVENT_TOPIC_PREFIX, close_event_log, parse_id, topic
 
 log = logging.getLogger("streamgate.control")
 
@@ -424,6 +425,8 @@ def stop_services(app: Flask) -> None:
     current: Services | None = app.extensions.pop(_SERVICES, None)
     if current is not None and current.pid == os.getpid():
         current.stop()
+    close_event_log(app)
+    stop_load_monitor(app)
     provider = app.extensions.get("streamgate.llm")
     if provider is not None:
         provider.close()

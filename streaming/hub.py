@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -74,6 +74,25 @@ class EventHub(ServerSentEventsBlueprint):
         encoded = data if isinstance(data, str) else sse.dumps(data)
         ttl = int(app.config["STREAM_LOG_TTL_S"]) if ttl_s is None else ttl_s
         return event_log(app).append(channel, type or "message", encoded, ttl)
+
+    def publish_later(
+        self,
+        data: Any,
+        type: str,  # noqa: A002 - as publish
+        channel: str,
+        *,
+        ttl_s: int,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """``publish`` without waiting: queued to the worker's log writer, in order with every
+        other append of this process; ``on_error`` hears of a write that failed for good.
+
+        A run's events go this way, so a run never waits on Redis (nor on a pool connection)
+        for a token. Called within an app context.
+        """
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        encoded = data if isinstance(data, str) else sse.dumps(data)
+        event_log(app).append_later(channel, type, encoded, ttl_s, on_error)
 
     def stream(self) -> Response:
         """Stream a channel's events as Server-Sent Events (replay, then follow)."""

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask
 
 from auth.tokens import revoked_among
-from core.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION, use_runs_pool
 from streaming import control, state
 from streaming.control import ControlMessage, Dispatcher, Handler, Subscriber
 from streaming.generation import Generation, Outcome, outcome_payload, stopped_outcome
@@ -87,6 +87,7 @@ def keep(
         started = time.monotonic()
         try:
             with app.app_context():
+                use_runs_pool()
                 tick(app, dispatcher.ops, orphan_sink)
         except Exception:  # noqa: BLE001 - the keeper must survive Redis or database outages
             log.warning("keeper tick failed", exc_info=True)

@@ -10,8 +10,11 @@ one slot.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,21 +26,25 @@ from core.store import REDIS_EXTENSION
 
 T = TypeVar("T")
 
+log = logging.getLogger("streamgate.log")
+
 EventId = tuple[int, int]
 ID_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 _ID_LIMIT = 2**64  # stream ids are two unsigned 64-bit integers
 
-# ARGV[6] names this append; a retry after a lost reply finds it in KEYS[2] and gets the id
-# of the entry already written instead of writing the event twice.
+# ARGV[6] is the writing process, ARGV[7] the append's number in it (its writer numbers appends
+# in the order it sends them). KEYS[2] keeps the newest "<process> <number> <id>" of the channel:
+# a pipeline retried after a lost reply finds its appends already counted and skips them instead
+# of writing them twice (the id returned for a skipped one is the channel's newest).
 _APPEND = """
 local prev = redis.call('GET', KEYS[2])
 if prev then
-  local sep = string.find(prev, ' ', 1, true)
-  if sep and string.sub(prev, 1, sep - 1) == ARGV[6] then return string.sub(prev, sep + 1) end
+  local who, n, last = string.match(prev, '^(%S+) (%d+) (%S+)$')
+  if who == ARGV[6] and tonumber(n) >= tonumber(ARGV[7]) then return last end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. id, 'EX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. id, 'EX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 return id
 """
@@ -93,24 +100,182 @@ def parse_id(raw: str | bytes | None) -> EventId | None:
     return (ms, seq) if ms < _ID_LIMIT and seq < _ID_LIMIT else None
 
 
+class AppendFailed(redis.ConnectionError):
+    """An append could not be written within ``REDIS_RETRY_S`` (Redis unreachable that long)."""
+
+
+class _Append:
+    """One queued append; ``done`` is set once it is written (or failed: ``error``)."""
+
+    __slots__ = ("args", "done", "entry", "error", "keys", "on_error")
+
+    def __init__(
+        self,
+        channel: str | None,
+        args: list[Any],
+        done: threading.Event | None,
+        on_error: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.keys = [log_key(channel), _dedupe_key(channel)] if channel is not None else []
+        self.args = args
+        self.done = done
+        self.on_error = on_error
+        self.entry = ""
+        self.error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class _Writer:
+    """The process's one writer of channel logs: appends go out in order, many per round trip.
+
+    Runs queue their events and go on; the writer sends whatever is queued as one pipeline on a
+    connection of its own, so a worker's appends need one Redis connection however many runs it
+    has, never wait for a pool shared with requests, and cost one round trip per batch rather
+    than per event. Nothing is held back to fill a batch: while one pipeline is in flight the
+    next one gathers. Order per channel is the queue's order (one writer, one connection).
+    """
+
+    MAX_BATCH = 512
+
+    def __init__(self, client: redis.Redis, script: Any, retry_s: float) -> None:
+        pool = client.connection_pool
+        self.client = redis.Redis(
+            connection_pool=redis.BlockingConnectionPool(
+                connection_class=pool.connection_class,
+                max_connections=1,
+                timeout=None,
+                **pool.connection_kwargs,
+            )
+        )
+        self.script = script
+        self.retry_s = retry_s
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.pid = os.getpid()
+        self.numbers = itertools.count(1)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="streamgate-log-writer")
+        self.thread.start()
+
+    def put(self, item: _Append) -> None:
+        self.queue.put(item)
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+        self.thread.join(5)
+        self.client.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Append] = [first]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Append]) -> None:
+        appends = [item for item in batch if item.keys]  # the rest are barriers
+        for item in appends:  # numbered in sending order: a retry's duplicates are recognised
+            item.args[6] = next(self.numbers)
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for item in appends:
+                self.script(keys=item.keys, args=item.args, client=pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+        try:
+            results: list[Any] = with_redis_retry(send, self.retry_s) if appends else []
+        except Exception as exc:  # noqa: BLE001 - every waiter hears of it
+            log.error("event log unreachable for %.1f s: %s", self.retry_s, exc)
+            failed = AppendFailed(f"The event log could not be written: {exc}")
+            results = [failed] * len(appends)
+        for item, result in zip(appends, results, strict=True):
+            if isinstance(result, BaseException):
+                item.error = result
+                if item.on_error is not None:
+                    item.on_error(result)
+            else:
+                item.entry = result.decode() if isinstance(result, bytes) else str(result)
+        for item in batch:
+            if item.done is not None:
+                item.done.set()
+
+
 class EventLog:
-    """Append to and read from channel logs on one Redis client."""
+    """Append to and read from channel logs on one Redis client.
+
+    Appends go through the process's writer (``_Writer``); reads use ``client``.
+    """
 
     def __init__(self, client: redis.Redis, maxlen: int, retry_s: float = 0.0) -> None:
         self.client = client
         self.maxlen = maxlen
         self.retry_s = retry_s
         self._append = client.register_script(_APPEND)
-        self._names = itertools.count()
-        self._pid = os.getpid()
+        self._writer: _Writer | None = None
+        self._writer_lock = threading.Lock()
+
+    def _writer_here(self) -> _Writer:
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid():  # none yet, or inherited over a fork
+            with self._writer_lock:
+                writer = self._writer
+                if writer is None or writer.pid != os.getpid():
+                    writer = self._writer = _Writer(self.client, self._append, self.retry_s)
+        return writer
+
+    def _args(self, channel: str, event: str, data: str, ttl_s: int) -> list[Any]:
+        return [self.maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0]
 
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
-        """Append one event exactly once (retried through a Redis restart); returns its entry id."""
-        name = f"{self._pid}:{next(self._names)}"
-        args: list[Any] = [self.maxlen, event, data, ttl_s, topic(channel), name]
-        keys = [log_key(channel), _dedupe_key(channel)]
-        entry = with_redis_retry(lambda: self._append(keys=keys, args=args), self.retry_s)
-        return entry.decode() if isinstance(entry, bytes) else str(entry)
+        """Append one event exactly once, after everything this process queued before it, and
+        wait for it (retried through a Redis restart); returns its entry id."""
+        done = threading.Event()
+        item = _Append(channel, self._args(channel, event, data, ttl_s), done, None)
+        self._writer_here().put(item)
+        # The writer gives up after retry_s; the margin covers its queue ahead of this append.
+        if not done.wait(self.retry_s + 30):
+            raise AppendFailed("The event log writer did not answer.")
+        if item.error is not None:
+            raise item.error
+        return item.entry
+
+    def append_later(
+        self,
+        channel: str,
+        event: str,
+        data: str,
+        ttl_s: int,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Queue one event for the writer and return at once; ``on_error`` hears of a failure."""
+        args = self._args(channel, event, data, ttl_s)
+        self._writer_here().put(_Append(channel, args, None, on_error))
+
+    def wait_written(self) -> None:
+        """Wait until every append this process queued before now is written (or failed)."""
+        done = threading.Event()
+        self._writer_here().put(_Append(None, [], done, None))
+        done.wait(self.retry_s + 30)
+
+    def close(self) -> None:
+        """Stop this process's writer after what is queued (app shutdown, tests)."""
+        writer, self._writer = self._writer, None
+        if writer is not None and writer.pid == os.getpid():
+            writer.stop()
 
     def read_after(
         self, channel: str, after: str | None, count: int = 1000
@@ -179,6 +344,13 @@ def event_log(app: Flask) -> EventLog:
         )
         app.extensions[_EVENT_LOG] = current
     return current
+
+
+def close_event_log(app: Flask) -> None:
+    """Stop the app's log writer after what is queued (tests, shutdown)."""
+    current: EventLog | None = app.extensions.get(_EVENT_LOG)
+    if current is not None:
+        current.close()
 
 
 def _s(value: Any) -> str:

@@ -70,6 +70,12 @@ class Metrics:
         self.backend_errors = Counter(
             "streamgate_backend_errors_total", "Redis or database errors", ["backend"], **reg
         )
+        self.overload_refusals = Counter(
+            "streamgate_overload_refusals_total",
+            "New work refused at the door with 503 overloaded, by signal",
+            ["reason"],
+            **reg,
+        )
         self.record_write_failures = Counter(
             "streamgate_record_write_failures_total",
             "Stream records that could not be written",

@@ -21,8 +21,10 @@ from typing import Any, Protocol
 
 import httpx
 import openai
+import redis
 from flask import Flask
 
+from core.store import use_runs_pool
 from streaming import greenlets, state
 from streaming.generation import Generation, Outcome
 from streaming.limits import admission_control
@@ -77,6 +79,13 @@ def classify(exc: BaseException) -> Outcome:
             error_code="upstream_error",
             http_status=502,
             error_message="The model server reported an error: " + str(exc.message)[:300],
+        )
+    if isinstance(exc, redis.RedisError):  # past REDIS_RETRY_S: not a passing pool wait
+        return Outcome(
+            "failed",
+            error_code="redis_unavailable",
+            http_status=503,
+            error_message="Redis could not be reached; the generation was stopped.",
         )
     if isinstance(exc, httpx.HTTPError):
         return Outcome(
@@ -189,6 +198,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     last_at = time.monotonic()
     inter_token = metrics.inter_token.labels(gen.mode)  # looked up once, observed every token
     with app.app_context():
+        use_runs_pool()
         try:
             sink.started()
             upstream = provider.stream(gen.model, gen.messages, gen.params)

@@ -128,6 +128,7 @@ def app(
         db.drop_all()
         db.engine.dispose()
     application.extensions["streamgate.redis"].close()
+    application.extensions["streamgate.redis.runs"].close()
 
 
 def finish_runs(application: Any, timeout: float = 10.0) -> None:

@@ -302,6 +302,7 @@ def close_app(app: Any) -> None:
         db.session.remove()
         db.engine.dispose()
     app.extensions["streamgate.redis"].close()
+    app.extensions["streamgate.redis.runs"].close()
 
 
 @dataclass
