@@ -137,6 +137,7 @@ def refuse_when_overloaded() -> None:
     if request.endpoint not in SHED_ENDPOINTS:
         return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    refusal = load_monitor(app).refusal(len(registry(app).runs))
+    starts_a_run = request.endpoint != "events.stream"
+    refusal = load_monitor(app).refusal(len(registry(app).runs) if starts_a_run else None)
     if refusal is not None:
         raise overloaded(refusal.reason)

@@ -287,13 +287,30 @@ class StreamResult:
     text_ok: bool = False
     stream_id: str | None = None
     head: float | None = None  # direct: response headers; channel: the 202 answer
+    refused: str | None = None  # refused at the door (429 / 503): the error code it gave
+    hub_retries: int = 0  # channel: hub connections refused (503) and tried again
     token_times: list[float] = field(default_factory=list)  # perf_counter of each token event
     lags_ms: list[float] = field(default_factory=list)  # channel: receive wall - entry id ms
+
+    @property
+    def admitted(self) -> bool:
+        """The gateway took the work (direct: 200; channel: 202)."""
+        return self.refused is None and self.status in (200, 202)
 
     @property
     def gaps(self) -> list[float]:
         times = self.token_times
         return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def _error_code(body: Any) -> str:
+    """The error code of a refusal in either envelope (Streamgate's or OpenAI's)."""
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict):
+            return str(inner.get("code") or inner.get("type") or "unknown")
+        return str(body.get("error_code") or body.get("code") or "unknown")
+    return "unknown"
 
 
 def _check_text(result: StreamResult, pieces: list[str]) -> None:
@@ -344,6 +361,11 @@ async def openai_stream(
         result.head = proto.t_head - result.t_start if proto.t_head else None
         if proto.status != 200:
             result.error = f"HTTP {proto.status}: {bytes(proto.body)[:200]!r}"
+            if proto.status in (429, 503):
+                try:
+                    result.refused = _error_code(json.loads(bytes(proto.body)))
+                except ValueError:
+                    result.refused = "unreadable"
         elif not finished and result.error is None:
             result.error = "stream ended without [DONE]"
     except (TimeoutError, OSError) as exc:
@@ -384,9 +406,13 @@ async def channel_stream(
     pieces: list[str] = []
     terminal: str | None = None
 
+    last_entry: str | None = None
+
     def on_event(name: str, data: str, entry: str | None, now: float, wall: float) -> None:
-        nonlocal terminal
+        nonlocal terminal, last_entry
         result.events += 1
+        if entry and name != "ping":
+            last_entry = entry
         if name == "token":
             pieces.append(json.loads(data).get("text", ""))
             result.token_times.append(now)
@@ -407,22 +433,35 @@ async def channel_stream(
         result.status = status
         result.head = time.perf_counter() - result.t_start
         if status != 202 or not isinstance(body, dict):
+            result.refused = _error_code(body) if status in (429, 503) else None
             raise HTTPError(status, json.dumps(body).encode())
         result.stream_id = body.get("id")
         events = urlsplit(
             str(body.get("events_url") or f"/v1/events?channel={body.get('channel')}")
         )
         path = events.path + ("?" + events.query if events.query else "")
-        proto = await exchange(
-            base_url,
-            "GET",
-            path,
-            headers={**headers, "Accept": "text/event-stream"},
-            on_event=on_event,
-        )
-        await asyncio.wait_for(proto.done, max(0.1, deadline - time.perf_counter()))
-        if proto.status != 200:
-            result.error = f"events HTTP {proto.status}: {bytes(proto.body)[:200]!r}"
+        while True:
+            # A hub at capacity refuses new connections with 503 and Retry-After; the stream
+            # itself goes on, so a client waits and connects again from the last id it has.
+            resume = {"Last-Event-ID": last_entry} if last_entry else {}
+            proto = await exchange(
+                base_url,
+                "GET",
+                path,
+                headers={**headers, **resume, "Accept": "text/event-stream"},
+                on_event=on_event,
+            )
+            await asyncio.wait_for(proto.done, max(0.1, deadline - time.perf_counter()))
+            if proto.status != 503 or time.perf_counter() + 1 > deadline:
+                break
+            result.hub_retries += 1
+            proto.close()
+            proto = None
+            await asyncio.sleep(1.0)  # the hub's Retry-After
+        if proto is None or proto.status not in (200, 204):
+            status = proto.status if proto is not None else 0
+            body_bytes = bytes(proto.body)[:200] if proto is not None else b""
+            result.error = f"events HTTP {status}: {body_bytes!r}"
         elif terminal is None and result.error is None:
             result.error = "events ended without a terminal event"
     except (TimeoutError, OSError, HTTPError) as exc:

@@ -248,6 +248,31 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             out.append(f"  {name} (py-spy, {prof['samples']} samples): {top}")
         elif prof:
             out.append(_status_line(name, prof))
+    sat = [n for n in ("saturation.direct", "saturation.channel") if n in results]
+    if sat:
+        out += [
+            "",
+            "saturation (offered at once; refused = 503/429 at the door; failed = after admission)",
+        ]
+    for name in sat:
+        scen = results[name]
+        if scen.get("status") != "ok":
+            out.append(_status_line(name, scen))
+            continue
+        for level, lv in scen["levels"].items():
+            if "admitted" not in lv:
+                out.append(f"  {name} {level:>4}: {lv.get('status')}: {lv.get('reason', '')}")
+                continue
+            out.append(
+                f"  {name.split('.')[1]:<7} {level:>4}: admitted {lv['admitted']}, refused "
+                f"{lv['refused_at_door']}, completed {lv['completed']}, failed "
+                f"{lv['failed_after_admission']}, mismatches {lv['text_mismatches']}, other "
+                f"{lv['not_admitted_other']}; TTFT p50/p99 {_fmt(lv['ttft_ms']['p50'])}/"
+                f"{_fmt(lv['ttft_ms']['p99'])} ms, total p50/p99 {_fmt(lv['total_s']['p50'], 2)}/"
+                f"{_fmt(lv['total_s']['p99'], 2)} s, {_fmt(lv['tokens_per_s'])} tok/s, "
+                f"gateway {_fmt(lv.get('cores_busy'), 2)} cores, client lag p99 "
+                f"{_fmt(lv.get('client', {}).get('loop_lag_ms', {}).get('p99'))} ms"
+            )
     out += ["", "targets"]
     for c in checks:
         mark = {True: "MET ", False: "MISS", None: "n/a "}[c["met"]]

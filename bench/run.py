@@ -50,6 +50,8 @@ ORDER = (
     "channel.idle",
     "channel.fanout",
     "channel.revoke",
+    "saturation.direct",
+    "saturation.channel",
 )
 
 
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                     peer_skip = f"LiteLLM proxy did not start: {exc}"[:500]
             if peer_skip:
                 print(f"peer skipped: {peer_skip}", flush=True)
-        pool = max(max(profile.concurrency), profile.cpu_concurrency)
+        pool = max(max(profile.concurrency), profile.cpu_concurrency, *profile.saturation_levels)
         targets = build_targets(stack, peer_url, peer_skip, pool)
         ctx = Ctx(
             stack=stack,

@@ -48,6 +48,7 @@ class Profile:
     revoke_streams: int = 20
     profile_seconds: float = 10.0
     connect_parallel: int = 100
+    saturation_levels: tuple[int, ...] = (200, 400, 800)
     budget_s: float = 1800.0
     quiet_wait_s: float = 120.0  # before each scenario, wait up to this for other jobs to go quiet
 
@@ -68,6 +69,7 @@ PROFILES = {
         fanout_tokens=50,
         revoke_streams=5,
         profile_seconds=5.0,
+        saturation_levels=(200, 400),
         budget_s=240.0,
         quiet_wait_s=0.0,
     ),
@@ -90,6 +92,7 @@ PROFILES = {
         revoke_streams=1,
         profile_seconds=1.0,
         connect_parallel=5,
+        saturation_levels=(4,),
         budget_s=150.0,
         quiet_wait_s=0.0,
     ),
@@ -356,6 +359,118 @@ def _latency(name: str) -> Scenario:
 
 for _name in ("floor", "direct", "channel", "peer"):
     scenario(f"latency.{_name}")(_latency(_name))
+
+
+# --- saturation: at and beyond capacity, nothing admitted is lost -------------------------------
+
+
+def summarize_saturation(results: list[client.StreamResult], wall: float) -> dict[str, Any]:
+    """Admitted, refused at the door, completed, failed after admission, exact text."""
+    admitted = [r for r in results if r.admitted]
+    completed = [r for r in admitted if r.ok and r.text_ok]
+    refused: dict[str, int] = {}
+    for r in results:
+        if r.refused is not None:
+            refused[r.refused] = refused.get(r.refused, 0) + 1
+    failures: dict[str, int] = {}
+    for r in admitted:
+        if not r.ok:
+            key = (r.error or "no tokens")[:120]
+            failures[key] = failures.get(key, 0) + 1
+    other = [r for r in results if not r.admitted and r.refused is None]
+    tokens = sum(r.tokens for r in admitted)
+    return {
+        "offered": len(results),
+        "admitted": len(admitted),
+        "refused_at_door": sum(refused.values()),
+        "refused_by_code": refused,
+        "completed": len(completed),
+        "failed_after_admission": sum(failures.values()),
+        "failures": failures,
+        "text_mismatches": sum(1 for r in admitted if r.ok and not r.text_ok),
+        "not_admitted_other": len(other),
+        "not_admitted_errors": sorted({(r.error or "")[:120] for r in other})[:5],
+        "hub_retries": sum(r.hub_retries for r in results),
+        "ttft_ms": pct([r.ttft for r in completed if r.ttft is not None], 1000),
+        "total_s": pct([r.total for r in completed if r.total is not None], 1, 3),
+        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "wall_s": round(wall, 2),
+    }
+
+
+async def _watch_gauge(ctx: Ctx, name: str, into: list[float], every_s: float = 0.25) -> None:
+    """Sample one gauge of the gateway's /metrics until cancelled."""
+    while True:
+        try:
+            proto = await client.exchange(ctx.stack.gateway_url, "GET", "/metrics")
+            await asyncio.wait_for(proto.done, 5)
+            proto.close()
+            for line in bytes(proto.body).decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    into.append(float(line.rsplit(" ", 1)[1]))
+        except (OSError, TimeoutError, ValueError):
+            pass
+        await asyncio.sleep(every_s)
+
+
+def _saturation(name: str) -> Scenario:
+    """Every level's streams are offered at once (spread over ``ramp_s``), one each, no retry at
+    the door: the gateway admits what it can serve and refuses the rest with 503 overloaded."""
+
+    async def run(ctx: Ctx) -> dict[str, Any]:
+        target = available(ctx, name)
+        if isinstance(target, dict):
+            return target
+        prof = ctx.profile
+        levels: dict[str, Any] = {}
+        for level in prof.saturation_levels:
+            deadline = prof.ramp_s + 8 * prof.tokens * prof.delay_ms / 1000 + 60
+            if ctx.remaining() < deadline:
+                levels[str(level)] = {"status": "skipped", "reason": "run time budget exhausted"}
+                continue
+            timeout = deadline - prof.ramp_s
+
+            async def one(
+                i: int, t: Target = target, n: int = level, limit: float = timeout
+            ) -> client.StreamResult:
+                await asyncio.sleep(prof.ramp_s * i / n)
+                return await run_one(t, i, prof.tokens, prof.delay_ms, limit)
+
+            started = time.perf_counter()
+            cpu0 = procstat.cpu_seconds(target.pids())
+            cost = client.ClientCost().start()
+            lags: list[float] = []
+            watch = asyncio.create_task(
+                _watch_gauge(ctx, "streamgate_event_loop_lag_seconds", lags)
+            )
+            with procstat.Sampler(target.pids()) as sampler:
+                results = await asyncio.gather(*(one(i) for i in range(level)))
+            watch.cancel()
+            await cost.stop()
+            wall = time.perf_counter() - started
+            out = summarize_saturation(list(results), wall)
+            out["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
+            out["cores_busy"] = round((procstat.cpu_seconds(target.pids()) - cpu0) / wall, 2)
+            out["gateway_loop_lag_ms"] = pct(lags, 1000, 1)
+            # The load client shares the machine: its own lag is part of every latency here.
+            out["client"] = {
+                "cpu_s": round(cost.cpu_s, 2),
+                "loop_lag_ms": pct(cost.loop_lag_ms, 1, 2),
+            }
+            levels[str(level)] = out
+            await asyncio.sleep(2.0)  # let the gateway drain before the next level
+        return {
+            "status": "ok",
+            "tokens_per_stream": prof.tokens,
+            "delay_ms": prof.delay_ms,
+            "levels": levels,
+        }
+
+    return run
+
+
+for _name in ("direct", "channel"):
+    scenario(f"saturation.{_name}")(_saturation(_name))
 
 
 # --- CPU per token at 0 ms per token --------------------------------------------------------------

@@ -14,6 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+def _mode(mode: str, multiproc: bool) -> dict[str, Any]:
+    """How a gauge's per-worker values combine on /metrics (multiprocess mode only)."""
+    return {"multiprocess_mode": mode} if multiproc else {}
+
+
 class Metrics:
     """Every metric Streamgate exports; see docs/operations.md for what each means."""
 
@@ -76,8 +81,25 @@ class Metrics:
             ["reason"],
             **reg,
         )
+        self.loop_lag = Gauge(
+            "streamgate_event_loop_lag_seconds",
+            "Smoothed lateness of the worker's event loop (the load-shedding signal)",
+            **reg,
+            **_mode("livemax", multiproc),
+        )
+        self.learned_capacity = Gauge(
+            "streamgate_learned_capacity_runs",
+            "Generations a worker was last seen to carry on time (+Inf until it was late)",
+            **reg,
+            **_mode("livemin", multiproc),
+        )
         self.record_write_failures = Counter(
             "streamgate_record_write_failures_total",
             "Stream records that could not be written",
             **reg,
         )
+
+    def report_load(self, lag_s: float, capacity: float) -> None:
+        """The load monitor's sample (streaming.load), for /metrics."""
+        self.loop_lag.set(lag_s)
+        self.learned_capacity.set(capacity)

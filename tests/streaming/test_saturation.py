@@ -163,7 +163,16 @@ def test_the_door_refuses_new_generations_past_the_worker_cap_and_reopens(
 
 
 def test_the_lag_monitor_refuses_while_the_loop_is_stalled_and_recovers() -> None:
-    monitor = LoadMonitor(lag_limit_s=0.1, max_runs=0, interval_s=0.02, smoothing=1.0)
+    running = 50
+    learned: list[float] = []
+    monitor = LoadMonitor(
+        lag_limit_s=0.1,
+        max_runs=0,
+        running=lambda: running,
+        interval_s=0.02,
+        smoothing=1.0,
+        report=lambda _lag, capacity: learned.append(capacity),
+    )
     try:
         assert monitor.refusal(0) is None
         # A stall of the interpreter: a long C-level loop holds the GIL, so the monitor's timer
@@ -177,6 +186,16 @@ def test_the_lag_monitor_refuses_while_the_loop_is_stalled_and_recovers() -> Non
             if refusal is not None:
                 refusals.append(refusal)
         assert refusals and refusals[0].reason == "event_loop_lag"
-        wait_until(lambda: monitor.refusal(0) is None, timeout=10)
+        # It learned that 50 running generations were too many for this worker: a burst is
+        # refused past 90% of that once the loop is on time again, ...
+        wait_until(lambda: monitor.refusal(None) is None, timeout=10)
+        assert min(learned) == 45.0
+        # ... and the capacity grows back, one a sample, while the loop stays on time.
+        wait_until(lambda: learned[-1] > 60, timeout=10)
+        monitor.stop()
+        monitor.thread.join(5)
+        monitor.capacity = 45.0  # the verdict itself, at a known capacity
+        refused = monitor.refusal(running=45)
+        assert refused is not None and refused.reason == "capacity"
     finally:
         monitor.stop()
