@@ -197,6 +197,13 @@ class _Protocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def json(self) -> Any:
+        """The body of a non-SSE answer (an error, a refusal) decoded, or None."""
+        try:
+            return json.loads(bytes(self.body)) if self.body else None
+        except ValueError:
+            return None
+
     def cut(self) -> None:
         """Drop the connection the way a lost network does: a reset, no orderly close.
 

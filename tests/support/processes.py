@@ -6,7 +6,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis as redis_lib
@@ -16,6 +19,7 @@ from bench.stack import free_port, redis_argv, wait_for_redis
 __all__ = [
     "RedisServer",
     "connections_to",
+    "cpu_hog",
     "free_port",
     "start_redis",
     "stop_process",
@@ -37,6 +41,29 @@ def stop_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+_HOG = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    pass
+"""
+
+
+@contextmanager
+def cpu_hog(seconds: float, core: int = 0) -> Iterator[subprocess.Popen[bytes]]:
+    """A process spinning on one core (``core``) for at most ``seconds``, ended by its PID.
+
+    Another job on a shared machine, made reproducible: whatever else runs gets the other core
+    and a share of this one.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", _HOG, str(core), str(seconds)])
+    try:
+        yield proc
+    finally:
+        stop_process(proc, signal.SIGKILL)
 
 
 @dataclass
