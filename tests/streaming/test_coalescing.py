@@ -15,7 +15,7 @@ import pytest
 from core.store import new_id
 from streaming.channel import LogSink
 from streaming.generation import Generation, Outcome, stream_channel
-from streaming.log import event_log
+from streaming.log import event_log, log_key
 from tests.support.waiting import wait_until
 
 
@@ -132,3 +132,32 @@ def test_lifecycle_events_also_reach_the_users_channel(app: Any) -> None:
     )
     done = json.loads(rows[1][2])
     assert done["status"] == "completed" and done["stream_id"] == channel.split("/")[1]
+
+
+@pytest.mark.parametrize(
+    "app_overrides", [{"SSE_COALESCE_MS": 50, "REDIS_RETRY_S": 0.5}], indirect=True
+)
+def test_flushes_while_every_pooled_connection_is_busy_lose_nothing(app: Any, redis: Any) -> None:
+    # The bench's text mismatches under load: a flush waited for the worker's shared
+    # pool, gave up, and its merged tokens were gone while the stream went on to complete.
+    sink, channel = _sink(app)
+    pool = app.extensions["streamgate.redis"].connection_pool
+    held = [pool.get_connection() for _ in range(pool.max_connections)]
+    try:
+        sink.token("one", 0)  # the first token goes out at once
+        sink.token(" two", 1)
+        sink.token(" three", 2)  # merged with " two" (or alone): a timer flushes the tail
+        wait_until(
+            lambda: (
+                "".join(
+                    json.loads(f["d"]).get("text", "") for _, f in redis.xrange(log_key(channel))
+                )
+                == "one two three"
+            ),
+            timeout=8,
+        )
+    finally:
+        for connection in held:
+            pool.release(connection)
+    _finish(sink, 3)
+    _assert_exact(_tokens(app, channel), ["one", " two", " three"])
