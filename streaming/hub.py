@@ -37,7 +37,7 @@ from core.store import db
 from streaming import greenlets, sse, state, subscriptions
 from streaming.control import CLOSE, Dispatcher, Subscriber, services_of
 from streaming.generation import TERMINAL_EVENTS
-from streaming.log import event_log, parse_id
+from streaming.log import REPLAY_PAGE, event_log, parse_id
 from streaming.models import StreamRecord
 
 log = logging.getLogger("streamgate.hub")
@@ -122,7 +122,8 @@ class EventHub(ServerSentEventsBlueprint):
             # is in both, and the subscriber skips what it already replayed. No gap, no duplicate.
             if not dispatcher.add(sub).wait(SUBSCRIBE_TIMEOUT_S) or sub.closed is not None:
                 raise _unavailable()
-            backlog = events.replay(channel, last)
+            # The first page only: the rest is read as the client takes it (bounded memory).
+            backlog = events.read_after(channel, last, REPLAY_PAGE)
             lost = events.history_lost(channel, last)
             grace: float | None = None  # follow without end, or only this long
             if kind == "streams":
@@ -143,7 +144,8 @@ class EventHub(ServerSentEventsBlueprint):
                     # terminal event is written, so that event may land between the two reads. It
                     # then reaches this subscriber live; only a client whose last id is the
                     # terminal entry itself has everything.
-                    newest = backlog[-1][:2] if backlog else events.last_entry(channel)
+                    whole = bool(backlog) and len(backlog) < REPLAY_PAGE
+                    newest = backlog[-1][:2] if whole else events.last_entry(channel)
                     tail = newest[1] if newest else None
                     if (
                         not backlog
@@ -178,7 +180,7 @@ class EventHub(ServerSentEventsBlueprint):
             release.watcher = greenlets.watch_hangup(sock, lambda: sub.close("client_gone"))
         app.extensions["streamgate.metrics"].active_subscribers.inc()
         release.counted = True
-        body = _events(app, sub, ident, kind, backlog, last, grace)
+        body = _events(app, sub, ident, kind, events.pages(channel, last, backlog), last, grace)
         return Response(_Body(body, release), headers=headers)
 
 
@@ -311,7 +313,7 @@ def _events(
     sub: Subscriber,
     ident: Identity,
     kind: str,
-    backlog: list[tuple[str, str, str]],
+    backlog: Iterator[list[tuple[str, str, str]]],
     last: str | None,
     grace: float | None,
 ) -> Iterator[bytes]:
@@ -330,19 +332,21 @@ def _events(
     yield sse.retry_hint(cfg["SSE_RETRY_MS"]) + sse.comment("connected")
     chunk: list[bytes] = []
     size = 0
-    for entry_id, event, data in backlog:
-        frame = sse.frame(data, event=event, id=entry_id)
-        chunk.append(frame)
-        size += len(frame)
-        last_seen, last_str = parse_id(entry_id), entry_id
-        if event in terminal:
-            yield b"".join(chunk)
-            return
-        if size >= REPLAY_CHUNK_BYTES:
+    for page in backlog:  # each page read from Redis once the previous one was written
+        for entry_id, event, data in page:
+            frame = sse.frame(data, event=event, id=entry_id)
+            chunk.append(frame)
+            size += len(frame)
+            last_seen, last_str = parse_id(entry_id), entry_id
+            if event in terminal:
+                yield b"".join(chunk)
+                return
+            if size >= REPLAY_CHUNK_BYTES:
+                yield b"".join(chunk)
+                chunk, size = [], 0
+        if chunk:
             yield b"".join(chunk)
             chunk, size = [], 0
-    if chunk:
-        yield b"".join(chunk)
     deadline = ident.expires_at if grace is None else min(ident.expires_at, time.time() + grace)
     while True:
         remaining = deadline - time.time()

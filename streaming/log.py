@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -33,16 +33,25 @@ ID_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 _ID_LIMIT = 2**64  # stream ids are two unsigned 64-bit integers
 
 # ARGV[6] is the writing process, ARGV[7] the append's number in it (its writer numbers appends
-# in the order it sends them). KEYS[2] keeps the newest "<process> <number> <id>" of the channel:
-# a pipeline retried after a lost reply finds its appends already counted and skips them instead
-# of writing them twice (the id returned for a skipped one is the channel's newest).
+# in the order it sends them). ARGV[8] is 0 for a stream's log (trimmed at about ARGV[1]
+# entries, cheaply), else the oldest id a user's log keeps (trimmed exactly: at most ARGV[1]
+# entries, none older than its age limit; lifecycle events are few, exactness costs nothing).
+# KEYS[2] keeps the newest "<process> <number> <id>" of the channel: a pipeline retried after a
+# lost reply finds its appends already counted and skips them instead of writing them twice (the
+# id returned for a skipped one is the channel's newest).
 _APPEND = """
 local prev = redis.call('GET', KEYS[2])
 if prev then
   local who, n, last = string.match(prev, '^(%S+) (%d+) (%S+)$')
   if who == ARGV[6] and tonumber(n) >= tonumber(ARGV[7]) then return last end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
+local id
+if ARGV[8] == '0' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '=', ARGV[1], '*', 'e', ARGV[2], 'd', ARGV[3])
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[8])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[6] .. ' ' .. ARGV[7] .. ' ' .. id, 'EX', ARGV[4])
 redis.call('PUBLISH', ARGV[5], id .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
@@ -77,6 +86,7 @@ def with_redis_retry(fn: Callable[[], T], seconds: float) -> T:
 
 
 EVENT_TOPIC_PREFIX = "sg:ev:"
+REPLAY_PAGE = 500  # entries read from a log at once when replaying it to a subscriber
 
 
 def topic(channel: str) -> str:
@@ -220,9 +230,18 @@ class EventLog:
     Appends go through the process's writer (``_Writer``); reads use ``client``.
     """
 
-    def __init__(self, client: redis.Redis, maxlen: int, retry_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        maxlen: int,
+        retry_s: float = 0.0,
+        user_maxlen: int = 1000,
+        user_max_age_s: float = 3600.0,
+    ) -> None:
         self.client = client
         self.maxlen = maxlen
+        self.user_maxlen = user_maxlen
+        self.user_max_age_s = user_max_age_s
         self.retry_s = retry_s
         self._append = client.register_script(_APPEND)
         self._writer: _Writer | None = None
@@ -238,7 +257,12 @@ class EventLog:
         return writer
 
     def _args(self, channel: str, event: str, data: str, ttl_s: int) -> list[Any]:
-        return [self.maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0]
+        if channel.startswith("streams/"):
+            return [self.maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, "0"]
+        # A user's channel is appended to for as long as the user works: bounded by count and age.
+        oldest = f"{int((time.time() - self.user_max_age_s) * 1000)}-0"
+        args = [self.user_maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, oldest]
+        return args
 
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
         """Append one event exactly once, after everything this process queued before it, and
@@ -286,15 +310,22 @@ class EventLog:
         return [(_s(entry_id), _s(fields[b"e"]), _s(fields[b"d"])) for entry_id, fields in rows]
 
     def replay(self, channel: str, after: str | None) -> list[tuple[str, str, str]]:
-        """Every entry after ``after``, in pages."""
-        out: list[tuple[str, str, str]] = []
-        cursor = after
+        """Every entry after ``after`` (a whole log in memory: for tests and small logs; the hub
+        replays page by page with ``pages``)."""
+        return [entry for page in self.pages(channel, after) for entry in page]
+
+    def pages(
+        self, channel: str, after: str | None, first: list[tuple[str, str, str]] | None = None
+    ) -> Iterator[list[tuple[str, str, str]]]:
+        """The entries after ``after``, one page of at most ``REPLAY_PAGE`` at a time, each read
+        when the previous one was consumed (``first``: the first page, already read)."""
+        page = self.read_after(channel, after, REPLAY_PAGE) if first is None else first
         while True:
-            page = self.read_after(channel, cursor)
-            out.extend(page)
-            if len(page) < 1000:
-                return out
-            cursor = page[-1][0]
+            if page:
+                yield page
+            if len(page) < REPLAY_PAGE:
+                return
+            page = self.read_after(channel, page[-1][0], REPLAY_PAGE)
 
     def history_lost(self, channel: str, after: str | None) -> bool:
         """True when entries after ``after`` (or, without it, from the start) are gone.
@@ -337,10 +368,13 @@ def event_log(app: Flask) -> EventLog:
     """The app's event log (no background work: appending needs only the Redis client)."""
     current: EventLog | None = app.extensions.get(_EVENT_LOG)
     if current is None:
+        cfg = app.config
         current = EventLog(
             app.extensions[REDIS_EXTENSION],
-            app.config["STREAM_LOG_MAXLEN"],
-            retry_s=app.config["REDIS_RETRY_S"],
+            cfg["STREAM_LOG_MAXLEN"],
+            retry_s=cfg["REDIS_RETRY_S"],
+            user_maxlen=cfg["USER_LOG_MAXLEN"],
+            user_max_age_s=cfg["STREAM_LOG_TTL_S"],
         )
         app.extensions[_EVENT_LOG] = current
     return current

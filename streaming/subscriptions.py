@@ -26,11 +26,13 @@ from streaming.greenlets import call_later
 log = logging.getLogger("streamgate.hub")
 
 SUBS_KEY = "sg:subs:{}"
+CONNECTS_KEY = "sg:cn:{}:{}"  # connections a user opened in one minute (fixed window)
 STREAM_SUBS_KEY = "sg:ss:{}"  # a stream's open connections (conn id -> expiry): the admin's count
 
 
 def claim(app: Flask, user_id: str, channel: str) -> str:
-    """Count this connection against the user's open subscriptions; 429 past the cap.
+    """Count this connection against the user's open subscriptions and connects a minute; 429
+    past either (``SSE_MAX_SUBSCRIPTIONS_PER_USER``, ``SSE_CONNECTS_PER_MINUTE``).
 
     The same entry goes into the stream's own set (``sg:ss:<id>``): the admin's subscriber count.
     """
@@ -42,24 +44,38 @@ def claim(app: Flask, user_id: str, channel: str) -> str:
     stream_id = stream_of(channel)
     # One round trip. Not MULTI (the two keys may live on different cluster slots): two claims
     # racing may both see the other's entry and both be refused, never both admitted over it.
+    minute = int(now // 60)
+    connects_key = CONNECTS_KEY.format(user_id, minute)
     pipe = get_redis().pipeline(transaction=False)
     pipe.zremrangebyscore(key, "-inf", now)
     pipe.zadd(key, {conn_id: now + ttl})
     pipe.zcard(key)
     pipe.expire(key, int(ttl) + 1)
+    pipe.incr(connects_key)
+    pipe.expire(connects_key, 120)
     if stream_id is not None:
         skey = STREAM_SUBS_KEY.format(stream_id)
         pipe.zremrangebyscore(skey, "-inf", now)
         pipe.zadd(skey, {conn_id: now + ttl})
         pipe.expire(skey, int(ttl) + 1)
-    count = pipe.execute()[2]
+    results = pipe.execute()
+    count, connects = results[2], results[4]
     limit = cfg["SSE_MAX_SUBSCRIPTIONS_PER_USER"]
-    if count > limit:
+    per_minute = cfg["SSE_CONNECTS_PER_MINUTE"]
+    if count > limit or connects > per_minute:
         pipe = get_redis().pipeline(transaction=False)
         pipe.zrem(key, conn_id)
         if stream_id is not None:
             pipe.zrem(STREAM_SUBS_KEY.format(stream_id), conn_id)
         pipe.execute()
+        if connects > per_minute:  # a reconnect loop: refused until the minute turns
+            app.extensions["streamgate.metrics"].rate_limited.labels("connects").inc()
+            raise ApiError(
+                429,
+                f"Too many event-stream connections: at most {per_minute} a minute per user.",
+                code="too_many_connects",
+                headers={"Retry-After": str(max(1, 60 * (minute + 1) - int(now)))},
+            )
         app.extensions["streamgate.metrics"].rate_limited.labels("subscriptions").inc()
         raise ApiError(
             429,

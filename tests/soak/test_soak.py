@@ -287,6 +287,7 @@ def retry_after(headers: dict[str, str]) -> float:
 @pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu_hog"])
 def test_soak_subscribers_and_generations(monkeypatch: pytest.MonkeyPatch, hog: bool) -> None:
     monkeypatch.setenv("SSE_MAX_SUBSCRIPTIONS_PER_USER", "100000")
+    monkeypatch.setenv("SSE_CONNECTS_PER_MINUTE", "1000000")  # 10 watchers hold 1,000 followers
     monkeypatch.setenv("SSE_HEARTBEAT_S", "5")
     stack = Stack(workers=2)
     try:

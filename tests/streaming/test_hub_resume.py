@@ -57,16 +57,16 @@ def test_a_resume_while_the_terminal_event_is_being_written_gets_it(
     app.extensions["streamgate.redis"].xdel(log_key(channel), terminal.id)
     assert (log.last_entry(channel) or ("", ""))[1] != "stream.completed"
 
-    replay = EventLog.replay
+    read_after = EventLog.read_after
     writes: list[str] = []
 
-    def replay_then_runner_writes(self: EventLog, ch: str, after: str | None) -> Any:
-        rows = replay(self, ch, after)
+    def replay_then_runner_writes(self: EventLog, ch: str, after: str | None, count: int) -> Any:
+        rows = read_after(self, ch, after, count)
         if ch == channel and not writes:  # the runner's sink lands its terminal event now
             writes.append(log.append(channel, terminal.event, json.dumps(terminal.data), 60))
         return rows
 
-    monkeypatch.setattr(EventLog, "replay", replay_then_runner_writes)
+    monkeypatch.setattr(EventLog, "read_after", replay_then_runner_writes)
     reader = open_hub(client, channel, {**headers, "Last-Event-ID": events[-2].id})
     try:
         assert reader.status == 200, reader.response.get_data(as_text=True)
