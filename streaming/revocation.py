@@ -162,6 +162,20 @@ def disable_user(
     )
 
 
+def sign_out_everywhere(
+    tenant_scope: str | None, user_id: str, actor_id: str | None, reason: str | None
+) -> tuple[User, list[str]]:
+    """Every session and token of the user ends (the account stays), and with them what they
+    run: their generations are revoked and their open subscriptions closed, on every worker."""
+    return revoke_principal(
+        "user",
+        user_id,
+        actor_id,
+        reason,
+        lambda _streams: service.sign_out_everywhere(tenant_scope, user_id, actor_id, reason),
+    )
+
+
 def set_user_role(
     tenant_scope: str | None,
     user_id: str,

@@ -149,6 +149,16 @@ def revoke_user(body: dict[str, Any], user_id: str) -> dict[str, Any]:
     return service.revoke_user(current_identity(), user_id, body["reason"])
 
 
+@bp.post("/admin/users/<user_id>/sign-out")
+@admin_only
+@bp.arguments(ReasonSchema)
+@bp.response(202, UserRevokedSchema)
+def sign_out_user(body: dict[str, Any], user_id: str) -> dict[str, Any]:
+    """Sign a user out everywhere: every session and token ends (the account stays enabled),
+    their running streams are revoked and their subscriptions closed."""
+    return service.sign_out_user(current_identity(), user_id, body["reason"])
+
+
 @bp.delete("/admin/tokens/<jti>")
 @admin_only
 @bp.arguments(ReasonSchema)

@@ -31,7 +31,7 @@ from api.schemas.auth import (
     SessionSchema,
     TokenPairSchema,
 )
-from auth import service, sessions
+from auth import sessions
 from auth.access import current_identity, require
 from auth.models import Tenant, User, get_for_tenant
 from auth.tokens import auth_error
@@ -211,9 +211,10 @@ def end_session(session_id: str) -> None:
 @bp.response(204)
 @documents(401, 503)
 def sign_out_everywhere() -> None:
-    """Sign out everywhere: every session and token of yours (app tokens too) stops working."""
+    """Sign out everywhere: every session and token of yours (app tokens too) stops working,
+    and the streams they run and subscriptions they hold end at once."""
     ident = current_identity()
-    service.sign_out_everywhere(ident.tenant_scope, ident.user_id, ident.user_id, "self")
+    revocation.sign_out_everywhere(ident.tenant_scope, ident.user_id, ident.user_id, "self")
     on_response(unset_jwt_cookies)
 
 

@@ -178,6 +178,17 @@ def revoke_user(
     return {"user": user, "streams_revoked": streams}
 
 
+def sign_out_user(ident: Identity, user_id: str, reason: str | None) -> dict[str, Any]:
+    """End every session and token of a user the caller may manage, and what they run."""
+    user = _user(ident, user_id)
+    if not may_act_on(ident, user.id):  # a tenant admin never signs an operator out
+        raise _not_found("User")
+    user, streams = revocation.sign_out_everywhere(
+        ident.tenant_scope, user.id, ident.user_id, reason
+    )
+    return {"user": user, "streams_revoked": streams}
+
+
 def revoke_token(ident: Identity, jti: str, reason: str | None) -> dict[str, Any]:
     """Revoke one app token, the streams it started and the subscriptions it opened."""
     row, streams = revocation.revoke_app_token(ident.tenant_scope, jti, ident.user_id, reason)

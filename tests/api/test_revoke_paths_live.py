@@ -4,7 +4,7 @@ Real gunicorn gevent workers (2), a real Redis, httpx-sse clients, the fake upst
 person on the other end notices, whichever way the credentials were revoked (the owner's
 ``DELETE /v1/tokens/<jti>``, ``flask tokens revoke``, ``flask users disable``, ``flask users
 set-role`` to a lower role, ``flask tenants disable``, a demotion through the admin API, a
-logout):
+logout, signing out everywhere, an admin signing the user out):
 
 - a direct-mode generation started with the credential ends with an in-band ``stream_revoked``
   error (no ``[DONE]``);
@@ -172,6 +172,20 @@ def _log_out(w: World, client: httpx.Client) -> None:
     assert response.status_code == 204, response.text
 
 
+def _sign_out_everywhere(w: World, client: httpx.Client) -> None:
+    response = client.delete("/v1/auth/sessions", headers=w.victim_h)
+    assert response.status_code == 204, response.text
+
+
+def _admin_signs_out(w: World, client: httpx.Client) -> None:
+    response = client.post(
+        f"/v1/admin/users/{w.victim_id}/sign-out", json={"reason": "lost phone"}, headers=w.admin_h
+    )
+    assert response.status_code == 202, response.text
+    assert len(response.json()["streams_revoked"]) == 2
+    assert response.json()["user"]["disabled"] is False  # signed out, not disabled
+
+
 # (what revokes, whose credential the streams use: the victim's app token or access token)
 PATHS = {
     "DELETE /v1/tokens/<jti> by its owner": (_delete_own_token, "token"),
@@ -181,6 +195,8 @@ PATHS = {
     "flask tenants disable": (_cli_tenants_disable, "user"),
     "PATCH /v1/admin/users/<id> (demotion)": (_api_demote, "user"),
     "POST /v1/auth/logout": (_log_out, "user"),
+    "DELETE /v1/auth/sessions (sign out everywhere)": (_sign_out_everywhere, "user"),
+    "POST /v1/admin/users/<id>/sign-out": (_admin_signs_out, "user"),
 }
 
 
