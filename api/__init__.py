@@ -171,7 +171,7 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _register_request_hooks(app: Flask) -> None:
-    from api.limits import refuse_when_overloaded
+    from api.limits import charge_refused_request, refuse_when_overloaded
 
     proxy_warned = False
 
@@ -217,6 +217,10 @@ def _register_request_hooks(app: Flask) -> None:
                 },
             )
         return response
+
+    # Registered last, so it runs first (after_request runs in reverse): a 429 it returns
+    # still gets the request id and the access-log line.
+    app.after_request(charge_refused_request)
 
 
 def _register_cli(app: Flask) -> None:

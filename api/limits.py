@@ -12,9 +12,10 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import after_this_request, current_app, request
+import redis
+from flask import after_this_request, current_app, g, request
 
-from api.errors import overloaded, wants_openai_shape
+from api.errors import error_response, overloaded, wants_openai_shape
 from auth.access import Identity, current_identity
 from core.errors import ApiError
 from streaming.limits import WINDOW_S, Admission, LimitExceeded, LimitState, admission_control
@@ -118,6 +119,31 @@ def rate_limited(view: F) -> F:
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+# --- refused requests count too ----------------------------------------------------------------
+
+#: Where a refused body still costs the caller a request: the routes that start generations.
+GENERATION_ENDPOINTS = frozenset({"chat.create_chat_completion", "streams.create_stream"})
+_REFUSALS = frozenset({400, 404, 413, 422})
+
+
+def charge_refused_request(response: Any) -> Any:
+    """An ``after_request`` hook: a generation request refused for its body counts against the
+    caller's requests per minute like an admitted one, so a flood of invalid bodies meets the
+    same 429 as a flood of valid ones (admission, which counts those, never ran)."""
+    if response.status_code not in _REFUSALS or request.endpoint not in GENERATION_ENDPOINTS:
+        return response
+    ident = g.get("identity")
+    if ident is None:  # refused before authentication: nobody to charge
+        return response
+    try:
+        admission_control(current_app).charge_request(ident.tenant_id, ident.user_id)
+    except LimitExceeded as exc:
+        return error_response(too_many_requests(exc))
+    except redis.RedisError:
+        pass  # the refusal stands; counting it is not worth failing it
+    return response
 
 
 # --- load shedding at the door -----------------------------------------------------------------

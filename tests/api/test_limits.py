@@ -111,6 +111,22 @@ def test_successful_starts_carry_ratelimit_headers(client: Any, member: Any) -> 
     assert chat.headers["RateLimit-Remaining"] == "3"
 
 
+@pytest.mark.parametrize("path", ["/v1/streams", "/v1/chat/completions"])
+def test_refused_bodies_count_against_requests_per_minute(
+    client: Any, member: Any, path: str
+) -> None:
+    # A flood of invalid bodies costs the caller a request each, like a flood of valid ones.
+    _, headers = member(rpm=3)
+    invalid = {**body(), "messages": [{"role": "nobody", "content": "x"}]}
+    for _ in range(3):
+        refused = client.post(path, json=invalid, headers=headers)
+        assert refused.status_code in (400, 422), refused.get_data(as_text=True)
+    limited = client.post(path, json=invalid, headers=headers)
+    assert limited.status_code == 429, limited.get_data(as_text=True)
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert client.post(path, json=body(), headers=headers).status_code == 429  # spent
+
+
 def test_requests_per_minute_refused_with_429_naming_the_limit(client: Any, member: Any) -> None:
     _, headers = member(rpm=2)
     for _ in range(2):
