@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from typing import Any
 
-from api.schemas.chat import ChatRequestSchema, UsageSchema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from api.schemas.chat import ChatRequestSchema, ToolCallSchema, UsageSchema
 
 
 class StreamCreateSchema(ChatRequestSchema):
-    """The same request as chat completions; ``stream`` is implied."""
+    """The same request as chat completions; ``stream`` is implied.
+
+    A field whose result channel events cannot carry is refused, never dropped.
+    """
+
+    @validates_schema
+    def _channel_can_honour(self, data: dict[str, Any], **_: Any) -> None:
+        if (data.get("n") or 1) > 1:
+            raise ValidationError(
+                "Channel mode streams one choice; ask POST /v1/chat/completions for n > 1.", "n"
+            )
+        if data.get("logprobs") or data.get("top_logprobs") is not None:
+            raise ValidationError(
+                "Channel events carry no log probabilities; ask POST /v1/chat/completions.",
+                "logprobs",
+            )
 
 
 class StreamAcceptedSchema(Schema):
@@ -37,6 +54,11 @@ class StreamSchema(Schema):
     usage = fields.Nested(UsageSchema)
     error = fields.Nested(StreamErrorSchema, allow_none=True)
     text = fields.String(allow_none=True)
+    tool_calls = fields.List(
+        fields.Nested(ToolCallSchema),
+        allow_none=True,
+        metadata={"description": "The tool calls the model made, assembled (channel mode)"},
+    )
 
 
 class StreamListQuerySchema(Schema):
