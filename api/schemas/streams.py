@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, fields, validate, validates_schema
 
 from api.schemas.chat import ChatRequestSchema, ToolCallSchema, UsageSchema
+from core.errors import ApiError
 
 
 class StreamCreateSchema(ChatRequestSchema):
@@ -17,15 +18,19 @@ class StreamCreateSchema(ChatRequestSchema):
 
     @validates_schema
     def _channel_can_honour(self, data: dict[str, Any], **_: Any) -> None:
+        # A 400 (not the 422 of a malformed field): the request is valid, this mode cannot
+        # serve it, and direct mode can.
         if (data.get("n") or 1) > 1:
-            raise ValidationError(
-                "Channel mode streams one choice; ask POST /v1/chat/completions for n > 1.", "n"
-            )
+            raise _unsupported("n", "Channel mode streams one choice")
         if data.get("logprobs") or data.get("top_logprobs") is not None:
-            raise ValidationError(
-                "Channel events carry no log probabilities; ask POST /v1/chat/completions.",
-                "logprobs",
-            )
+            raise _unsupported("logprobs", "Channel events carry no log probabilities")
+
+
+def _unsupported(param: str, why: str) -> ApiError:
+    message = f"{param}: {why}; ask POST /v1/chat/completions for it."
+    return ApiError(
+        400, message, param=param, code="unsupported_in_channel_mode", errors={param: [message]}
+    )
 
 
 class StreamAcceptedSchema(Schema):
