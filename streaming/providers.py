@@ -56,13 +56,20 @@ class Provider:
     # --- direct mode: the raw pass-through ---------------------------------------------------
 
     def passthrough(
-        self, request: dict[str, Any], chunk_id: str, model: str, include_usage: bool
+        self,
+        request: dict[str, Any],
+        chunk_id: str,
+        model: str,
+        include_usage: bool,
+        prompt_estimate: int = 0,
     ) -> Iterator[Chunk]:
         """Forward ``request``; yield each upstream chunk re-framed with our ``id`` and ``model``.
 
         ``stream: false`` yields one Chunk whose ``frame`` is the ``chat.completion`` JSON.
         Usage is always asked for (limits need it); when the client did not ask, the usage chunk
-        and the ``usage`` keys are not passed on. Closing the iterator closes the request.
+        and the ``usage`` keys are not passed on; when it asked and the model server sent none
+        (llama-cpp-python ignores ``include_usage``), a last chunk carries Streamgate's count.
+        Closing the iterator closes the request.
         """
         if not request.get("stream"):
             completion = self.root.post("/chat/completions", body=request, cast_to=object)
@@ -75,6 +82,9 @@ class Provider:
         )
         events = iter(stream)
         seen = False
+        usage_seen = False
+        counted = 0
+        created = None
         try:
             for data in events:
                 if data == b"[DONE]":
@@ -84,6 +94,9 @@ class Provider:
                 seen = True
                 chunk = _loads(data)
                 out = _read_chunk(chunk)
+                counted += out.tokens
+                created = chunk.get("created", created)
+                usage_seen = usage_seen or out.completion_tokens is not None
                 if not include_usage:
                     if not chunk.get("choices") and chunk.get("usage") is not None:
                         yield out  # counted, not sent: the client did not ask for usage
@@ -97,6 +110,21 @@ class Provider:
             stream.close()
         if not seen:
             self.explain_empty(request)
+        if include_usage and not usage_seen:
+            usage = {
+                "prompt_tokens": prompt_estimate,
+                "completion_tokens": counted,
+                "total_tokens": prompt_estimate + counted,
+            }
+            last: dict[str, Any] = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            yield Chunk(frame=sse.json_bytes_frame(orjson.dumps(last)))
 
     def explain_empty(self, request: Mapping[str, Any]) -> None:
         """Raise what an upstream that streamed nothing at all would have said.
@@ -108,7 +136,13 @@ class Provider:
         probe = {**request, "stream": False, "max_tokens": 1}
         probe.pop("stream_options", None)
         probe.pop("max_completion_tokens", None)
-        self.root.post("/chat/completions", body=probe, cast_to=object)
+        # The failed stream may leave its pooled connection reset: one retry on a fresh one.
+        self.root.post(
+            "/chat/completions",
+            body=probe,
+            cast_to=object,
+            options={"max_retries": 1},  # type: ignore[call-overload]
+        )
         raise upstream_error("The model server ended the stream without a response.")
 
     # --- channel mode: ChatOpenAI ---------------------------------------------------------------

@@ -239,7 +239,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
             if gen.mode == "direct":
                 usage = bool((gen.request.get("stream_options") or {}).get("include_usage"))
                 upstream = provider.passthrough(
-                    gen.request, completion_id(gen.stream_id), gen.model, usage
+                    gen.request, completion_id(gen.stream_id), gen.model, usage, prompt_tokens
                 )
             else:
                 upstream = provider.stream(gen.request)
