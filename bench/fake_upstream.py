@@ -15,7 +15,9 @@ Knobs:
   infinite       never finish (until the client goes away)
   pad            append this many "x" to every streamed token (bulk, for slow-client tests)
   tool_calls     answer with this many tool calls (arguments streamed in pieces, finish
-                 "tool_calls") instead of text; the function is the request's first tool's
+                 "tool_calls") instead of text; the function is the request's first tool's.
+                 Without it, a request with ``tools`` whose last message is not a tool result
+                 gets one call, as a model would (then, given the result, it answers in text)
   reasoning      send this many ``reasoning_content`` deltas before the answer
   error_message  the message of the error body ``status`` answers (spaces as ``_``)
 
@@ -300,6 +302,9 @@ class FakeUpstream:
         last = str(messages[-1].get("content", "")) if messages else ""
         with self._lock:
             knobs = self.knobs.merged(last)
+            if not knobs.tool_calls and req.get("tools") and messages:
+                if messages[-1].get("role") != "tool" and req.get("tool_choice") != "none":
+                    knobs = replace(knobs, tool_calls=1)
             # A request that outlives a reset() is counted where it began, never in the new
             # counters (a test would see another test's stream ending as -1 active).
             stats = self.stats

@@ -115,6 +115,13 @@ class MessageSchema(Schema):
 
     class Meta:
         unknown = INCLUDE
+        description = (
+            "A message of any OpenAI shape: `system`, `developer`, `user`, `assistant` (with "
+            "`tool_calls`, `content: null`, `refusal`), `tool` (with `tool_call_id`). `content` "
+            "is a string or an array of parts (`text`, `image_url`, `input_audio`, `file`); "
+            "parts, base64 images included, count against `MAX_PROMPT_CHARS`. Other fields are "
+            "forwarded to the model server."
+        )
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = ContentField(allow_none=True)
@@ -163,6 +170,14 @@ class ChatRequestSchema(Schema):
 
     class Meta:
         unknown = INCLUDE
+        description = (
+            "OpenAI's chat completion request. Streamgate checks the fields listed here (the "
+            "model allow-list, the `max_tokens` cap, the number and size of messages, the types "
+            "of the fields it reads); other fields are forwarded to the model server unchanged "
+            "(`tools`, `tool_choice`, `response_format`, `seed`, penalties, `logit_bias`, "
+            "`top_logprobs`, `metadata`, a server's own extras such as vLLM's `top_k`). "
+            "`POST /v1/streams` refuses `n` > 1 and `logprobs` with a 400 naming them."
+        )
 
     model = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_CONTROL])
     messages = fields.List(
