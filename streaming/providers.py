@@ -277,14 +277,11 @@ class _ChatOpenAI(ChatOpenAI):
         self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         forward = kwargs.pop("streamgate_request", None)
-        if forward is not None:
-            options = forward.get("stream_options") or {}
-            body = {**forward, "stream_options": {**options, "include_usage": True}}
-            return {"stream": True, "extra_body": body}
-        payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
-        if "max_completion_tokens" in payload and "max_tokens" not in payload:
-            payload["max_tokens"] = payload.pop("max_completion_tokens")
-        return payload
+        if forward is None:
+            return super()._get_request_payload(input_, stop=stop, **kwargs)  # type: ignore[no-any-return]
+        options = forward.get("stream_options") or {}
+        body = {**forward, "stream_options": {**options, "include_usage": True}}
+        return {"stream": True, "extra_body": body}
 
     def _convert_chunk_to_generation_chunk(
         self,

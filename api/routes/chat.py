@@ -38,8 +38,8 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     heartbeat = app.config["SSE_HEARTBEAT_S"]
     try:
         # Up to one heartbeat for the upstream to answer, so that a refusal or an HTTP error
-        # before the first token can still be a 5xx; after that the 200 goes out and any
-        # failure travels in-band.
+        # before the first chunk keeps its status (the model server's 4xx, our 5xx); after
+        # that the 200 goes out and any failure travels in-band.
         early = sink.wait_accepted(heartbeat)
         if early is not None and early.http_status is not None:
             raise _failure(early, headers)
