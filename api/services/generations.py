@@ -43,9 +43,28 @@ def _chars(value: Any) -> int:
     return 0
 
 
+# What an image, audio or file part is reckoned to cost before the model server counts it: a
+# high-detail 1024x1024 image is about 765 tokens at OpenAI. Its base64 length says nothing
+# about its tokens (a 300 kB photo would reserve 75,000 tokens at 4 characters a token).
+MEDIA_PART_TOKENS = 1000
+
+
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """A cheap upper-leaning estimate (about 4 characters a token, plus framing per message)."""
-    return sum(_chars(m.get("content")) // 4 + 4 for m in messages) + 2
+    total = 2
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in ("text", "refusal"):
+                    total += _chars(part.get(kind)) // 4
+                else:
+                    total += MEDIA_PART_TOKENS
+        else:
+            total += _chars(content) // 4
+        total += _chars(m.get("tool_calls")) // 4 + 4
+    return total
 
 
 def start_generation(

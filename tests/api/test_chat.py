@@ -422,3 +422,20 @@ def test_back_to_back_streams_reuse_one_connection_to_the_model_server(
     after = fake_upstream.snapshot()
     assert after["requests"] - before["requests"] == 3
     assert after["connections"] - before["connections"] == 1
+
+
+def test_an_image_reserves_its_token_estimate_not_its_base64_length() -> None:
+    from api.services.generations import MEDIA_PART_TOKENS, estimate_prompt_tokens
+
+    photo = "data:image/jpeg;base64," + "A" * 300_000  # a 300 kB photo
+    text = [{"role": "user", "content": "x" * 400}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "x" * 400},
+                {"type": "image_url", "image_url": {"url": photo}},
+            ],
+        }
+    ]
+    assert estimate_prompt_tokens(parts) == estimate_prompt_tokens(text) + MEDIA_PART_TOKENS
