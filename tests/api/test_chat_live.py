@@ -446,6 +446,8 @@ def test_an_upstream_http_error_before_the_first_token_is_a_5xx(
                 model="fake-model", messages=messages(f"status={upstream_status}")
             )
         assert caught.value.status_code == status
+    # The operator reads why: the model server refused Streamgate's own key (401 and 403).
+    assert live.log().count("refused Streamgate's own credentials") == 4
 
 
 def test_an_upstream_failure_after_the_first_token_ends_the_stream_with_an_in_band_error(
