@@ -81,8 +81,10 @@ def error_response(exc: HTTPException) -> Response:
         if status == 422:
             status = 400  # OpenAI answers invalid requests with 400; its SDKs expect that
             phrase = HTTPStatus(status).phrase
+        passed_on = getattr(exc, "openai_error", None)
         body: dict[str, Any] = {
-            "error": {
+            "error": passed_on
+            or {
                 "message": message,
                 "type": OPENAI_TYPES.get(
                     status, "api_error" if status >= 500 else "invalid_request_error"

@@ -14,9 +14,20 @@ Knobs:
   hang           accept the request, then never answer (a timeout upstream)
   infinite       never finish (until the client goes away)
   pad            append this many "x" to every streamed token (bulk, for slow-client tests)
+  tool_calls     answer with this many tool calls (arguments streamed in pieces, finish
+                 "tool_calls") instead of text; the function is the request's first tool's.
+                 Without it, a request with ``tools`` whose last message is not a tool result
+                 gets one call, as a model would (then, given the result, it answers in text)
+  reasoning      send this many ``reasoning_content`` deltas before the answer
+  error_message  the message of the error body ``status`` answers (spaces as ``_``)
+
+The request's own fields are honoured as a model server would: ``n`` choices (choice j's text
+is the token sequence shifted by j), ``logprobs`` (one entry per content token),
+``stream_options.include_usage``, ``max_tokens``. Every chunk carries a ``system_fingerprint``.
 
 Counters (``stats()`` or ``GET /_stats``): requests, active, completed, disconnects (client went
-away before the response was complete), and the last request body.
+away before the response was complete), and the last request body (``stats.last_body``, parsed,
+and ``stats.last_raw``, its bytes).
 
 Run alone for benchmarks: ``python -m bench.fake_upstream --port 8090 --tokens 200 --delay-ms 20``.
 """
@@ -54,6 +65,9 @@ VOCAB = (
     ".",
 )
 _DIRECTIVE = re.compile(r"\[\[fake([^\]]*)\]\]")
+REASONING = ("Let", " me", " think", ":", " \u00e9", "\n")
+TOOL_ARGUMENTS = ('{"city": ', '"Par', 'is", "unit": "c', '\u00e9lsius"}')
+FINGERPRINT = "fp_fake_1"
 
 
 def token_text(index: int) -> str:
@@ -61,9 +75,18 @@ def token_text(index: int) -> str:
     return VOCAB[index % len(VOCAB)]
 
 
-def expected_text(count: int) -> str:
-    """The full completion of ``count`` tokens."""
-    return "".join(token_text(i) for i in range(count))
+def expected_text(count: int, choice: int = 0) -> str:
+    """The full completion of ``count`` tokens (of choice ``choice`` when ``n`` > 1)."""
+    return "".join(token_text(i + choice) for i in range(count))
+
+
+def reasoning_text(count: int) -> str:
+    """The reasoning sent before the answer with ``reasoning=count``."""
+    return "".join(REASONING[i % len(REASONING)] for i in range(count))
+
+
+def tool_call_id(index: int) -> str:
+    return f"call_fake_{index}"
 
 
 @dataclass
@@ -77,6 +100,9 @@ class Knobs:
     hang: bool = False
     infinite: bool = False
     pad: int = 0  # append this many "x" to every streamed token (bulk for slow-client tests)
+    tool_calls: int = 0
+    reasoning: int = 0
+    error_message: str = ""
 
     def merged(self, text: str) -> Knobs:
         """These knobs overridden by a ``[[fake k=v ...]]`` directive in ``text``."""
@@ -92,6 +118,8 @@ class Knobs:
             kind = types[key]
             if kind in ("bool", bool):
                 changes[key] = value.lower() in {"1", "true", "yes", ""}
+            elif kind in ("str", str):
+                changes[key] = value.replace("_", " ")
             elif kind in ("float", float):
                 changes[key] = float(value)
             else:
@@ -107,6 +135,7 @@ class Stats:
     completed: int = 0
     disconnects: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
+    last_raw: bytes = b""
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -258,23 +287,31 @@ class FakeUpstream:
             await self._send_json(writer, 200, self.snapshot())
             return True
         if method == "POST" and path == "/v1/chat/completions":
-            return await self._chat(json.loads(body or b"{}"), reader, writer)
+            return await self._chat(json.loads(body or b"{}"), body, reader, writer)
         await self._send_json(writer, 404, {"error": {"message": "not found", "type": "not_found"}})
         return True
 
     async def _chat(
-        self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        req: dict[str, Any],
+        raw: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         messages = req.get("messages") or []
         last = str(messages[-1].get("content", "")) if messages else ""
         with self._lock:
             knobs = self.knobs.merged(last)
+            if not knobs.tool_calls and req.get("tools") and messages:
+                if messages[-1].get("role") != "tool" and req.get("tool_choice") != "none":
+                    knobs = replace(knobs, tool_calls=1)
             # A request that outlives a reset() is counted where it began, never in the new
             # counters (a test would see another test's stream ending as -1 active).
             stats = self.stats
             stats.requests += 1
             stats.active += 1
             stats.last_body = req
+            stats.last_raw = raw
         finished = False
         try:
             if knobs.hang:
@@ -286,9 +323,12 @@ class FakeUpstream:
                     knobs.status,
                     {
                         "error": {
-                            "message": f"fake upstream status {knobs.status}",
-                            "type": "server_error",
-                            "param": None,
+                            "message": knobs.error_message
+                            or f"fake upstream status {knobs.status}",
+                            "type": "server_error"
+                            if knobs.status >= 500
+                            else "invalid_request_error",
+                            "param": None if knobs.status >= 500 else "messages",
                             "code": str(knobs.status),
                         }
                     },
@@ -308,10 +348,22 @@ class FakeUpstream:
                 "completion_tokens": 0,
                 "total_tokens": 0,
             }
+            if knobs.tool_calls:
+                finish = "tool_calls"
             if not req.get("stream"):
                 await self._sleep_or_gone(knobs.first_delay_ms + knobs.delay_ms * count, reader)
-                text = expected_text(count)
-                usage.update(completion_tokens=count, total_tokens=usage["prompt_tokens"] + count)
+                if 0 <= knobs.drop_after < count:  # failing while it generates, unstreamed
+                    writer.transport.abort()
+                    raise _ClientGone
+                if 0 <= knobs.error_after < count:
+                    await self._send_json(writer, 500, _MID_STREAM_ERROR)
+                    finished = True
+                    return True
+                choices = [_whole_choice(knobs, req, count, finish, j) for j in range(_n_of(req))]
+                produced = count * len(choices) + knobs.reasoning
+                usage.update(
+                    completion_tokens=produced, total_tokens=usage["prompt_tokens"] + produced
+                )
                 await self._send_json(
                     writer,
                     200,
@@ -320,13 +372,8 @@ class FakeUpstream:
                         "object": "chat.completion",
                         "created": int(time.time()),
                         "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": text},
-                                "finish_reason": finish,
-                            }
-                        ],
+                        "system_fingerprint": FINGERPRINT,
+                        "choices": choices,
                         "usage": usage,
                     },
                 )
@@ -390,46 +437,54 @@ class FakeUpstream:
             elif eof.done():
                 raise _ClientGone
 
-        def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        def chunk(
+            delta: dict[str, Any], reason: str | None = None, index: int = 0, **extra: Any
+        ) -> dict[str, Any]:
             return {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+                "system_fingerprint": FINGERPRINT,
+                "choices": [{"index": index, "delta": delta, "finish_reason": reason, **extra}],
             }
 
+        n = _n_of(req)
         try:
-            await send(chunk({"role": "assistant", "content": ""}))
+            for j in range(n):
+                await send(chunk({"role": "assistant", "content": ""}, index=j))
             await pause(knobs.first_delay_ms)
+            for i in range(knobs.reasoning):
+                await pause(knobs.delay_ms)
+                await send(chunk({"reasoning_content": REASONING[i % len(REASONING)]}))
+            if knobs.tool_calls:
+                await self._send_tool_calls(send, pause, chunk, knobs, req)
+                count = 0
             for i in range(count):
                 if i == knobs.drop_after:
                     writer.transport.abort()
                     raise _ClientGone
                 if i == knobs.error_after:
-                    await send(
-                        {
-                            "error": {
-                                "message": "fake upstream failed mid-stream",
-                                "type": "server_error",
-                                "param": None,
-                                "code": "upstream_error",
-                            }
-                        }
-                    )
+                    await send(_MID_STREAM_ERROR)
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
                 await pause(knobs.delay_ms)
-                await send(chunk({"content": token_text(i) + "x" * knobs.pad}))
-            usage.update(completion_tokens=count, total_tokens=usage["prompt_tokens"] + count)
-            await send(chunk({}, finish))
+                for j in range(n):
+                    text = token_text(i + j) + "x" * knobs.pad
+                    extra = {"logprobs": _logprobs(text)} if req.get("logprobs") else {}
+                    await send(chunk({"content": text}, index=j, **extra))
+            produced = count * n + knobs.reasoning + (len(TOOL_ARGUMENTS) * knobs.tool_calls)
+            usage.update(completion_tokens=produced, total_tokens=usage["prompt_tokens"] + produced)
+            for j in range(n):
+                await send(chunk({}, finish, index=j))
             if (req.get("stream_options") or {}).get("include_usage"):
                 final = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model,
+                    "system_fingerprint": FINGERPRINT,
                     "choices": [],
                     "usage": usage,
                 }
@@ -443,6 +498,76 @@ class FakeUpstream:
                 leftover = await eof
                 if leftover:  # the client's next request began; give its first byte back
                     reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
+
+    async def _send_tool_calls(
+        self, send: Any, pause: Any, chunk: Any, knobs: Knobs, req: dict[str, Any]
+    ) -> None:
+        """``knobs.tool_calls`` calls of the request's first tool, arguments in pieces."""
+        name = _tool_name(req)
+        for index in range(knobs.tool_calls):
+            for k, piece in enumerate(TOOL_ARGUMENTS):
+                await pause(knobs.delay_ms)
+                call: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+                if k == 0:
+                    call = {
+                        "index": index,
+                        "id": tool_call_id(index),
+                        "type": "function",
+                        "function": {"name": name, "arguments": piece},
+                    }
+                await send(chunk({"tool_calls": [call]}))
+
+
+_MID_STREAM_ERROR = {
+    "error": {
+        "message": "fake upstream failed mid-stream",
+        "type": "server_error",
+        "param": None,
+        "code": "upstream_error",
+    }
+}
+
+
+def _n_of(req: dict[str, Any]) -> int:
+    return int(req.get("n") or 1)
+
+
+def _tool_name(req: dict[str, Any]) -> str:
+    tools = req.get("tools") or [{}]
+    return str((tools[0].get("function") or {}).get("name") or "get_weather")
+
+
+def _logprobs(text: str) -> dict[str, Any]:
+    return {
+        "content": [
+            {"token": text, "logprob": -0.25, "bytes": list(text.encode()), "top_logprobs": []}
+        ]
+    }
+
+
+def _whole_choice(
+    knobs: Knobs, req: dict[str, Any], count: int, finish: str, index: int
+) -> dict[str, Any]:
+    """One choice of a non-streamed completion, with what the knobs and request ask for."""
+    message: dict[str, Any] = {"role": "assistant", "content": expected_text(count, index)}
+    if knobs.reasoning:
+        message["reasoning_content"] = reasoning_text(knobs.reasoning)
+    if knobs.tool_calls:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": tool_call_id(i),
+                "type": "function",
+                "function": {"name": _tool_name(req), "arguments": "".join(TOOL_ARGUMENTS)},
+            }
+            for i in range(knobs.tool_calls)
+        ]
+    choice: dict[str, Any] = {"index": index, "message": message, "finish_reason": finish}
+    if req.get("logprobs"):
+        choice["logprobs"] = {
+            "content": [_logprobs(token_text(i + index))["content"][0] for i in range(count)]
+        }
+    return choice
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ class ApiError(HTTPException):
         headers: dict[str, str] | None = None,
         code: str | None = None,
         param: str | None = None,
+        openai_error: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(description=message)
         self.code = status
@@ -32,3 +33,5 @@ class ApiError(HTTPException):
         self.extra_headers = dict(headers or {})
         self.error_code = code
         self.param = param
+        # On the OpenAI routes, an error object answered as is (a model server's own refusal).
+        self.openai_error = openai_error

@@ -66,6 +66,22 @@ def publish_terminal(
     _lifecycle(app, gen, event, {"status": outcome.status})
 
 
+def assemble_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Merge OpenAI ``delta.tool_calls`` pieces into whole calls, by their ``index``."""
+    for delta in deltas:
+        index = delta.get("index") or 0
+        call = calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
 class TerminalSink:
     """The sink of a run its worker lost: the reaper settles it, subscribers get the end."""
 
@@ -80,6 +96,15 @@ class TerminalSink:
         return None
 
     def token(self, text: str, index: int) -> None:
+        return None
+
+    def frame(self, data: bytes) -> None:
+        return None
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        return None
+
+    def reasoning(self, text: str) -> None:
         return None
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
@@ -117,6 +142,7 @@ class LogSink:
         self.timer_armed = False
         self.lock = threading.Lock()
         self.failed: BaseException | None = None
+        self.calls: dict[int, dict[str, Any]] = {}
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -185,6 +211,38 @@ class LogSink:
             ttl_s=self.running_ttl,
             on_error=self._lost,
         )
+
+    # --- tool calls and reasoning: events of their own, after the tokens that came before ---
+
+    def frame(self, data: bytes) -> None:
+        return None  # direct mode's pass-through frames never reach a channel
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        """Publish a ``tool_call`` event (OpenAI's delta list as is) and assemble the calls."""
+        assemble_tool_calls(self.calls, calls)
+        self._publish_now("tool_call", {"type": "tool_call", "tool_calls": calls})
+
+    def reasoning(self, text: str) -> None:
+        """Publish a ``reasoning`` event with the model's reasoning text."""
+        self._publish_now("reasoning", {"type": "reasoning", "text": text})
+
+    def assembled_tool_calls(self) -> list[dict[str, Any]] | None:
+        """The tool calls streamed so far, whole (for the stream record)."""
+        return [self.calls[i] for i in sorted(self.calls)] or None
+
+    def _publish_now(self, event: str, payload: dict[str, Any]) -> None:
+        if self.failed is not None:
+            raise self.failed
+        with self.lock:
+            if self.buffer:  # tokens that came first are queued first
+                self._flush_locked(time.monotonic())
+            hub.publish_later(
+                sse.dumps(payload),
+                type=event,
+                channel=self.channel,
+                ttl_s=self.running_ttl,
+                on_error=self._lost,
+            )
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:

@@ -41,6 +41,7 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     http_status: int | None = None  # for failures before the first token (direct mode answers it)
+    error_body: dict[str, Any] | None = None  # the model server's OpenAI error object, kept whole
     revoked_by: str | None = None
     reason: str | None = None
 
@@ -55,11 +56,18 @@ class Generation:
     token_jti: str
     mode: str
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     params: dict[str, Any]
     prompt_estimate: int
     admission: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
+    # The body sent to the model server: the client's request with the model and cap applied.
+    request: dict[str, Any] = field(default_factory=dict)
+
+
+def completion_id(stream_id: str) -> str:
+    """The ``id`` of a direct-mode generation's chunks and completion (``chatcmpl-...``)."""
+    return "chatcmpl-" + stream_id.removeprefix("str_")
 
 
 def stopped_outcome(kind: str, **details: Any) -> Outcome:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.store import UTCDateTime, db, new_id, utcnow
@@ -36,5 +37,7 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     text: Mapped[str | None] = mapped_column(Text, default=None)
+    # Channel mode: the tool calls the model made, assembled from their streamed pieces.
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     revoked_by: Mapped[str | None] = mapped_column(String(32), default=None)
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,8 +1,10 @@
-"""One generation: ChatOpenAI chunks -> sink events, with cancellation, leases and a record.
+"""One generation: upstream chunks -> sink events, with cancellation, leases and a record.
 
-The same runner serves both modes; only the sink differs:
-- direct mode: a ``QueueSink`` that the HTTP response drains (the response is the generation);
-- channel mode: a ``LogSink`` that coalesces tokens into the stream's Redis log via the hub.
+The same runner serves both modes; the upstream call and the sink differ:
+- direct mode: the raw pass-through (``Provider.passthrough``) into a ``QueueSink`` that the HTTP
+  response drains (the response is the generation): each chunk arrives as a ready frame;
+- channel mode: ``ChatOpenAI`` (``Provider.stream``) into a ``LogSink`` that coalesces tokens into
+  the stream's Redis log via the hub, with tool-call and reasoning events beside them.
 
 Every resource a run takes (the upstream response, the concurrency lease and token reservation,
 its place in the live registry) is released in one ``finally``. A run is stopped by
@@ -26,7 +28,7 @@ from flask import Flask
 
 from core.store import use_runs_pool
 from streaming import greenlets, state
-from streaming.generation import Generation, Outcome
+from streaming.generation import Generation, Outcome, completion_id
 from streaming.limits import admission_control
 from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
@@ -42,6 +44,9 @@ class Sink(Protocol):
     def started(self) -> None: ...
     def accepted(self) -> None: ...
     def token(self, text: str, index: int) -> None: ...
+    def frame(self, data: bytes) -> None: ...
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None: ...
+    def reasoning(self, text: str) -> None: ...
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
@@ -66,6 +71,14 @@ def classify(exc: BaseException) -> Outcome:
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
+        if 400 <= status < 500 and status not in (401, 403, 429):
+            return _refused_by_upstream(status, exc)
+        if status in (401, 403):
+            log.error(
+                "the model server refused Streamgate's own credentials (HTTP %s): check "
+                "LLM_API_KEY and the key's access to the model",
+                status,
+            )
         code = "upstream_rate_limited" if status == 429 else "upstream_error"
         return Outcome(
             "failed",
@@ -99,6 +112,28 @@ def classify(exc: BaseException) -> Outcome:
         error_code="internal_error",
         http_status=500,
         error_message="The generation failed unexpectedly.",
+    )
+
+
+def _refused_by_upstream(status: int, exc: openai.APIStatusError) -> Outcome:
+    """The model server refused the request itself (a 4xx): its status and error object stand.
+
+    The SDK hands over the ``error`` object (vLLM's older bare object too); a body that is not
+    an object is wrapped in OpenAI's shape so a client's SDK can still read its message.
+    """
+    body = exc.body if isinstance(exc.body, dict) else None
+    message = body.get("message") if body is not None else None
+    if not isinstance(message, str) or not message:
+        message = str(exc.body) if exc.body else exc.message
+    if body is None:
+        body = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    code = body.get("code")
+    return Outcome(
+        "failed",
+        error_code=(code if isinstance(code, str) and code else "upstream_invalid_request")[:64],
+        error_message=message,
+        http_status=status,
+        error_body=body,
     )
 
 
@@ -201,7 +236,13 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
         use_runs_pool()
         try:
             sink.started()
-            upstream = provider.stream(gen.model, gen.messages, gen.params)
+            if gen.mode == "direct":
+                usage = bool((gen.request.get("stream_options") or {}).get("include_usage"))
+                upstream = provider.passthrough(
+                    gen.request, completion_id(gen.stream_id), gen.model, usage, prompt_tokens
+                )
+            else:
+                upstream = provider.stream(gen.request)
             index = 0
             for chunk in upstream:
                 if handle.stopped is not None:
@@ -209,18 +250,26 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                 if not accepted:
                     accepted = True
                     sink.accepted()
-                now = time.monotonic()
-                if chunk.text:
+                if chunk.tokens:
+                    now = time.monotonic()
                     if first_at is None:
                         first_at = now
                         metrics.ttft.labels(gen.mode).observe(now - handle.started)
                     else:
                         inter_token.observe(now - last_at)
                     last_at = now
-                    sink.token(chunk.text, index)
-                    index += 1
-                    completion_tokens += 1
+                    completion_tokens += chunk.tokens
                     handle.tokens = completion_tokens
+                if chunk.frame is not None:  # direct mode: the upstream's chunk, passed on
+                    sink.frame(chunk.frame)
+                else:
+                    if chunk.reasoning:
+                        sink.reasoning(chunk.reasoning)
+                    if chunk.text:
+                        sink.token(chunk.text, index)
+                        index += 1
+                    if chunk.tool_calls:
+                        sink.tool_calls(chunk.tool_calls)
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
                 if chunk.prompt_tokens is not None:
@@ -304,8 +353,15 @@ def settle(
                 "releasing %s of %s failed", name, gen.stream_id, extra={"stream_id": gen.stream_id}
             )
     text_of = getattr(sink, "text", None)
+    calls_of = getattr(sink, "assembled_tool_calls", None)
     state.write_record(
-        app, gen, outcome, prompt_tokens, completion_tokens, text_of() if text_of else None
+        app,
+        gen,
+        outcome,
+        prompt_tokens,
+        completion_tokens,
+        text_of() if text_of else None,
+        calls_of() if calls_of else None,
     )
     metrics.streams_total.labels(gen.mode, outcome.status).inc()
     metrics.tokens_out.labels(gen.mode).inc(completion_tokens)
@@ -348,14 +404,23 @@ class QueueSink:
         self.events.put(item)  # pragma: no cover - tokens always follow ACCEPTED
         return None
 
+    def frame(self, data: bytes) -> None:
+        self.events.put(data)
+
     def token(self, text: str, index: int) -> None:
-        self.events.put(text)
+        return None  # direct mode gets whole frames (``frame``)
+
+    def tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        return None
+
+    def reasoning(self, text: str) -> None:
+        return None
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         self.events.put((_DONE, outcome, prompt_tokens, completion_tokens))
 
-    def drain(self, heartbeat_s: float) -> Iterator[str | None | tuple[Outcome, int, int]]:
-        """Yield token texts, ``None`` when ``heartbeat_s`` passes with nothing, then the end."""
+    def drain(self, heartbeat_s: float) -> Iterator[bytes | None | tuple[Outcome, int, int]]:
+        """Yield frames, ``None`` when ``heartbeat_s`` passes with nothing, then the end."""
         while True:
             try:
                 item = self.events.get_nowait()  # no timer to arm when the next one is there
@@ -374,15 +439,15 @@ class QueueSink:
 
     def drain_batches(
         self, heartbeat_s: float, limit: int = 64
-    ) -> Iterator[list[str] | None | tuple[Outcome, int, int]]:
-        """Like ``drain``, but a wake-up takes every token already queued (up to ``limit``).
+    ) -> Iterator[list[bytes] | None | tuple[Outcome, int, int]]:
+        """Like ``drain``, but a wake-up takes every frame already queued (up to ``limit``).
 
-        Under load a response writes the tokens that piled up while it waited in one go: one
+        Under load a response writes the frames that piled up while it waited in one go: one
         write and one switch instead of one per token.
         """
         end: tuple[Outcome, int, int] | None = None
         for item in self.drain(heartbeat_s):
-            if not isinstance(item, str):
+            if not isinstance(item, bytes):
                 yield item
                 continue
             batch = [item]

@@ -120,3 +120,20 @@ def comment(text: str = "") -> bytes:
 def retry_hint(milliseconds: int) -> bytes:
     """A frame carrying only the reconnection delay."""
     return f"retry: {int(milliseconds)}\n\n".encode()
+
+
+_BREAKS_UTF8 = (b"\xe2\x80\xa8", b"\xe2\x80\xa9", b"\xc2\x85")
+
+
+def json_bytes_frame(data: bytes) -> bytes:
+    """A ``data`` event around JSON that is already encoded (one line; the pass-through path).
+
+    orjson writes U+2028, U+2029 and NEL as raw UTF-8; they are escaped here for the same
+    line readers ``dumps`` protects. Inside JSON they can only occur in strings, so the escape
+    decodes to the same text. The ``in`` checks cost far less than a regex on every chunk.
+    """
+    if b"\xe2\x80" in data or b"\xc2\x85" in data:
+        for raw in _BREAKS_UTF8:
+            if raw in data:
+                data = data.replace(raw, b"\\u%04x" % ord(raw.decode()))
+    return b"data: " + data + b"\n\n"

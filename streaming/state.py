@@ -142,7 +142,12 @@ def mark_revoked(stream_id: str, by: str, reason: str | None) -> str | None:
 
 
 def _final_fields(
-    gen: Generation, outcome: Outcome, prompt_tokens: int, completion_tokens: int, text: str | None
+    gen: Generation,
+    outcome: Outcome,
+    prompt_tokens: int,
+    completion_tokens: int,
+    text: str | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "status": outcome.status,
@@ -155,6 +160,7 @@ def _final_fields(
         "revoked_by": outcome.revoked_by,
         "revoke_reason": outcome.reason if outcome.status == "revoked" else None,
         "text": text,
+        "tool_calls": tool_calls,
     }
 
 
@@ -165,9 +171,10 @@ def write_record(
     prompt_tokens: int,
     completion_tokens: int,
     text: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> None:
     """Complete the SQL record; on a database failure queue it in Redis for the keeper."""
-    fields = _final_fields(gen, outcome, prompt_tokens, completion_tokens, text)
+    fields = _final_fields(gen, outcome, prompt_tokens, completion_tokens, text, tool_calls)
     try:
         apply_record(gen.stream_id, fields)
     except Exception:  # noqa: BLE001 - never fail a stream because the database is down
@@ -201,7 +208,7 @@ def apply_record(stream_id: str, fields: dict[str, Any]) -> None:
     if finished is not None:
         record.finished_at = datetime.fromtimestamp(float(finished), UTC)
     for key, value in values.items():
-        if key == "text" and value is None:
+        if key in ("text", "tool_calls") and value is None:
             continue
         setattr(record, key, value)
     db.session.commit()

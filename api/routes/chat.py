@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,24 +38,22 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     heartbeat = app.config["SSE_HEARTBEAT_S"]
     try:
         # Up to one heartbeat for the upstream to answer, so that a refusal or an HTTP error
-        # before the first token can still be a 5xx; after that the 200 goes out and any
-        # failure travels in-band.
+        # before the first chunk keeps its status (the model server's 4xx, our 5xx); after
+        # that the 200 goes out and any failure travels in-band.
         early = sink.wait_accepted(heartbeat)
         if early is not None and early.http_status is not None:
             raise _failure(early, headers)
         if not body["stream"]:
-            completion = _completion(gen.stream_id, gen.model, sink, heartbeat, headers)
+            completion = _completion(sink, heartbeat, headers)
             # The watcher must let go of the socket before gunicorn reads the next request of
             # this keep-alive connection from it (two waiters on one socket: a 500).
             unwatch()
-            return completion, 200, headers
+            return Response(completion, 200, headers=headers, mimetype="application/json")
     except BaseException:
         unwatch()
         raise
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    chunks = _Chunks(gen.stream_id, gen.model)
     return Response(
-        stream_with_context(_stream(chunks, handle, sink, heartbeat, include_usage, unwatch)),
+        stream_with_context(_stream(handle, sink, heartbeat, unwatch)),
         headers={**sse.HEADERS, **headers},
     )
 
@@ -102,45 +99,8 @@ def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
         outcome.error_message or "The generation failed.",
         code=outcome.error_code or "upstream_error",
         headers=headers,
+        openai_error=outcome.error_body,  # the model server's own refusal (a 4xx), kept whole
     )
-
-
-_TEXT = "\x00text"  # where a token's text goes in its pre-rendered chunk
-
-
-class _Chunks:
-    """``chat.completion.chunk`` frames; a token's is pre-rendered: one string join per token."""
-
-    def __init__(self, stream_id: str, model: str) -> None:
-        self.id = "chatcmpl-" + stream_id.removeprefix("str_")
-        self.created = int(time.time())
-        self.model = model
-        # An attribute, not a method: the per-token path is one call.
-        self.token: Callable[[str], bytes] = sse.json_frame_template(
-            self._payload(
-                choices=[{"index": 0, "delta": {"content": _TEXT}, "finish_reason": None}]
-            ),
-            _TEXT,
-        )
-
-    def _payload(self, **fields: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            **fields,
-        }
-
-    def event(self, **fields: Any) -> bytes:
-        return sse.json_frame(self._payload(**fields))
-
-    def role(self) -> bytes:
-        return self.event(
-            choices=[
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ]
-        )
 
 
 def _in_band_error(outcome: Outcome) -> bytes:
@@ -159,40 +119,26 @@ def _in_band_error(outcome: Outcome) -> bytes:
 
 
 def _stream(
-    chunks: _Chunks,
     handle: RunHandle,
     sink: QueueSink,
     heartbeat: float,
-    include_usage: bool,
     unwatch: Callable[[], None],
 ) -> Iterator[bytes]:
+    """The upstream's chunks as they come (already framed), then ``[DONE]`` or the error."""
     finished = False
     try:
         yield sse.comment("stream " + handle.gen.stream_id)  # flush headers at once
-        yield chunks.role()
         for item in sink.drain_batches(heartbeat):
             if item is None:
                 yield sse.comment("keep-alive")
             elif isinstance(item, list):
-                yield b"".join(chunks.token(text) for text in item)
+                yield item[0] if len(item) == 1 else b"".join(item)
             else:
-                outcome, prompt_tokens, completion_tokens = item
+                outcome = item[0]
                 finished = True
                 if outcome.status != "completed":
                     yield _in_band_error(outcome)
                     return
-                yield chunks.event(
-                    choices=[{"index": 0, "delta": {}, "finish_reason": outcome.finish_reason}]
-                )
-                if include_usage:
-                    yield chunks.event(
-                        choices=[],
-                        usage={
-                            "prompt_tokens": prompt_tokens,
-                            "completion_tokens": completion_tokens,
-                            "total_tokens": prompt_tokens + completion_tokens,
-                        },
-                    )
                 yield sse.done()
     finally:
         unwatch()
@@ -200,37 +146,15 @@ def _stream(
             handle.stop(stopped_outcome("cancelled", reason="client_disconnected"))
 
 
-def _completion(
-    stream_id: str,
-    model: str,
-    sink: QueueSink,
-    heartbeat: float,
-    headers: dict[str, str],
-) -> dict[str, Any]:
-    parts: list[str] = []
+def _completion(sink: QueueSink, heartbeat: float, headers: dict[str, str]) -> bytes:
+    """The upstream's ``chat.completion`` (our ``id`` and ``model``), once the run settled."""
+    body = b""
     for item in sink.drain(heartbeat):
-        if isinstance(item, str):
-            parts.append(item)
+        if isinstance(item, bytes):
+            body = item
         elif item is not None:
-            outcome, prompt_tokens, completion_tokens = item
+            outcome = item[0]
             if outcome.status != "completed":
                 raise _failure(outcome, headers)
-            return {
-                "id": "chatcmpl-" + stream_id.removeprefix("str_"),
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": outcome.finish_reason,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
+            return body
     raise ApiError(502, "The generation ended without a result.")  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import (
-    EXCLUDE,
+    INCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -23,44 +23,161 @@ MAX_FIELD_ERRORS = 20
 NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
 
 
-class StopField(fields.Field[list[str]]):
-    """``stop``: a string or a list of up to 4 strings, as OpenAI accepts."""
+class StopField(fields.Field[Any]):
+    """``stop``: a string or a list of up to 4 strings, as OpenAI accepts (forwarded as given)."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
             raise ValidationError("Must be a non-empty string or a list of non-empty strings.")
         if len(items) > 4:
             raise ValidationError("At most 4 stop sequences.")
-        return items
+        return value
+
+
+# The content part types Streamgate reads (to bound their size); others are forwarded unread.
+_PART_FIELDS = {
+    "text": ("text",),
+    "refusal": ("refusal",),
+    "image_url": ("image_url", "url"),
+    "input_audio": ("input_audio", "data"),
+    "file": ("file",),
+}
+
+
+class ContentField(fields.Field[Any]):
+    """``content``: a string, an array of content parts, or null (forwarded as given).
+
+    A part is an object with a string ``type``; the fields Streamgate reads to count a part's
+    size (``text``, ``image_url.url``, ``input_audio.data``, ``file``) must have their types.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValidationError("Must be a string, an array of content parts or null.")
+        errors: dict[int, list[str]] = {}
+        for i, part in enumerate(value):
+            problem = _part_problem(part)
+            if problem:
+                errors[i] = [problem]
+        if errors:
+            raise ValidationError(errors)  # type: ignore[arg-type]
+        return value
+
+
+def _part_problem(part: Any) -> str | None:
+    if not isinstance(part, dict):
+        return "Must be an object."
+    kind = part.get("type")
+    if not isinstance(kind, str) or not kind:
+        return "A content part needs a string 'type'."
+    path = _PART_FIELDS.get(kind)
+    if path is None:
+        return None
+    value: Any = part
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return f"A '{kind}' part needs '{'.'.join(path)}'."
+        value = value[key]
+    if kind == "file":
+        return None if isinstance(value, dict) else "'file' must be an object."
+    if not isinstance(value, str):
+        return f"'{'.'.join(path)}' must be a string."
+    return None
+
+
+class FunctionCallSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    arguments = fields.String(required=True)
+
+
+class ToolCallSchema(Schema):
+    """An assistant message's ``tool_calls`` entry (as the model produced it)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    type = fields.String(load_default="function")
+    function = fields.Nested(FunctionCallSchema, required=True)
+
+
+ROLES = ["system", "developer", "user", "assistant", "tool"]
 
 
 class MessageSchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
+    """A message in any shape OpenAI accepts; fields Streamgate does not read are forwarded."""
 
-    role = fields.String(required=True, validate=validate.OneOf(["system", "user", "assistant"]))
-    content = fields.String(
-        required=True,
-        error_messages={
-            "invalid": "Must be a string (content parts and images are not supported)."
-        },
-    )
+    class Meta:
+        unknown = INCLUDE
+        description = (
+            "A message of any OpenAI shape: `system`, `developer`, `user`, `assistant` (with "
+            "`tool_calls`, `content: null`, `refusal`), `tool` (with `tool_call_id`). `content` "
+            "is a string or an array of parts (`text`, `image_url`, `input_audio`, `file`); "
+            "parts, base64 images included, count against `MAX_PROMPT_CHARS`. Other fields are "
+            "forwarded to the model server."
+        )
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = ContentField(allow_none=True)
     name = fields.String(validate=[validate.Length(max=64), NO_CONTROL])
+    tool_calls = fields.List(fields.Nested(ToolCallSchema))
+    tool_call_id = fields.String(validate=[validate.Length(min=1, max=256), NO_CONTROL])
+    refusal = fields.String(allow_none=True)
+
+    @validates_schema
+    def _shape_of_role(self, data: dict[str, Any], **_: Any) -> None:
+        role = data.get("role")
+        if role == "assistant":
+            if data.get("content") is None and not data.get("tool_calls"):
+                if not data.get("refusal") and not data.get("function_call"):
+                    raise ValidationError(
+                        "An assistant message needs content or tool_calls.", "content"
+                    )
+            return
+        if data.get("content") is None:
+            raise ValidationError(
+                "Missing data for required field." if "content" not in data else "May not be null.",
+                "content",
+            )
+        if data.get("tool_calls") is not None:
+            raise ValidationError("Only an assistant message has tool_calls.", "tool_calls")
+        if role == "tool" and not data.get("tool_call_id"):
+            raise ValidationError(
+                "A tool message needs the tool_call_id it answers.", "tool_call_id"
+            )
 
 
 class StreamOptionsSchema(Schema):
     class Meta:
-        unknown = EXCLUDE
+        unknown = INCLUDE
 
     include_usage = fields.Boolean(load_default=False)
 
 
 class ChatRequestSchema(Schema):
-    """A chat completion request; unknown fields are ignored, as OpenAI does."""
+    """A chat completion request: what Streamgate enforces is checked, the rest forwarded.
+
+    Other fields (``tools``, ``tool_choice``, ``response_format``, ``seed``, penalties,
+    ``logit_bias``, ``logprobs``, ``metadata``, a model server's own extras such as vLLM's
+    ``top_k`` or ``guided_json``) are forwarded to the model server unchanged.
+    """
 
     class Meta:
-        unknown = EXCLUDE
+        unknown = INCLUDE
+        description = (
+            "OpenAI's chat completion request. Streamgate checks the fields listed here (the "
+            "model allow-list, the `max_tokens` cap, the number and size of messages, the types "
+            "of the fields it reads); other fields are forwarded to the model server unchanged "
+            "(`tools`, `tool_choice`, `response_format`, `seed`, penalties, `logit_bias`, "
+            "`top_logprobs`, `metadata`, a server's own extras such as vLLM's `top_k`). "
+            "`POST /v1/streams` refuses `n` > 1 and `logprobs` with a 400 naming them."
+        )
 
     model = fields.String(required=True, validate=[validate.Length(min=1, max=200), NO_CONTROL])
     messages = fields.List(
@@ -74,9 +191,12 @@ class ChatRequestSchema(Schema):
     )
     temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    n = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1, max=128))
     stop = StopField(allow_none=True)
     stream = fields.Boolean(load_default=False)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    tools = fields.List(fields.Dict(), allow_none=True)
+    logprobs = fields.Boolean(allow_none=True)
     user = fields.String(validate=[validate.Length(max=256), NO_CONTROL])
 
     @pre_load
@@ -144,29 +264,48 @@ def flatten_errors(messages: dict[Any, Any], prefix: str = "") -> dict[str, Any]
 
 
 class UsageSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     prompt_tokens = fields.Integer()
     completion_tokens = fields.Integer()
     total_tokens = fields.Integer()
 
 
 class ChatMessageOutSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     role = fields.String()
-    content = fields.String()
+    content = fields.String(allow_none=True)
+    tool_calls = fields.List(fields.Nested(ToolCallSchema))
+    refusal = fields.String(allow_none=True)
+    reasoning_content = fields.String(
+        allow_none=True, metadata={"description": "Reasoning text (vLLM, DeepSeek and others)"}
+    )
 
 
 class ChoiceSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     index = fields.Integer()
     message = fields.Nested(ChatMessageOutSchema)
     finish_reason = fields.String(allow_none=True)
+    logprobs = fields.Dict(allow_none=True)
 
 
 class ChatCompletionSchema(Schema):
-    """A ``chat.completion`` (``stream: false``)."""
+    """A ``chat.completion`` (``stream: false``): the model server's, our ``id`` and ``model``."""
+
+    class Meta:
+        unknown = INCLUDE
 
     id = fields.String()
     object = fields.String()
     created = fields.Integer()
     model = fields.String()
+    system_fingerprint = fields.String(allow_none=True)
     choices = fields.List(fields.Nested(ChoiceSchema))
     usage = fields.Nested(UsageSchema)
 

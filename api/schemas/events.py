@@ -7,7 +7,7 @@ The hub (``GET /v1/events``) sends named events whose JSON ``data`` repeats the 
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from api.schemas.chat import UsageSchema
 
@@ -44,11 +44,53 @@ class TokenEventSchema(Schema):
     count = fields.Integer(metadata={"description": "How many tokens were coalesced into `text`"})
 
 
+class ToolCallDeltaFunctionSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(metadata={"description": "In the call's first piece"})
+    arguments = fields.String(metadata={"description": "JSON text: append it to the call's"})
+
+
+class ToolCallDeltaSchema(Schema):
+    """A piece of a tool call, as OpenAI streams it in ``delta.tool_calls``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    index = fields.Integer(required=True, metadata={"description": "Which call this piece is of"})
+    id = fields.String(metadata={"description": "In the call's first piece"})
+    type = fields.String(metadata={"description": "`function`, in the call's first piece"})
+    function = fields.Nested(ToolCallDeltaFunctionSchema)
+
+
+class ToolCallEventSchema(Schema):
+    """``tool_call``: pieces of the tool calls the model makes (OpenAI's delta list, as is).
+
+    Put them together by ``index``: the first piece of a call has its ``id`` and function
+    ``name``; append every piece's ``function.arguments``. ``GET /v1/streams/<id>`` shows them
+    assembled.
+    """
+
+    type = _type("tool_call")
+    tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema), required=True)
+
+
+class ReasoningEventSchema(Schema):
+    """``reasoning``: the model's reasoning text (reasoning models), before or between tokens."""
+
+    type = _type("reasoning")
+    text = fields.String(required=True, metadata={"description": "Append this to the reasoning"})
+
+
 class StreamCompletedEventSchema(_StreamEventSchema):
     """``stream.completed``: the model finished; the server then closes the connection."""
 
     type = _type("stream.completed")
-    finish_reason = fields.String(allow_none=True, metadata={"description": "`stop` or `length`"})
+    finish_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "`stop`, `length`, `tool_calls` (run them, send the results)"},
+    )
     usage = fields.Nested(UsageSchema, required=True)
 
 
@@ -120,6 +162,8 @@ class UserStreamEventSchema(_StreamEventSchema):
 STREAM_EVENTS: dict[str, type[Schema]] = {
     "stream.started": StreamStartedEventSchema,
     "token": TokenEventSchema,
+    "tool_call": ToolCallEventSchema,
+    "reasoning": ReasoningEventSchema,
     "stream.completed": StreamCompletedEventSchema,
     "stream.failed": StreamFailedEventSchema,
     "stream.cancelled": StreamCancelledEventSchema,
@@ -129,31 +173,55 @@ STREAM_EVENTS: dict[str, type[Schema]] = {
 
 
 class ChunkDeltaSchema(Schema):
+    """What a chunk adds; the model server's other fields are passed on too."""
+
+    class Meta:
+        unknown = INCLUDE
+
     role = fields.String(metadata={"description": "Only in the first chunk: `assistant`"})
-    content = fields.String(metadata={"description": "Text to append"})
+    content = fields.String(allow_none=True, metadata={"description": "Text to append"})
+    tool_calls = fields.List(fields.Nested(ToolCallDeltaSchema))
+    reasoning_content = fields.String(
+        allow_none=True, metadata={"description": "Reasoning text (vLLM, DeepSeek and others)"}
+    )
+    refusal = fields.String(allow_none=True)
 
 
 class ChunkChoiceSchema(Schema):
-    index = fields.Integer(required=True)
+    class Meta:
+        unknown = INCLUDE
+
+    index = fields.Integer(required=True, metadata={"description": "Which of the `n` choices"})
     delta = fields.Nested(ChunkDeltaSchema, required=True)
     finish_reason = fields.String(allow_none=True, required=True)
+    logprobs = fields.Dict(allow_none=True, metadata={"description": "With `logprobs: true`"})
 
 
 class ChatCompletionChunkSchema(Schema):
-    """One ``data:`` line of a direct-mode stream (``stream: true``)."""
+    """One ``data:`` line of a direct-mode stream (``stream: true``): the model server's chunk.
+
+    Passed on as the model server sent it, except ``id`` (the stream's) and ``model`` (the name
+    the request used).
+    """
+
+    class Meta:
+        unknown = INCLUDE
 
     id = fields.String(required=True)
     object = fields.String(required=True, validate=validate.OneOf(["chat.completion.chunk"]))
     created = fields.Integer(required=True)
     model = fields.String(required=True)
+    system_fingerprint = fields.String(allow_none=True)
     choices = fields.List(
         fields.Nested(ChunkChoiceSchema),
         required=True,
         metadata={"description": "Empty in the final usage chunk"},
     )
-    usage = fields.Nested(
-        UsageSchema,
+    usage = fields.Dict(
+        allow_none=True,
         metadata={
-            "description": "Only in the last chunk, when `stream_options.include_usage` is true"
+            "description": "Only in the last chunk, when `stream_options.include_usage` is "
+            "true: `prompt_tokens`, `completion_tokens`, `total_tokens` and the model "
+            "server's details"
         },
     )

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from typing import Any
 
-from api.schemas.chat import ChatRequestSchema, UsageSchema
+from marshmallow import EXCLUDE, Schema, fields, validate, validates_schema
+
+from api.schemas.chat import ChatRequestSchema, ToolCallSchema, UsageSchema
+from core.errors import ApiError
 
 
 class StreamCreateSchema(ChatRequestSchema):
-    """The same request as chat completions; ``stream`` is implied."""
+    """The same request as chat completions; ``stream`` is implied.
+
+    A field whose result channel events cannot carry is refused, never dropped.
+    """
+
+    @validates_schema
+    def _channel_can_honour(self, data: dict[str, Any], **_: Any) -> None:
+        # A 400 (not the 422 of a malformed field): the request is valid, this mode cannot
+        # serve it, and direct mode can.
+        if (data.get("n") or 1) > 1:
+            raise _unsupported("n", "Channel mode streams one choice")
+        if data.get("logprobs") or data.get("top_logprobs") is not None:
+            raise _unsupported("logprobs", "Channel events carry no log probabilities")
+
+
+def _unsupported(param: str, why: str) -> ApiError:
+    message = f"{param}: {why}; ask POST /v1/chat/completions for it."
+    return ApiError(
+        400, message, param=param, code="unsupported_in_channel_mode", errors={param: [message]}
+    )
 
 
 class StreamAcceptedSchema(Schema):
@@ -37,6 +59,11 @@ class StreamSchema(Schema):
     usage = fields.Nested(UsageSchema)
     error = fields.Nested(StreamErrorSchema, allow_none=True)
     text = fields.String(allow_none=True)
+    tool_calls = fields.List(
+        fields.Nested(ToolCallSchema),
+        allow_none=True,
+        metadata={"description": "The tool calls the model made, assembled (channel mode)"},
+    )
 
 
 class StreamListQuerySchema(Schema):

@@ -27,9 +27,44 @@ def allowed_models(tenant_id: str) -> list[str]:
     return list(tenant.allowed_models or current_app.config["LLM_MODELS"])
 
 
-def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+def prompt_chars(messages: list[dict[str, Any]]) -> int:
+    """Characters across all messages: text, content parts (base64 images and audio included)
+    and the arguments of earlier tool calls, as ``MAX_PROMPT_CHARS`` counts them."""
+    return sum(_chars(m.get("content")) + _chars(m.get("tool_calls")) for m in messages)
+
+
+def _chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_chars(item) for item in value.values())
+    return 0
+
+
+# What an image, audio or file part is reckoned to cost before the model server counts it: a
+# high-detail 1024x1024 image is about 765 tokens at OpenAI. Its base64 length says nothing
+# about its tokens (a 300 kB photo would reserve 75,000 tokens at 4 characters a token).
+MEDIA_PART_TOKENS = 1000
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """A cheap upper-leaning estimate (about 4 characters a token, plus framing per message)."""
-    return sum(len(m["content"]) // 4 + 4 for m in messages) + 2
+    total = 2
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in ("text", "refusal"):
+                    total += _chars(part.get(kind)) // 4
+                else:
+                    total += MEDIA_PART_TOKENS
+        else:
+            total += _chars(content) // 4
+        total += _chars(m.get("tool_calls")) // 4 + 4
+    return total
 
 
 def start_generation(
@@ -49,9 +84,9 @@ def start_generation(
             param="model",
             errors={"model": ["Unknown model."]},
         )
-    messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
+    messages = body["messages"]
     # More than MAX_MESSAGES is refused by the schema, before any message is validated.
-    if sum(len(m["content"]) for m in messages) > cfg["MAX_PROMPT_CHARS"]:
+    if prompt_chars(messages) > cfg["MAX_PROMPT_CHARS"]:
         raise ApiError(
             400,
             f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters in all.",
@@ -73,12 +108,13 @@ def start_generation(
             code="max_tokens_too_large",
             errors={"max_tokens": ["Too large."]},
         )
-    params = {
-        "max_tokens": max_tokens,
-        "temperature": body.get("temperature"),
-        "top_p": body.get("top_p"),
-        "stop": body.get("stop"),
-    }
+    # Everything else is forwarded as the client sent it. The cap goes out as max_tokens, the
+    # name every OpenAI-compatible server reads (llama.cpp and older vLLM / Ollama ignore
+    # max_completion_tokens, so the cap would silently not apply).
+    request = {key: value for key, value in body.items() if key != "max_completion_tokens"}
+    request["model"] = model
+    request["max_tokens"] = max_tokens
+    params = {"max_tokens": max_tokens}
     stream_id = new_id("str")
     estimate = estimate_prompt_tokens(messages)
     admission = admit(ident, estimate + max_tokens, stream_id)
@@ -93,6 +129,7 @@ def start_generation(
         params=params,
         prompt_estimate=estimate,
         admission=admission.info,
+        request=request,
     )
     try:
         state.create(gen)

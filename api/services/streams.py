@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from auth.tickets import issue_ticket
 from core.errors import ApiError
 from core.store import db, get_redis
 from streaming import control, state
-from streaming.channel import LogSink
+from streaming.channel import LogSink, assemble_tool_calls
 from streaming.control import ControlMessage
 from streaming.generation import Generation, stream_channel
 from streaming.greenlets import spawn
@@ -69,19 +70,23 @@ def visible_stream(ident: Identity, stream_id: str) -> StreamRecord:
     return record
 
 
-def _text_so_far(record: StreamRecord) -> str | None:
-    if record.status not in TERMINAL or record.text is None:
-        if record.mode != "channel":
-            return record.text
-        rows = event_log(current_app._get_current_object()).replay(  # type: ignore[attr-defined]
-            stream_channel(record.id), None
-        )
-        import json
-
-        return "".join(
-            json.loads(data).get("text", "") for _, event, data in rows if event == "token"
-        )
-    return record.text
+def _so_far(record: StreamRecord) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """The text and the assembled tool calls: from the record once final, else from the log."""
+    if record.status in TERMINAL and record.text is not None:
+        return record.text, record.tool_calls
+    if record.mode != "channel":
+        return record.text, record.tool_calls
+    rows = event_log(current_app._get_current_object()).replay(  # type: ignore[attr-defined]
+        stream_channel(record.id), None
+    )
+    parts: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    for _, event, data in rows:
+        if event == "token":
+            parts.append(json.loads(data).get("text", ""))
+        elif event == "tool_call":
+            assemble_tool_calls(calls, json.loads(data).get("tool_calls") or [])
+    return "".join(parts), [calls[i] for i in sorted(calls)] or None
 
 
 def _ended(live: dict[str, str]) -> datetime | None:
@@ -124,7 +129,7 @@ def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
         "error": ({"code": error_code, "message": error_message} if error_code else None),
     }
     if with_text:
-        out["text"] = _text_so_far(record)
+        out["text"], out["tool_calls"] = _so_far(record)
     return out
 
 

@@ -88,21 +88,75 @@ INVALID: list[tuple[str, Any, str | None, str]] = [
     ("message not an object", {**BASE, "messages": ["hi"]}, "messages[0]", "Must be an object"),
     (
         "unknown role",
-        {**BASE, "messages": [MSG, {"role": "tool", "content": "x"}]},
+        {**BASE, "messages": [MSG, {"role": "robot", "content": "x"}]},
         "messages[1].role",
-        "Must be one of: system, user, assistant",
+        "Must be one of: system, developer, user, assistant, tool",
     ),
+    (
+        "a tool message without tool_call_id",
+        {**BASE, "messages": [MSG, {"role": "tool", "content": "42"}]},
+        "messages[1].tool_call_id",
+        "needs the tool_call_id",
+    ),
+    (
+        "an assistant message with neither content nor tool_calls",
+        {**BASE, "messages": [MSG, {"role": "assistant", "content": None}]},
+        "messages[1].content",
+        "needs content or tool_calls",
+    ),
+    (
+        "tool_calls on a user message",
+        {**BASE, "messages": [{**MSG, "tool_calls": []}]},
+        "messages[0].tool_calls",
+        "Only an assistant message",
+    ),
+    (
+        "a tool call without its function",
+        {
+            **BASE,
+            "messages": [
+                MSG,
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]},
+            ],
+        },
+        "messages[1].tool_calls[0].function",
+        "Missing data",
+    ),
+    (
+        "content a number",
+        {**BASE, "messages": [{"role": "user", "content": 7}]},
+        "messages[0].content",
+        "string, an array of content parts or null",
+    ),
+    (
+        "a content part without a type",
+        {**BASE, "messages": [{"role": "user", "content": [{"text": "x"}]}]},
+        "messages[0].content[0]",
+        "string 'type'",
+    ),
+    (
+        "an image part without its url",
+        {
+            **BASE,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+        },
+        "messages[0].content[0]",
+        "needs 'image_url.url'",
+    ),
+    (
+        "a text part whose text is not a string",
+        {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+        "messages[0].content[0]",
+        "'text' must be a string",
+    ),
+    ("n a string", {**BASE, "n": "2"}, "n", "Not a valid integer"),
+    ("n zero", {**BASE, "n": 0}, "n", "greater than or equal to 1"),
+    ("tools not a list", {**BASE, "tools": {"type": "function"}}, "tools", "Not a valid list"),
     (
         "missing content",
         {**BASE, "messages": [{"role": "user"}]},
         "messages[0].content",
         "Missing data",
-    ),
-    (
-        "content parts",
-        {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]},
-        "messages[0].content",
-        "content parts",
     ),
     ("max_tokens a string", {**BASE, "max_tokens": "5"}, "max_tokens", "Not a valid integer"),
     ("max_tokens a float", {**BASE, "max_tokens": 5.5}, "max_tokens", "Not a valid integer"),
@@ -182,12 +236,30 @@ def test_malformed_json_is_a_400(
     )
 
 
-def test_unknown_fields_are_ignored_as_openai_does(client: Any, headers: dict[str, str]) -> None:
+def test_unknown_fields_are_forwarded_to_the_model_server(
+    client: Any, headers: dict[str, str], fake_upstream: FakeUpstream
+) -> None:
     body = {**chat_body("tokens=3"), "logit_bias": {"1": 2}, "seed": 7, "future_option": [1]}
     body["messages"][0]["extra"] = True
     response = client.post(URL, headers=headers, json=body)
     assert response.status_code == 200
     assert response.get_json()["choices"][0]["message"]["content"] == expected_text(3)
+    sent = fake_upstream.stats.last_body
+    assert (sent["logit_bias"], sent["seed"], sent["future_option"]) == ({"1": 2}, 7, [1])
+    assert sent["messages"] == body["messages"]
+
+
+def test_content_parts_and_images_count_against_the_prompt_size(
+    client: Any, headers: dict[str, str], redis: Any, fake_upstream: FakeUpstream
+) -> None:
+    image = "data:image/png;base64," + "A" * 990
+    parts = [{"type": "text", "text": "x" * 20}, {"type": "image_url", "image_url": {"url": image}}]
+    response = client.post(
+        URL, headers=headers, json={**BASE, "messages": [{"role": "user", "content": parts}]}
+    )
+    assert_refused(
+        response, 400, "messages", "at most 1000 characters", redis=redis, upstream=fake_upstream
+    )
 
 
 def test_an_unknown_model_is_a_404_model_not_found(
@@ -350,3 +422,20 @@ def test_back_to_back_streams_reuse_one_connection_to_the_model_server(
     after = fake_upstream.snapshot()
     assert after["requests"] - before["requests"] == 3
     assert after["connections"] - before["connections"] == 1
+
+
+def test_an_image_reserves_its_token_estimate_not_its_base64_length() -> None:
+    from api.services.generations import MEDIA_PART_TOKENS, estimate_prompt_tokens
+
+    photo = "data:image/jpeg;base64," + "A" * 300_000  # a 300 kB photo
+    text = [{"role": "user", "content": "x" * 400}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "x" * 400},
+                {"type": "image_url", "image_url": {"url": photo}},
+            ],
+        }
+    ]
+    assert estimate_prompt_tokens(parts) == estimate_prompt_tokens(text) + MEDIA_PART_TOKENS

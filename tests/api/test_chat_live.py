@@ -427,11 +427,13 @@ def test_an_upstream_that_never_answers_is_a_504(
 def test_an_upstream_http_error_before_the_first_token_is_a_5xx(
     live: LiveServer, headers: dict[str, str], sdk: openai.OpenAI
 ) -> None:
+    # 401/403: Streamgate's own key is wrong, not the client's request (a 4xx would mislead).
     cases = [
         (429, 503, "upstream_rate_limited"),
         (500, 502, "upstream_error"),
         (503, 503, "upstream_error"),
-        (400, 502, "upstream_error"),
+        (401, 502, "upstream_error"),
+        (403, 502, "upstream_error"),
     ]
     for upstream_status, status, code in cases:
         response = post(live, headers, chat_body(f"status={upstream_status}", stream=True))
@@ -444,6 +446,8 @@ def test_an_upstream_http_error_before_the_first_token_is_a_5xx(
                 model="fake-model", messages=messages(f"status={upstream_status}")
             )
         assert caught.value.status_code == status
+    # The operator reads why: the model server refused Streamgate's own key (401 and 403).
+    assert live.log().count("refused Streamgate's own credentials") == 4
 
 
 def test_an_upstream_failure_after_the_first_token_ends_the_stream_with_an_in_band_error(

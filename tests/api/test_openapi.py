@@ -186,6 +186,8 @@ def test_sse_endpoints_document_every_event_and_the_chunk(spec: dict[str, Any]) 
     assert set(content["x-sse-events"]) == {
         "stream.started",
         "token",
+        "tool_call",
+        "reasoning",
         "stream.completed",
         "stream.failed",
         "stream.cancelled",
@@ -248,6 +250,7 @@ def test_channel_events_match_their_schemas(
     seen = set()
     for content, stop in (
         ("hi [[fake tokens=5]]", None),
+        ("hi [[fake reasoning=3 tool_calls=2]]", None),
         ("hi [[fake error_after=2]]", None),
         ("hi [[fake infinite=1 delay_ms=20]]", "cancel"),
         ("hi [[fake infinite=1 delay_ms=20]]", "revoke"),

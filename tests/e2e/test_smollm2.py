@@ -140,3 +140,61 @@ def test_openai_sdk_streams_smollm2_through_streamgate(
     assert "".join(pieces).strip(), "no text came through Streamgate\n" + live.log()[-3000:]
     assert finish and finish[-1] in {"stop", "length"}
     assert usage and usage[-1].completion_tokens > 0
+
+
+# A user pastes a long document into the playground: about 10,000 characters, more tokens than
+# SmolLM2's 2,048-token context.
+LONG_PROMPT = "Summarise this report. " + " ".join(
+    f"Section {i}: the quarterly figures rose, fell and rose again." for i in range(170)
+)
+
+
+def test_a_prompt_longer_than_the_context_is_the_model_servers_400_in_direct_mode(
+    live: LiveServer,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    import openai
+
+    assert 9_000 < len(LONG_PROMPT) < 11_000
+    user = make_user(make_tenant(models=[MODEL]))
+    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key=token, timeout=60, max_retries=0)
+    try:
+        for stream in (True, False):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": LONG_PROMPT}],
+                    stream=stream,
+                    max_tokens=24,
+                )
+            assert caught.value.code == "context_length_exceeded", caught.value.body
+            assert "maximum context length is 2048 tokens" in caught.value.message
+    finally:
+        client.close()
+
+
+def test_a_prompt_longer_than_the_context_fails_the_channel_stream_saying_so(
+    live: LiveServer,
+    make_tenant: Callable[..., Any],
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+) -> None:
+    from tests.support.hub import read_hub
+
+    headers = auth_headers(make_user(make_tenant(models=[MODEL])))
+    body = {
+        "model": MODEL,
+        "max_tokens": 24,
+        "messages": [{"role": "user", "content": LONG_PROMPT}],
+    }
+    with live.client(timeout=60) as client:
+        started = client.post("/v1/streams", json=body, headers=headers)
+        assert started.status_code == 202, started.text
+        reading = read_hub(client, started.json()["channel"], headers)
+    assert reading.names[-1] == "stream.failed", reading.names
+    error = reading.events[-1].data["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "maximum context length is 2048 tokens" in error["message"]
