@@ -81,6 +81,7 @@ ROUTES = [
     ("GET", "/v1/admin/users/usr_aaaaaaaaaaaaaaaaaaaa"),
     ("PATCH", "/v1/admin/users/usr_aaaaaaaaaaaaaaaaaaaa"),
     ("POST", "/v1/admin/users/usr_aaaaaaaaaaaaaaaaaaaa/revoke"),
+    ("POST", "/v1/admin/users/usr_aaaaaaaaaaaaaaaaaaaa/sign-out"),
     ("DELETE", "/v1/admin/tokens/some-jti"),
     ("GET", "/v1/admin/tenants"),
     ("POST", "/v1/admin/tenants"),
