@@ -75,6 +75,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("REDIS_FAIL_OPEN_RATE_LIMITS", "false", _bool, "When Redis is down, let request-rate limits pass (every other check still fails closed)."),
     Var("LLM_BASE_URL", "http://127.0.0.1:8081/v1", str, "OpenAI-compatible model server (vLLM, Ollama, llama.cpp, OpenAI)."),
     Var("LLM_API_KEY", "not-needed", str, "API key sent to the model server.", secret=True),
+    Var("LLM_CONTINUOUS_USAGE_STATS", "false", _bool, "Ask the model server for usage on every streamed chunk (vLLM's `continuous_usage_stats`), so a generation stopped early is charged its prompt's real size; leave off for servers that refuse unknown `stream_options`."),
     Var("LLM_MODELS", "smollm2-135m-instruct", _csv, "Comma-separated models a new tenant may use by default."),
     Var("LLM_CONNECT_TIMEOUT_S", "5", float, "Connect timeout to the model server, seconds."),
     Var("LLM_READ_TIMEOUT_S", "60", float, "Longest wait for the first or next token from the model server, seconds."),

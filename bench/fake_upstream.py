@@ -437,10 +437,15 @@ class FakeUpstream:
             elif eof.done():
                 raise _ClientGone
 
+        # vLLM's ``continuous_usage_stats``: the usage so far on every chunk.
+        continuous = bool((req.get("stream_options") or {}).get("continuous_usage_stats"))
+        sent = 0
+
         def chunk(
             delta: dict[str, Any], reason: str | None = None, index: int = 0, **extra: Any
         ) -> dict[str, Any]:
-            return {
+            nonlocal sent
+            out: dict[str, Any] = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
                 "created": created,
@@ -448,6 +453,14 @@ class FakeUpstream:
                 "system_fingerprint": FINGERPRINT,
                 "choices": [{"index": index, "delta": delta, "finish_reason": reason, **extra}],
             }
+            if continuous:
+                sent += 1 if delta.get("content") else 0
+                out["usage"] = {
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": sent,
+                    "total_tokens": usage["prompt_tokens"] + sent,
+                }
+            return out
 
         n = _n_of(req)
         try:

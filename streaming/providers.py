@@ -48,6 +48,10 @@ class Provider:
     llm: ChatOpenAI
     base_url: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Added to every request's ``stream_options``: ``include_usage`` always (limits need it),
+    #: and ``continuous_usage_stats`` where the model server supports it (vLLM), so a run
+    #: stopped early still knows its prompt's real size.
+    usage_options: dict[str, Any] = field(default_factory=lambda: {"include_usage": True})
 
     @property
     def root(self) -> openai.OpenAI:
@@ -76,7 +80,9 @@ class Provider:
             yield _completion_chunk(completion, chunk_id, model)
             return
         options = request.get("stream_options") or {}
-        body = {**request, "stream_options": {**options, "include_usage": True}}
+        body = {**request, "stream_options": {**options, **self.usage_options}}
+        # Usage on every chunk is ours to read, not the client's, unless it asked for it too.
+        running_usage = not options.get("continuous_usage_stats")
         stream = self.root.post(
             "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=_RawStream
         )
@@ -101,6 +107,8 @@ class Provider:
                     if not chunk.get("choices") and chunk.get("usage") is not None:
                         yield out  # counted, not sent: the client did not ask for usage
                         continue
+                    chunk.pop("usage", None)
+                elif running_usage and chunk.get("choices"):
                     chunk.pop("usage", None)
                 chunk["id"] = chunk_id
                 chunk["model"] = model
@@ -273,6 +281,8 @@ class _ChatOpenAI(ChatOpenAI):
     ``extra_body``, which ``_PlainChunks`` sends as the request itself.
     """
 
+    usage_options: dict[str, Any] = {"include_usage": True}  # Provider.usage_options
+
     def _get_request_payload(
         self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any
     ) -> dict[str, Any]:
@@ -280,7 +290,7 @@ class _ChatOpenAI(ChatOpenAI):
         if forward is None:
             return super()._get_request_payload(input_, stop=stop, **kwargs)  # type: ignore[no-any-return]
         options = forward.get("stream_options") or {}
-        body = {**forward, "stream_options": {**options, "include_usage": True}}
+        body = {**forward, "stream_options": {**options, **self.usage_options}}
         return {"stream": True, "extra_body": body}
 
     def _convert_chunk_to_generation_chunk(
@@ -428,5 +438,9 @@ def build_provider(config: Mapping[str, Any]) -> Provider:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         ),
     )
+    usage_options: dict[str, Any] = {"include_usage": True}
+    if config["LLM_CONTINUOUS_USAGE_STATS"]:
+        usage_options["continuous_usage_stats"] = True
+    llm.usage_options = usage_options
     llm.client = _PlainChunks(llm.root_client)
-    return Provider(llm=llm, base_url=config["LLM_BASE_URL"])
+    return Provider(llm=llm, base_url=config["LLM_BASE_URL"], usage_options=usage_options)

@@ -29,7 +29,7 @@ from flask import Flask
 from core.store import use_runs_pool
 from streaming import greenlets, state
 from streaming.generation import Generation, Outcome, completion_id
-from streaming.limits import admission_control
+from streaming.limits import admission_control, prompts
 from streaming.log import with_redis_retry
 from streaming.providers import Chunk, Provider
 
@@ -225,6 +225,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     prompt_tokens = gen.prompt_estimate
     completion_tokens = 0
     reported_completion: int | None = None
+    reported_prompt: int | None = None
     finish_reason: str | None = None
     outcome: Outcome | None = None
     upstream: Iterator[Chunk] | None = None
@@ -273,7 +274,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
                 if chunk.prompt_tokens is not None:
-                    prompt_tokens = chunk.prompt_tokens
+                    reported_prompt = chunk.prompt_tokens
                 if chunk.completion_tokens is not None:
                     reported_completion = chunk.completion_tokens
             if handle.stopped is None:
@@ -309,6 +310,14 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                 outcome = handle.stopped or Outcome("cancelled", reason="stopped")
             if reported_completion is not None:
                 completion_tokens = reported_completion
+            if reported_prompt is not None:
+                prompt_tokens = reported_prompt
+                if outcome.status == "completed":
+                    prompts.learn(gen.model, gen.prompt_estimate, reported_prompt)
+            elif accepted or handle.stopped is not None:
+                # The model server had the prompt (it answered, or the run was stopped while it
+                # worked) but never said its size: charge what a completed run would have been.
+                prompt_tokens = prompts.charge(gen.model, gen.prompt_estimate)
             settle(app, gen, outcome, prompt_tokens, completion_tokens, sink)
             registry(app).remove(handle)
             metrics.active_streams.labels(gen.mode).dec()

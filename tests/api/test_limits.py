@@ -502,3 +502,58 @@ def test_redis_down_fails_closed_even_with_fail_open(
     assert response.status_code == 503
     assert "Redis" in response.get_json()["message"]
     dead.extensions["streamgate.redis"].close()
+
+
+# --- a run stopped before the model server said what its prompt cost --------------------------
+
+LONG_PROMPT = "a " * 4000  # 4,003 prompt tokens at the fake upstream; Streamgate estimates 2,006
+LONG_SLOW = body(LONG_PROMPT, max_tokens=2000, infinite=1, delay_ms=20)
+
+
+def _ended(client: Any, headers: Headers, stream_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        record = client.get(f"/v1/streams/{stream_id}", headers=headers).get_json()
+        return record if record["status"] != "running" else None
+
+    return dict(wait_until(done, timeout=30))
+
+
+def _cancelled_long_prompt(client: Any, headers: Headers, fake_upstream: Any) -> dict[str, Any]:
+    started = client.post("/v1/streams", json=LONG_SLOW, headers=headers).get_json()
+    # Stopped while the model server generates, long before the usage it sends at the end.
+    wait_until(lambda: fake_upstream.snapshot()["active"] >= 1)
+    cancel = client.delete(f"/v1/streams/{started['id']}", headers=headers)
+    assert cancel.status_code == 202, cancel.get_data(as_text=True)
+    return _ended(client, headers, started["id"])
+
+
+def test_a_stopped_run_is_charged_what_its_prompt_cost_a_completed_one(
+    client: Any, member: Any, fake_upstream: Any
+) -> None:
+    _, headers = member()
+    done = client.post("/v1/streams", json=body(LONG_PROMPT, max_tokens=3), headers=headers)
+    completed = _ended(client, headers, done.get_json()["id"])
+    assert completed["status"] == "completed"
+    assert completed["usage"]["prompt_tokens"] == 4003  # what the model server reported
+
+    cancelled = _cancelled_long_prompt(client, headers, fake_upstream)
+    assert cancelled["status"] == "cancelled"
+    # Before: 2,006 (Streamgate's own chars/4 estimate), half of what the prompt cost.
+    assert cancelled["usage"]["prompt_tokens"] >= completed["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize("app_overrides", [{"LLM_CONTINUOUS_USAGE_STATS": True}])
+def test_with_continuous_usage_a_stopped_run_is_charged_the_reported_prompt(
+    client: Any, member: Any, fake_upstream: Any
+) -> None:
+    _, headers = member()
+    cancelled = _cancelled_long_prompt(client, headers, fake_upstream)  # no ratio learned yet
+    assert cancelled["usage"]["prompt_tokens"] == upstream_prompt(LONG_SLOW)
+    # And a direct-mode client that did not ask for usage still sees none on its chunks.
+    chat = client.post(
+        "/v1/chat/completions", json={**body(max_tokens=3), "stream": True}, headers=headers
+    )
+    frames = [
+        line for line in chat.get_data(as_text=True).splitlines() if line.startswith("data: {")
+    ]
+    assert frames and not any('"usage"' in line for line in frames)
