@@ -7,6 +7,7 @@ is generated from it (``flask config-table``) and a test keeps the two in step.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,17 @@ def _bool(raw: str) -> bool:
 
 def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+
+
+def _origins(raw: str) -> list[str]:
+    origins = _csv(raw)
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+    return origins
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("LOGIN_ACCOUNT_RPM", "10", int, "Login attempts (successful ones too) per account per minute."),
     Var("LOGIN_ADDRESS_RPM", "60", int, "Login attempts (successful ones too) per client address per minute."),
     Var("LOGIN_HASH_CONCURRENCY", "2", int, "Password hashes running at once per worker (in a thread pool, off the event loop)."),
+    Var("CORS_ORIGINS", "", _origins, "Comma-separated origins (`https://app.example.com`) whose pages may call `/v1/` with a bearer token; empty = same-origin only. Never with cookies."),
     Var("EVENT_TICKET_TTL_S", "60", int, "Lifetime of a one-time `EventSource` ticket, seconds."),
     # --- backing services -----------------------------------------------------------------
     Var("DATABASE_URL", "sqlite:///instance/streamgate.db", str, "SQLAlchemy URL of the durable store (SQLite or `postgresql+psycopg://...`)."),
