@@ -103,6 +103,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAM_LOG_TTL_S", "3600", int, "How long a finished stream's log stays replayable, seconds."),
     Var("STREAM_MAX_DURATION_S", "600", float, "A generation running longer than this is stopped and marked failed, seconds."),
     Var("LEASE_TTL_S", "30", int, "Concurrency lease lifetime; renewed while the stream runs, expires if its worker dies."),
+    Var("IDEMPOTENCY_TTL_S", "86400", int, "How long a response is kept for replay to a request with the same `Idempotency-Key`, seconds."),
+    Var("IDEMPOTENCY_WAIT_S", "10", float, "Longest a duplicate waits for the first request with its `Idempotency-Key` to finish before `409`, seconds."),
     # --- request bounds -------------------------------------------------------------------
     Var("MAX_BODY_BYTES", "1048576", int, "Largest accepted request body, bytes (413 past it)."),
     Var("MAX_MESSAGES", "256", int, "Most messages in one chat request."),

@@ -22,6 +22,7 @@ EXPOSE_HEADERS = [
     "X-Stream-Id",
     "X-Request-Id",
     "X-Streamgate-History",
+    "Idempotent-Replayed",
     "Retry-After",
     "RateLimit-Limit",
     "RateLimit-Remaining",

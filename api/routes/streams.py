@@ -8,6 +8,7 @@ from flask import current_app
 from flask_jwt_extended import get_jwt
 from flask_smorest import Blueprint, Page
 
+from api.idempotency import idempotent
 from api.limits import rate_limited
 from api.schemas.streams import (
     StreamAcceptedSchema,
@@ -27,6 +28,7 @@ bp = Blueprint("streams", __name__, url_prefix="/v1", description="Channel-mode 
 
 @bp.post("/streams")
 @require("chat")
+@idempotent()
 @bp.arguments(StreamCreateSchema)
 @bp.response(202, StreamAcceptedSchema)
 def create_stream(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from api.idempotency import idempotent
 from api.routes.auth import documents, no_store, on_response
 from api.schemas.auth import (
     AppTokenCreatedSchema,
@@ -35,6 +36,7 @@ bp = Blueprint(
 
 @bp.route("", methods=["POST"])
 @require("admin", admin=True)
+@idempotent()
 @bp.arguments(AppTokenCreateSchema)
 @bp.response(201, AppTokenCreatedSchema)
 @documents(401, 403, 503)
