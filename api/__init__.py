@@ -148,6 +148,7 @@ def _register_blueprints(app: Flask) -> None:
         streams,
         tokens,
         usage,
+        webhooks,
     )
     from api.routes import auth as auth_routes
     from api.web import bp as web_bp
@@ -162,6 +163,7 @@ def _register_blueprints(app: Flask) -> None:
         usage.bp,
         admin.bp,
         limits_admin.bp,
+        webhooks.bp,
     ):
         api.register_blueprint(blueprint)
     # Plain Flask blueprints: not JSON resources, documented by hand in the spec.

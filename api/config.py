@@ -105,6 +105,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("LEASE_TTL_S", "30", int, "Concurrency lease lifetime; renewed while the stream runs, expires if its worker dies."),
     Var("IDEMPOTENCY_TTL_S", "86400", int, "How long a response is kept for replay to a request with the same `Idempotency-Key`, seconds."),
     Var("IDEMPOTENCY_WAIT_S", "10", float, "Longest a duplicate waits for the first request with its `Idempotency-Key` to finish before `409`, seconds."),
+    Var("WEBHOOK_ALLOW_PRIVATE", "false", _bool, "Let webhook URLs resolve to private, loopback or link-local addresses (tests, on-premises receivers)."),
+    Var("WEBHOOK_TIMEOUT_S", "5", float, "Timeout of one webhook attempt (connect, send, each read), seconds."),
+    Var("WEBHOOK_MAX_ATTEMPTS", "8", int, "Attempts of one webhook delivery before it is marked failed."),
+    Var("WEBHOOK_RETRY_BASE_S", "2", float, "Wait after the first failed webhook attempt, doubled after each next one, seconds."),
+    Var("WEBHOOK_SWEEP_S", "30", float, "How often each worker takes over webhook deliveries whose worker stopped, seconds."),
     # --- request bounds -------------------------------------------------------------------
     Var("MAX_BODY_BYTES", "1048576", int, "Largest accepted request body, bytes (413 past it)."),
     Var("MAX_MESSAGES", "256", int, "Most messages in one chat request."),

@@ -29,6 +29,10 @@ class Tenant(db.Model):  # type: ignore[name-defined,misc]
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     # Tokens of the tenant issued before this instant are refused (SQL truth behind Redis).
     tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Completion webhooks: the origins a stream's webhook_url may point at (None: no webhooks)
+    # and the tenant's signing secret (Standard Webhooks' "whsec_<base64>").
+    webhook_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

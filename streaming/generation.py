@@ -60,6 +60,7 @@ class Generation:
     prompt_estimate: int
     admission: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
+    webhook_url: str | None = None  # channel mode: POST the terminal event there
 
 
 def stopped_outcome(kind: str, **details: Any) -> Outcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.store import UTCDateTime, db, new_id, utcnow
@@ -38,3 +38,27 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     text: Mapped[str | None] = mapped_column(Text, default=None)
     revoked_by: Mapped[str | None] = mapped_column(String(32), default=None)
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
+    """One completion webhook of one stream: its payload, where it goes and every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at"),
+        Index("ix_webhook_deliveries_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("msg"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body that is signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered | failed
+    attempts: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # A worker delivering it holds it until then; a pending row past its lease is picked up again
+    # by any worker (the one that held it stopped).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -61,6 +61,7 @@ def create(gen: Generation) -> StreamRecord:
             "tokens": 0,
             "subscribers": 0,
             "admission": json.dumps(gen.admission or {}),
+            "webhook": gen.webhook_url or "",
         },
     )
     pipe.expire(live_key(gen.stream_id), ttl)

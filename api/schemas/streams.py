@@ -10,6 +10,15 @@ from api.schemas.chat import ChatRequestSchema, UsageSchema
 class StreamCreateSchema(ChatRequestSchema):
     """The same request as chat completions; ``stream`` is implied."""
 
+    webhook_url = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=2048),
+        metadata={
+            "description": "POST the terminal event here when the stream ends (signed; on the "
+            "tenant's allow-list of webhook origins; see GET /v1/admin/webhooks)"
+        },
+    )
+
 
 class StreamAcceptedSchema(Schema):
     id = fields.String(required=True)

@@ -33,7 +33,7 @@ def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
 
 
 def start_generation(
-    ident: Identity, body: dict[str, Any], mode: str
+    ident: Identity, body: dict[str, Any], mode: str, webhook_url: str | None = None
 ) -> tuple[Generation, dict[str, str]]:
     """Check the request against the tenant's models and bounds, admit it and record it.
 
@@ -93,6 +93,7 @@ def start_generation(
         params=params,
         prompt_estimate=estimate,
         admission=admission.info,
+        webhook_url=webhook_url,
     )
     try:
         state.create(gen)
