@@ -66,6 +66,11 @@ class AppToken(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # An app token is a principal of its own (``Identity.principal_id``): its own model allow-list
+    # (a subset of the tenant's; None = the tenant's) and its own limit overrides (None = the
+    # per-user defaults). Its traffic never spends its owner's limits.
+    models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
 
 
 class AuthSession(db.Model):  # type: ignore[name-defined,misc]

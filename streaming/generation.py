@@ -61,6 +61,7 @@ class Generation:
     admission: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
     webhook_url: str | None = None  # channel mode: POST the terminal event there
+    end_user: str | None = None  # the OpenAI `user` field, recorded on the stream
 
 
 def stopped_outcome(kind: str, **details: Any) -> Outcome:

@@ -38,6 +38,8 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     text: Mapped[str | None] = mapped_column(Text, default=None)
     revoked_by: Mapped[str | None] = mapped_column(String(32), default=None)
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # The OpenAI `user` field: the caller's own end user (opaque; an app's user id).
+    end_user: Mapped[str | None] = mapped_column(String(256), default=None)
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]

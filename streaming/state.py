@@ -42,6 +42,7 @@ def create(gen: Generation) -> StreamRecord:
         status="running",
         started_at=utcnow(),
         prompt_tokens=gen.prompt_estimate,
+        end_user=gen.end_user,
     )
     db.session.add(record)
     db.session.commit()
