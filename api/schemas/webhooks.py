@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import RAISE, Schema, fields, validate
 
 from api.schemas.auth import no_control_chars
@@ -22,6 +24,15 @@ class WebhookSettingsSchema(Schema):
     )
 
 
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false`` only: ``"yes"`` or ``1`` is a 422, not a rotation."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class WebhookSettingsUpdateSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -32,7 +43,7 @@ class WebhookSettingsUpdateSchema(Schema):
         validate=validate.Length(max=50),
         metadata={"description": "Replaces the allow-list; `[]` turns webhooks off"},
     )
-    rotate_secret = fields.Boolean(
+    rotate_secret = StrictBoolean(
         load_default=False, metadata={"description": "Issue a new signing secret"}
     )
 

@@ -135,6 +135,9 @@ def test_admins_set_the_allow_list_and_see_deliveries_of_their_tenant_only(
         "/v1/admin/webhooks", json={"origins": [ORIGIN], "rotate_secret": True}, headers=as_admin
     )
     assert rotated.get_json()["secret"] != settings["secret"]
+    for not_a_bool in ("yes", 1):
+        loose = {"origins": [ORIGIN], "rotate_secret": not_a_bool}
+        assert client.put("/v1/admin/webhooks", json=loose, headers=as_admin).status_code == 422
     assert client.get("/v1/admin/webhooks", headers=as_other).get_json()["origins"] == []
 
 
