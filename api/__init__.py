@@ -112,6 +112,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _init_extensions(app: Flask) -> None:
+    from api.cors import init_cors
     from auth.tokens import init_jwt
     from streaming import limits
     from streaming.providers import build_provider
@@ -120,6 +121,7 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     api.init_app(app)
     init_jwt(app, error_response)
+    init_cors(app)
     # Two bounded pools per process: requests (subscribers included) and generations. The log
     # writer of channel mode has one connection of its own (streaming.log).
     cfg = app.config
@@ -146,6 +148,7 @@ def _register_blueprints(app: Flask) -> None:
         streams,
         tokens,
         usage,
+        webhooks,
     )
     from api.routes import auth as auth_routes
     from api.web import bp as web_bp
@@ -160,6 +163,7 @@ def _register_blueprints(app: Flask) -> None:
         usage.bp,
         admin.bp,
         limits_admin.bp,
+        webhooks.bp,
     ):
         api.register_blueprint(blueprint)
     # Plain Flask blueprints: not JSON resources, documented by hand in the spec.

@@ -7,6 +7,7 @@ is generated from it (``flask config-table``) and a test keeps the two in step.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,17 @@ def _bool(raw: str) -> bool:
 
 def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+
+
+def _origins(raw: str) -> list[str]:
+    origins = _csv(raw)
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+    return origins
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("LOGIN_ACCOUNT_RPM", "10", int, "Login attempts (successful ones too) per account per minute."),
     Var("LOGIN_ADDRESS_RPM", "60", int, "Login attempts (successful ones too) per client address per minute."),
     Var("LOGIN_HASH_CONCURRENCY", "2", int, "Password hashes running at once per worker (in a thread pool, off the event loop)."),
+    Var("CORS_ORIGINS", "", _origins, "Comma-separated origins (`https://app.example.com`) whose pages may call `/v1/` with a bearer token; empty = same-origin only. Never with cookies."),
     Var("EVENT_TICKET_TTL_S", "60", int, "Lifetime of a one-time `EventSource` ticket, seconds."),
     # --- backing services -----------------------------------------------------------------
     Var("DATABASE_URL", "sqlite:///instance/streamgate.db", str, "SQLAlchemy URL of the durable store (SQLite or `postgresql+psycopg://...`)."),
@@ -93,6 +106,13 @@ VARIABLES: tuple[Var, ...] = (
     Var("STREAM_LOG_TTL_S", "3600", int, "How long a finished stream's log stays replayable, seconds."),
     Var("STREAM_MAX_DURATION_S", "600", float, "A generation running longer than this is stopped and marked failed, seconds."),
     Var("LEASE_TTL_S", "30", int, "Concurrency lease lifetime; renewed while the stream runs, expires if its worker dies."),
+    Var("IDEMPOTENCY_TTL_S", "86400", int, "How long a response is kept for replay to a request with the same `Idempotency-Key`, seconds."),
+    Var("IDEMPOTENCY_WAIT_S", "10", float, "Longest a duplicate waits for the first request with its `Idempotency-Key` to finish before `409`, seconds."),
+    Var("WEBHOOK_ALLOW_PRIVATE", "false", _bool, "Let webhook URLs resolve to private, loopback or link-local addresses (tests, on-premises receivers)."),
+    Var("WEBHOOK_TIMEOUT_S", "5", float, "Timeout of one webhook attempt (connect, send, each read), seconds."),
+    Var("WEBHOOK_MAX_ATTEMPTS", "8", int, "Attempts of one webhook delivery before it is marked failed."),
+    Var("WEBHOOK_RETRY_BASE_S", "2", float, "Wait after the first failed webhook attempt, doubled after each next one, seconds."),
+    Var("WEBHOOK_SWEEP_S", "30", float, "How often each worker takes over webhook deliveries whose worker stopped, seconds."),
     # --- request bounds -------------------------------------------------------------------
     Var("MAX_BODY_BYTES", "1048576", int, "Largest accepted request body, bytes (413 past it)."),
     Var("MAX_MESSAGES", "256", int, "Most messages in one chat request."),

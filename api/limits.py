@@ -24,7 +24,7 @@ from streaming.runner import registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_WHOSE = {"user": "this user", "tenant": "this tenant"}
+_WHOSE = {"user": "this user", "tenant": "this tenant"}  # "user": the principal (or app token)
 _TITLE = {
     "rpm": "requests per minute (RPM)",
     "concurrent": "concurrent streams",
@@ -92,7 +92,7 @@ def admit(ident: Identity, estimate_tokens: int, stream_id: str) -> Admission:
     """Admit one generation: every limit of user and tenant in one atomic step, or a 429."""
     control = admission_control(current_app)
     try:
-        return control.admit(ident.tenant_id, ident.user_id, estimate_tokens, stream_id)
+        return control.admit(ident.tenant_id, ident.principal_id, estimate_tokens, stream_id)
     except LimitExceeded as exc:
         raise too_many_requests(exc) from None
 
@@ -104,7 +104,9 @@ def rate_limited(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ident = current_identity()
         try:
-            state = admission_control(current_app).charge_request(ident.tenant_id, ident.user_id)
+            state = admission_control(current_app).charge_request(
+                ident.tenant_id, ident.principal_id
+            )
         except LimitExceeded as exc:
             raise too_many_requests(exc) from None
         if state is not None:

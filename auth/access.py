@@ -26,6 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Ids are "<prefix>_" + 20 lowercase alphanumerics (core.store.new_id); nothing else is a channel.
 CHANNEL_RE = re.compile(r"\A(streams|users)/((?:str|usr)_[a-z0-9]{20})\Z")
 _PREFIX = {"streams": "str_", "users": "usr_"}
+APP_PRINCIPAL = "app:"  # limits principal of an app token: "app:<jti>"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Identity:
     jti: str
     kind: str
     expires_at: float
+
+    @property
+    def principal_id(self) -> str:
+        """Who limits and usage are counted for: the user, or the app token itself."""
+        return APP_PRINCIPAL + self.jti if self.kind == "app" else self.user_id
 
     @property
     def is_operator(self) -> bool:

@@ -29,6 +29,10 @@ class Tenant(db.Model):  # type: ignore[name-defined,misc]
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     # Tokens of the tenant issued before this instant are refused (SQL truth behind Redis).
     tokens_valid_after: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Completion webhooks: the origins a stream's webhook_url may point at (None: no webhooks)
+    # and the tenant's signing secret (Standard Webhooks' "whsec_<base64>").
+    webhook_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -62,6 +66,11 @@ class AppToken(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # An app token is a principal of its own (``Identity.principal_id``): its own model allow-list
+    # (a subset of the tenant's; None = the tenant's) and its own limit overrides (None = the
+    # per-user defaults). Its traffic never spends its owner's limits.
+    models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
 
 
 class AuthSession(db.Model):  # type: ignore[name-defined,misc]

@@ -236,6 +236,17 @@ def disable_user(
     tokens.revoke_user_tokens(user.id, disable=True)
     user.disabled = True
     sessions.bump_token_version(user)
+    # The rule for apps: an app token dies with its issuer (it carries the issuer's token
+    # version). Say so where the remaining admins look: the row is marked revoked (GET
+    # /v1/tokens lists it with its owner) and the audit event names it.
+    now = utcnow()
+    owned = db.session.scalars(
+        select(AppToken).where(AppToken.owner_id == user.id, AppToken.revoked_at.is_(None))
+    ).all()
+    for app_token in owned:
+        app_token.revoked_at = now
+    if owned:
+        details = {**(details or {}), "app_tokens_revoked": sorted(t.jti for t in owned)}
     _audit(user.tenant_id, actor_id, action, "user", user.id, reason, details)
     db.session.commit()
     sessions.publish_token_version(user)
@@ -337,6 +348,8 @@ def create_app_token(
     expires_in_days: int,
     grantable_scopes: Collection[str] = SCOPES,
     not_after: datetime | None = None,
+    models: list[str] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> tuple[AppToken, str]:
     """Issue a named, scoped, long-lived JWT for a third-party app; the JWT is returned once.
 
@@ -396,6 +409,8 @@ def create_app_token(
         scopes=wanted,
         created_at=utcnow(),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        models=models,
+        limits=limits or None,
     )
     db.session.add(row)
     _audit(
@@ -405,7 +420,13 @@ def create_app_token(
         "app_token",
         row.jti,
         None,
-        {"name": name, "scopes": wanted, "expires_at": row.expires_at.isoformat()},
+        {
+            "name": name,
+            "scopes": wanted,
+            "expires_at": row.expires_at.isoformat(),
+            "models": models,
+            "limits": limits,
+        },
     )
     db.session.commit()
     return row, encoded

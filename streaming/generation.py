@@ -63,6 +63,8 @@ class Generation:
     created: float = field(default_factory=time.time)
     # The body sent to the model server: the client's request with the model and cap applied.
     request: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None  # channel mode: POST the terminal event there
+    end_user: str | None = None  # the OpenAI `user` field, recorded on the stream
 
 
 def completion_id(stream_id: str) -> str:

@@ -168,11 +168,6 @@ class EventHub(ServerSentEventsBlueprint):
         headers = dict(sse.HEADERS)
         if lost:
             headers["X-Streamgate-History"] = "lost"
-        if g.get("hub_ticket"):
-            headers["Access-Control-Allow-Origin"] = (
-                "*"  # the ticket is the credential, not a cookie
-            )
-            headers["Access-Control-Expose-Headers"] = "X-Streamgate-History"
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             sock.settimeout(cfg["SSE_SEND_TIMEOUT_S"])  # a client that stops reading is dropped

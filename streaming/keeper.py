@@ -179,6 +179,7 @@ def reap(app: Flask, orphan_sink: OrphanSink, limit: int = 50) -> int:
             params={},
             prompt_estimate=0,
             admission=json.loads(info.get("admission") or "{}") or None,
+            webhook_url=info.get("webhook") or None,
         )
         if info.get("status") == "revoked":
             by, why = info.get("revoked_by"), info.get("revoke_reason") or None

@@ -41,3 +41,29 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     revoked_by: Mapped[str | None] = mapped_column(String(32), default=None)
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # The OpenAI `user` field: the caller's own end user (opaque; an app's user id).
+    end_user: Mapped[str | None] = mapped_column(String(256), default=None)
+
+
+class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
+    """One completion webhook of one stream: its payload, where it goes and every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at"),
+        Index("ix_webhook_deliveries_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("msg"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body that is signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered | failed
+    attempts: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # A worker delivering it holds it until then; a pending row past its lease is picked up again
+    # by any worker (the one that held it stopped).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -27,7 +27,7 @@ import redis
 from flask import Flask
 
 from core.store import use_runs_pool
-from streaming import greenlets, state
+from streaming import greenlets, state, webhooks
 from streaming.generation import Generation, Outcome, completion_id
 from streaming.limits import admission_control, prompts
 from streaming.log import with_redis_retry
@@ -374,6 +374,7 @@ def settle(
     )
     metrics.streams_total.labels(gen.mode, outcome.status).inc()
     metrics.tokens_out.labels(gen.mode).inc(completion_tokens)
+    webhooks.enqueue(app, gen, outcome, prompt_tokens, completion_tokens)  # in the background
 
 
 # --- direct mode: the response drains a queue -----------------------------------------------------

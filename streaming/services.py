@@ -12,7 +12,7 @@ import threading
 
 from flask import Flask
 
-from streaming import control, keeper
+from streaming import control, keeper, webhooks
 from streaming.channel import TerminalSink
 from streaming.control import Dispatcher, Services
 from streaming.runner import registry
@@ -32,4 +32,5 @@ def start_services(app: Flask) -> Services:
         control.install(app, current)
         stopping = current.stopping
         current.start(lambda: keeper.keep(app, dispatcher, stopping, TerminalSink))
+        webhooks.start_sweeper(app, stopping)  # deliveries whose worker stopped
         return current

@@ -42,6 +42,7 @@ def create(gen: Generation) -> StreamRecord:
         status="running",
         started_at=utcnow(),
         prompt_tokens=gen.prompt_estimate,
+        end_user=gen.end_user,
     )
     db.session.add(record)
     db.session.commit()
@@ -61,6 +62,7 @@ def create(gen: Generation) -> StreamRecord:
             "tokens": 0,
             "subscribers": 0,
             "admission": json.dumps(gen.admission or {}),
+            "webhook": gen.webhook_url or "",
         },
     )
     pipe.expire(live_key(gen.stream_id), ttl)

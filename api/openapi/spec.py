@@ -103,12 +103,13 @@ def _endpoints(app: Flask) -> dict[tuple[str, str], str]:
     return found
 
 
-def _find_access(view: Any) -> dict[str, Any] | None:
-    """The ``require`` guard's demands, found anywhere in the view's decorator chain."""
+def _find_access(view: Any, attribute: str = "required_access") -> dict[str, Any] | None:
+    """The ``require`` guard's demands (or another decorator's marks), found anywhere in the
+    view's decorator chain."""
     for _ in range(32):  # a decorator chain is short; bounded all the same
         if view is None:
             return None
-        access = view.__dict__.get("required_access")
+        access = view.__dict__.get(attribute)
         if access is not None:
             return dict(access)
         view = getattr(view, "__wrapped__", None)
@@ -175,6 +176,15 @@ def _decorate_operation(
         (op["description"].rstrip() + "\n\n" + note) if op.get("description") else note
     )
     op.setdefault("operationId", endpoint.replace(".", "_"))
+    if _find_access(app.view_functions[endpoint], "idempotency") is not None:
+        op.setdefault("parameters", []).append(load("document")["idempotency_key"])
+        responses.setdefault("409", _ref(prefix + "CONFLICT"))
+        if not openai:
+            responses.setdefault("422", _ref("UNPROCESSABLE"))
+        for status, response in responses.items():
+            if status.startswith("2") and "$ref" not in response:
+                replayed = {"$ref": "#/components/headers/Idempotent-Replayed"}
+                response.setdefault("headers", {})["Idempotent-Replayed"] = replayed
     if endpoint in GENERATION_STARTS:
         for status, response in responses.items():
             if status.startswith("2") and "$ref" not in response:

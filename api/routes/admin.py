@@ -219,7 +219,7 @@ def update_tenant(body: dict[str, Any], tenant_id: str) -> Any:
 @bp.response(200, UsageRowSchema(many=True))
 @bp.paginate(Page)
 def get_usage(query: dict[str, Any]) -> Any:
-    """Streams and tokens per tenant, user or UTC day in [from, to) (default: the last 30 days)."""
+    """Streams and tokens per tenant, user, app token, end user or UTC day in [from, to)."""
     return service.usage(
         current_identity(),
         query["group_by"],
@@ -227,6 +227,7 @@ def get_usage(query: dict[str, Any]) -> Any:
         query.get("end"),
         query.get("tenant"),
         query.get("user"),
+        query.get("token"),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, current_app, request, stream_with_context
 from flask_smorest import Blueprint
 
+from api.idempotency import idempotent
 from api.schemas.chat import ChatCompletionSchema, ChatRequestSchema
 from api.services.generations import start_generation
 from auth.access import current_identity, require
@@ -23,6 +24,7 @@ bp = Blueprint("chat", __name__, url_prefix="/v1", description="OpenAI-compatibl
 
 @bp.post("/chat/completions")
 @require("chat")
+@idempotent(refuse_streaming=True)
 @bp.arguments(ChatRequestSchema)
 @bp.response(200, ChatCompletionSchema)
 def create_chat_completion(body: dict[str, Any]) -> Any:

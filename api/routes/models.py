@@ -23,6 +23,6 @@ def list_models() -> dict[str, Any]:
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "streamgate"}
-            for name in allowed_models(ident.tenant_id)
+            for name in allowed_models(ident.tenant_id, ident.jti if ident.kind == "app" else None)
         ],
     }

@@ -8,6 +8,7 @@ from flask import current_app
 from flask_jwt_extended import get_jwt
 from flask_smorest import Blueprint, Page
 
+from api.idempotency import idempotent
 from api.limits import rate_limited
 from api.schemas.streams import (
     StreamAcceptedSchema,
@@ -18,6 +19,7 @@ from api.schemas.streams import (
     TicketSchema,
 )
 from api.services import streams as service
+from api.services import webhooks
 from api.services.generations import start_generation
 from auth.access import current_identity, require
 from core.store import db
@@ -27,12 +29,14 @@ bp = Blueprint("streams", __name__, url_prefix="/v1", description="Channel-mode 
 
 @bp.post("/streams")
 @require("chat")
+@idempotent()
 @bp.arguments(StreamCreateSchema)
 @bp.response(202, StreamAcceptedSchema)
 def create_stream(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a generation in the background; read it from its channel."""
     ident = current_identity()
-    gen, limit_headers = start_generation(ident, body, mode="channel")
+    webhook_url = webhooks.checked_url(ident.tenant_id, body.get("webhook_url"))
+    gen, limit_headers = start_generation(ident, body, mode="channel", webhook_url=webhook_url)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     db.session.remove()
     service.launch(app, gen)

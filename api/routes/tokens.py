@@ -14,13 +14,16 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from api.idempotency import idempotent
 from api.routes.auth import documents, no_store, on_response
 from api.schemas.auth import (
     AppTokenCreatedSchema,
     AppTokenCreateSchema,
     AppTokenSchema,
+    AppTokenUpdateSchema,
     app_token_fields,
 )
+from api.services.app_tokens import checked_models, update_app_token
 from auth import service
 from auth.access import current_identity, require
 from streaming import revocation
@@ -35,6 +38,7 @@ bp = Blueprint(
 
 @bp.route("", methods=["POST"])
 @require("admin", admin=True)
+@idempotent()
 @bp.arguments(AppTokenCreateSchema)
 @bp.response(201, AppTokenCreatedSchema)
 @documents(401, 403, 503)
@@ -50,6 +54,8 @@ def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
         expires_in_days=args["expires_in_days"],
         grantable_scopes=ident.scopes,
         not_after=datetime.fromtimestamp(ident.expires_at, UTC) if ident.kind == "app" else None,
+        models=checked_models(ident.tenant_id, args["models"]),
+        limits={k: v for k, v in (args["limits"] or {}).items() if v is not None} or None,
     )
     on_response(no_store)
     return app_token_fields(row, encoded)
@@ -62,6 +68,16 @@ def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
 def list_app_tokens() -> list[Any]:
     """List the tenant's app tokens (never their secrets)."""
     return service.list_app_tokens(current_identity().tenant_id)
+
+
+@bp.route("/<string:jti>", methods=["PATCH"])
+@require("admin", admin=True)
+@bp.arguments(AppTokenUpdateSchema)
+@bp.response(200, AppTokenSchema)
+@documents(401, 403, 404, 503)
+def update_app_token_limits(args: dict[str, Any], jti: str) -> dict[str, Any]:
+    """Change an app token's own models and limits; it applies on the token's next request."""
+    return app_token_fields(update_app_token(current_identity(), jti, args))
 
 
 @bp.route("/<string:jti>", methods=["DELETE"])

@@ -23,5 +23,5 @@ def get_usage() -> dict[str, Any]:
     return {
         "tenant_id": ident.tenant_id,
         "user_id": ident.user_id,
-        **usage_report(ident.tenant_id, ident.user_id),
+        **usage_report(ident.tenant_id, ident.principal_id),  # an app token: its own
     }

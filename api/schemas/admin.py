@@ -212,9 +212,14 @@ class RangeSchema(Schema):
 
 class UsageQuerySchema(RangeSchema):
     group_by = fields.String(
-        load_default="tenant", validate=validate.OneOf(["tenant", "user", "day"])
+        load_default="tenant",
+        validate=validate.OneOf(["tenant", "user", "token", "end_user", "day"]),
+        metadata={"description": "token: per app token; end_user: per OpenAI `user` field"},
     )
     user = fields.String(validate=ID)
+    token = fields.String(
+        validate=validate.Length(min=1, max=64), metadata={"description": "One app token's jti"}
+    )
 
 
 class UsageRowSchema(Schema):
@@ -222,6 +227,9 @@ class UsageRowSchema(Schema):
     user_id = fields.String(metadata={"description": "group_by=user"})
     user_email = fields.String(allow_none=True, metadata={"description": "group_by=user"})
     day = fields.String(metadata={"description": "group_by=day: YYYY-MM-DD (UTC)"})
+    token_jti = fields.String(metadata={"description": "group_by=token"})
+    token_name = fields.String(metadata={"description": "group_by=token"})
+    end_user = fields.String(metadata={"description": "group_by=end_user"})
     streams = fields.Integer()
     prompt_tokens = fields.Integer()
     completion_tokens = fields.Integer()

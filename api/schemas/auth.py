@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from api.schemas.limits import LimitsSchema
 from auth.models import SCOPES
 from auth.passwords import MAX_PASSWORD_LENGTH
 
@@ -97,6 +98,32 @@ class MeSchema(Schema):
     token = fields.Nested(TokenInfoSchema)
 
 
+def _default_none(load_default: bool) -> dict[str, Any]:
+    return {"load_default": None} if load_default else {}
+
+
+def _models_field(load_default: bool = True) -> fields.Field[Any]:
+    return fields.List(
+        fields.String(validate=[validate.Length(min=1, max=200), no_control_chars]),
+        allow_none=True,
+        validate=validate.Length(max=100),
+        metadata={"description": "Models the app may use, a subset of the tenant's (null: all)"},
+        **_default_none(load_default),
+    )
+
+
+def _limits_field(load_default: bool = True) -> fields.Field[Any]:
+    return fields.Nested(
+        LimitsSchema,
+        allow_none=True,
+        metadata={
+            "description": "The app's own rpm / concurrent / tpm / tpd: a principal of its own, "
+            "it never spends its issuer's limits (null: the per-user defaults)"
+        },
+        **_default_none(load_default),
+    )
+
+
 class AppTokenCreateSchema(Schema):
     name = fields.String(
         required=True, validate=[validate.Length(min=1, max=100), no_control_chars]
@@ -111,6 +138,18 @@ class AppTokenCreateSchema(Schema):
         validate=validate.Range(min=1),
         metadata={"description": "At most APP_TOKEN_MAX_TTL_DAYS"},
     )
+    models = _models_field()
+    limits = _limits_field()
+
+
+class AppTokenUpdateSchema(Schema):
+    """``PATCH /v1/tokens/<jti>``: a field left out is unchanged; null resets it."""
+
+    class Meta:
+        unknown = RAISE
+
+    models = _models_field(load_default=False)
+    limits = _limits_field(load_default=False)
 
 
 class AppTokenSchema(Schema):
@@ -122,6 +161,17 @@ class AppTokenSchema(Schema):
     expires_at = fields.DateTime()
     revoked_at = fields.DateTime(allow_none=True)
     last_used_at = fields.DateTime(allow_none=True)
+    models = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "The token's own model allow-list (null: the tenant's)"},
+    )
+    limits = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        allow_none=True,
+        metadata={"description": "The token's own limit overrides (null: the per-user defaults)"},
+    )
 
 
 class AppTokenCreatedSchema(AppTokenSchema):

@@ -16,6 +16,15 @@ class StreamCreateSchema(ChatRequestSchema):
     A field whose result channel events cannot carry is refused, never dropped.
     """
 
+    webhook_url = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=2048),
+        metadata={
+            "description": "POST the terminal event here when the stream ends (signed; on the "
+            "tenant's allow-list of webhook origins; see GET /v1/admin/webhooks)"
+        },
+    )
+
     @validates_schema
     def _channel_can_honour(self, data: dict[str, Any], **_: Any) -> None:
         # A 400 (not the 422 of a malformed field): the request is valid, this mode cannot

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from api.pagination import Rows
 from auth import service
 from auth.access import Identity, may_act_on
-from auth.models import AuditEvent, Tenant, User, get_for_tenant
+from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
 from core.store import db, utcnow
@@ -293,8 +293,10 @@ def usage(
     end: datetime | None,
     tenant_id: str | None,
     user_id: str | None,
+    token_jti: str | None = None,
 ) -> Rows[dict[str, Any]]:
-    """Streams and tokens per tenant, user or UTC day, from the stream records in [start, end)."""
+    """Streams and tokens per tenant, user, app token, end user or UTC day, from the stream
+    records in [start, end)."""
     tenant = scoped_tenant(ident, tenant_id)
     if user_id is not None:
         _user(ident, user_id)
@@ -315,6 +317,10 @@ def usage(
     keys: list[Any] = [s.tenant_id]
     if group_by == "user":
         keys += [s.user_id, User.email]
+    elif group_by == "token":  # app tokens only: each is a principal of its own
+        keys += [s.token_jti, AppToken.name]
+    elif group_by == "end_user":  # the OpenAI `user` field the caller sent
+        keys.append(s.end_user)
     elif group_by == "day":
         keys.append(
             func.date(s.created_at).label("day")
@@ -322,6 +328,12 @@ def usage(
     query = select(*keys, *measures).where(s.created_at >= start, s.created_at < end)
     if group_by == "user":
         query = query.join(User, User.id == s.user_id)
+    elif group_by == "token":
+        query = query.join(AppToken, AppToken.jti == s.token_jti)
+    elif group_by == "end_user":
+        query = query.where(s.end_user.is_not(None))
+    if token_jti is not None:
+        query = query.where(s.token_jti == token_jti)
     if tenant is not None:
         query = query.where(s.tenant_id == tenant)
     if user_id is not None:
@@ -335,6 +347,10 @@ def _usage_row(group_by: str, row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"tenant_id": row.tenant_id}
     if group_by == "user":
         out.update(user_id=row.user_id, user_email=row.email)
+    elif group_by == "token":
+        out.update(token_jti=row.token_jti, token_name=row.name)
+    elif group_by == "end_user":
+        out["end_user"] = row.end_user
     elif group_by == "day":
         out["day"] = str(row.day)[:10]
     prompt, completion = int(row.prompt_tokens), int(row.completion_tokens)

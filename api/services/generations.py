@@ -11,7 +11,7 @@ from flask import current_app
 
 from api.limits import admit, ratelimit_headers
 from auth.access import Identity
-from auth.models import Tenant
+from auth.models import AppToken, Tenant
 from core.errors import ApiError
 from core.store import db, new_id
 from streaming import state
@@ -19,12 +19,17 @@ from streaming.generation import Generation
 from streaming.limits import admission_control
 
 
-def allowed_models(tenant_id: str) -> list[str]:
-    """The models a tenant may use: its allow-list, or the deployment's default list."""
+def allowed_models(tenant_id: str, app_token_jti: str | None = None) -> list[str]:
+    """The models a tenant may use: its allow-list, or the deployment's default list; for an app
+    token, the part of that its own allow-list names."""
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None or tenant.disabled:
         raise ApiError(403, "This tenant is disabled.", code="tenant_disabled")
-    return list(tenant.allowed_models or current_app.config["LLM_MODELS"])
+    models = list(tenant.allowed_models or current_app.config["LLM_MODELS"])
+    token = db.session.get(AppToken, app_token_jti) if app_token_jti else None
+    if token is not None and token.models is not None:
+        models = [m for m in models if m in token.models]
+    return models
 
 
 def prompt_chars(messages: list[dict[str, Any]]) -> int:
@@ -67,8 +72,12 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
+#: Fields of a request that are Streamgate's, not the model server's.
+_NOT_FORWARDED = frozenset({"max_completion_tokens", "webhook_url"})
+
+
 def start_generation(
-    ident: Identity, body: dict[str, Any], mode: str
+    ident: Identity, body: dict[str, Any], mode: str, webhook_url: str | None = None
 ) -> tuple[Generation, dict[str, str]]:
     """Check the request against the tenant's models and bounds, admit it and record it.
 
@@ -76,7 +85,7 @@ def start_generation(
     """
     cfg = current_app.config
     model = body["model"]
-    if model not in allowed_models(ident.tenant_id):
+    if model not in allowed_models(ident.tenant_id, ident.jti if ident.kind == "app" else None):
         raise ApiError(
             404,
             f"The model '{model}' does not exist or you do not have access to it.",
@@ -111,7 +120,7 @@ def start_generation(
     # Everything else is forwarded as the client sent it. The cap goes out as max_tokens, the
     # name every OpenAI-compatible server reads (llama.cpp and older vLLM / Ollama ignore
     # max_completion_tokens, so the cap would silently not apply).
-    request = {key: value for key, value in body.items() if key != "max_completion_tokens"}
+    request = {key: value for key, value in body.items() if key not in _NOT_FORWARDED}
     request["model"] = model
     request["max_tokens"] = max_tokens
     params = {"max_tokens": max_tokens}
@@ -130,6 +139,8 @@ def start_generation(
         prompt_estimate=estimate,
         admission=admission.info,
         request=request,
+        webhook_url=webhook_url,
+        end_user=body.get("user") or None,
     )
     try:
         state.create(gen)

@@ -13,15 +13,15 @@ from typing import Any
 
 import redis
 
-from auth.access import Identity, may_manage
-from auth.models import Tenant, User, get_for_tenant, record_audit
+from auth.access import APP_PRINCIPAL, Identity, may_manage
+from auth.models import AppToken, Tenant, User, get_for_tenant, record_audit
 from core.errors import ApiError
 from core.store import db, get_redis, setting
 from streaming.limits.keys import CACHE_MAX_AGE_S, LIMITS, MAX_LIMIT, Scope, version_key
 
 log = logging.getLogger("streamgate.limits")
 
-Row = Tenant | User
+Row = Tenant | User | AppToken  # "user" scope: a user, or an app token ("app:<jti>")
 
 
 def default_limits(scope: Scope) -> dict[str, int]:
@@ -77,7 +77,7 @@ def set_limits(
             actor_id=actor_id,
             action=f"{scope}.limits.set",
             target_type=scope,
-            target_id=row.id,
+            target_id=row_id,
             reason=reason,
             details={"before": before, "after": after},
         )
@@ -128,6 +128,8 @@ def invalidate(tenant_id: str) -> None:
 def _row(scope: Scope, row_id: str) -> Row | None:
     if scope == "tenant":
         return db.session.get(Tenant, row_id)
+    if row_id.startswith(APP_PRINCIPAL):
+        return db.session.get(AppToken, row_id[len(APP_PRINCIPAL) :])
     return db.session.get(User, row_id)
 
 
@@ -142,6 +144,8 @@ def _tenant_of(row: Row) -> str:
 def _ids(row: Row) -> dict[str, str]:
     if isinstance(row, Tenant):
         return {"tenant_id": row.id}
+    if isinstance(row, AppToken):
+        return {"jti": row.jti, "tenant_id": row.tenant_id}
     return {"user_id": row.id, "tenant_id": row.tenant_id}
 
 
@@ -149,12 +153,12 @@ def _not_found(scope: Scope) -> ApiError:
     return ApiError(404, f"No such {scope}.", code=f"{scope}_not_found")
 
 
-def _visible(ident: Identity, scope: Scope, row_id: str) -> Row:
+def _visible(ident: Identity, scope: Scope, row_id: str) -> Tenant | User:
     """The row if ``ident`` may see its limits, else a 404 (another tenant's row included).
 
     Operators see every tenant and user; an admin sees their own tenant and its users.
     """
-    row: Row | None
+    row: Tenant | User | None
     if scope == "tenant":
         row = db.session.get(Tenant, row_id)
         if row is not None and not ident.is_operator and row.id != ident.tenant_id:

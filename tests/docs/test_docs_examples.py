@@ -29,9 +29,11 @@ from tests.support.live import start_gunicorn
 from tests.support.processes import stop_process
 
 pytestmark = [pytest.mark.live]
-PAGES = ("quickstart.md", "channels.md", "mobile.md", "limits.md")
+PAGES = ("quickstart.md", "channels.md", "mobile.md", "limits.md", "apps.md")
 # Per page, limits its user is given (limits.md shows a 429 with a concurrency limit of 1).
 USER_LIMITS = {"limits.md": {"concurrent": 1}}
+# Per page, the role of its reader (apps.md issues app tokens and allows webhook origins).
+USER_ROLES = {"apps.md": "admin"}
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -45,7 +47,7 @@ def test_every_page_has_examples_that_run(page: str) -> None:
 @dataclass
 class DocsServer:
     url: str
-    make_account: Callable[[dict[str, int] | None], dict[str, str]]
+    make_account: Callable[[dict[str, int] | None, str], dict[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def docs_server(
     hashed = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(PASSWORD)
     proc = None
 
-    def make_account(limits: dict[str, int] | None) -> dict[str, str]:
+    def make_account(limits: dict[str, int] | None, role: str = "member") -> dict[str, str]:
         with app.app_context():
             tenant = Tenant(
                 slug="docs-" + os.urandom(3).hex(), name="Docs", allowed_models=["fake-model"]
@@ -78,7 +80,7 @@ def docs_server(
             user = User(
                 tenant_id=tenant.id,
                 email="reader@docs.test",
-                role="member",
+                role=role,
                 password_hash=hashed,
                 limits=limits,
             )
@@ -90,7 +92,9 @@ def docs_server(
         with app.app_context():
             db.create_all()
         url, proc = start_gunicorn(
-            live_env(redis_server.url, db_url, upstream.base_url), tmp / "gunicorn.log"
+            # apps.md's webhook receiver listens on loopback.
+            live_env(redis_server.url, db_url, upstream.base_url, WEBHOOK_ALLOW_PRIVATE="true"),
+            tmp / "gunicorn.log",
         )
         yield DocsServer(url, make_account)
     finally:
@@ -106,7 +110,7 @@ def docs_server(
 
 def reader_env(server: DocsServer, page: str) -> dict[str, str]:
     """What the docs tell a reader to export, for a fresh user of a fresh tenant."""
-    account = server.make_account(USER_LIMITS.get(page))
+    account = server.make_account(USER_LIMITS.get(page), USER_ROLES.get(page, "member"))
     login = httpx.post(
         server.url + "/v1/auth/login", timeout=30, json={**account, "password": PASSWORD}
     )

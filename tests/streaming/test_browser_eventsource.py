@@ -7,7 +7,8 @@ Mid-stream the workers' Redis pub/sub connections are killed: each worker then e
 connections (it may have missed events) without ending the stream. The browser reconnects on its
 own, sending ``Last-Event-ID``, and the page ends with exactly the complete text.
 
-A second test opens the hub from another origin with a one-time ticket (CORS, no cookie).
+A second test opens the hub from another origin (a page of ``CORS_ORIGINS``, served by a second
+loopback server) with a one-time ticket (CORS, no cookie).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PageServer
 from tests.support.config import PASSWORD, ROOT
 from tests.support.hub import prompt, tenant_of
 
@@ -59,9 +60,16 @@ READER = """
 """
 
 
+@pytest.fixture(scope="module")
+def other_origin() -> Iterator[PageServer]:
+    server = PageServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture()
-def live_overrides() -> dict[str, str]:
-    return {"SSE_RETRY_MS": "300", "SSE_COALESCE_MS": "5"}
+def live_overrides(other_origin: PageServer) -> dict[str, str]:
+    return {"SSE_RETRY_MS": "300", "SSE_COALESCE_MS": "5", "CORS_ORIGINS": other_origin.origin}
 
 
 @pytest.fixture()
@@ -148,6 +156,7 @@ def test_another_origin_reads_a_channel_with_a_one_time_ticket(
     live: Any,
     live_user: Any,
     chromium: Any,
+    other_origin: PageServer,
 ) -> None:
     user, headers = live_user()
     with live.client() as client:
@@ -165,11 +174,10 @@ def test_another_origin_reads_a_channel_with_a_one_time_ticket(
             "/v1/events/tickets", headers=headers, json={"channel": started["channel"]}
         ).json()
     api_origin = live.url  # http://127.0.0.1:<port>
-    page_origin = api_origin.replace("127.0.0.1", "localhost")  # another origin, same server
     context = chromium.new_context()
     page = context.new_page()
     try:
-        page.goto(page_origin + "/healthz")
+        page.goto(other_origin.origin + "/")
         assert page.evaluate("location.origin") != api_origin
         page.evaluate(READER, [api_origin + ticket["events_url"], "stream.completed"])
         page.wait_for_function("window.sg.done", timeout=WAIT_MS)

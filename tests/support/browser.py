@@ -40,3 +40,37 @@ def log_in(page: Any, base_url: str, account: Account) -> None:
     page.click("#login-submit")
     page.locator("#app-view").wait_for(state="visible")
     page.locator("#model option[value='fake-model']").wait_for(state="attached")
+
+
+class PageServer:
+    """A second loopback origin: serves one empty HTML page, so a browser's requests to the API
+    from it are cross-origin (``http://127.0.0.1:<other port>``)."""
+
+    PAGE = b"<!doctype html><meta charset=utf-8><title>an app on another origin</title><body>"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        page = self.PAGE
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
