@@ -321,6 +321,16 @@ async def gather_bounded(coros: list[Callable[[], Awaitable[Any]]], parallel: in
 # --- latency: 1 / 50 / 200 concurrent streams at 20 ms per token ----------------------------------
 
 
+def _levels_result(prof: Profile, levels: dict[str, Any]) -> dict[str, Any]:
+    """A scenario's result: its levels and the stream shape they were measured with."""
+    return {
+        "status": "ok",
+        "tokens_per_stream": prof.tokens,
+        "delay_ms": prof.delay_ms,
+        "levels": levels,
+    }
+
+
 def _latency(name: str) -> Scenario:
     async def run(ctx: Ctx) -> dict[str, Any]:
         target = available(ctx, name)
@@ -347,12 +357,7 @@ def _latency(name: str) -> Scenario:
                 ),
             )
             await asyncio.sleep(0.5)
-        return {
-            "status": "ok",
-            "tokens_per_stream": prof.tokens,
-            "delay_ms": prof.delay_ms,
-            "levels": levels,
-        }
+        return _levels_result(prof, levels)
 
     return run
 
@@ -459,12 +464,7 @@ def _saturation(name: str) -> Scenario:
             }
             levels[str(level)] = out
             await asyncio.sleep(2.0)  # let the gateway drain before the next level
-        return {
-            "status": "ok",
-            "tokens_per_stream": prof.tokens,
-            "delay_ms": prof.delay_ms,
-            "levels": levels,
-        }
+        return _levels_result(prof, levels)
 
     return run
 

@@ -34,16 +34,6 @@ pytestmark = pytest.mark.live
 
 
 @pytest.fixture()
-def user(live: LiveServer, make_user: Callable[..., Any]) -> Any:
-    return make_user()
-
-
-@pytest.fixture()
-def headers(user: Any, auth_headers: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return auth_headers(user)
-
-
-@pytest.fixture()
 def sdk(live: LiveServer, headers: dict[str, str]) -> Iterator[openai.OpenAI]:
     """The openai SDK pointed at Streamgate, the user's access token as its API key."""
     client = openai.OpenAI(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -46,16 +46,6 @@ WEATHER_TOOL = {
     },
 }
 ARGUMENTS = "".join(TOOL_ARGUMENTS)
-
-
-@pytest.fixture()
-def user(live: LiveServer, make_user: Callable[..., Any]) -> Any:
-    return make_user()
-
-
-@pytest.fixture()
-def headers(user: Any, auth_headers: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return auth_headers(user)
 
 
 @pytest.fixture()
