@@ -140,7 +140,7 @@ def charge_refused_request(response: Any) -> Any:
     if ident is None:  # refused before authentication: nobody to charge
         return response
     try:
-        admission_control(current_app).charge_request(ident.tenant_id, ident.user_id)
+        admission_control(current_app).charge_request(ident.tenant_id, ident.principal_id)
     except LimitExceeded as exc:
         return error_response(too_many_requests(exc))
     except redis.RedisError:
