@@ -151,9 +151,7 @@ def charge_refused_request(response: Any) -> Any:
 # --- load shedding at the door -----------------------------------------------------------------
 
 #: What the door guards: starting a generation (either mode) and opening a hub connection.
-SHED_ENDPOINTS = frozenset(
-    {"chat.create_chat_completion", "streams.create_stream", "events.stream"}
-)
+SHED_ENDPOINTS = GENERATION_ENDPOINTS | {"events.stream"}
 
 
 def refuse_when_overloaded() -> None:
@@ -165,7 +163,7 @@ def refuse_when_overloaded() -> None:
     if request.endpoint not in SHED_ENDPOINTS:
         return
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    starts_a_run = request.endpoint != "events.stream"
+    starts_a_run = request.endpoint in GENERATION_ENDPOINTS
     refusal = load_monitor(app).refusal(len(registry(app).runs) if starts_a_run else None)
     if refusal is not None:
         raise overloaded(refusal.reason)

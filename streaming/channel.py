@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -31,13 +30,7 @@ def _publish(channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> s
     return hub.publish({"type": event, **payload}, type=event, channel=channel, ttl_s=ttl_s)
 
 
-def _lifecycle(
-    app: Flask,
-    gen: Generation,
-    event: str,
-    extra: dict[str, Any],
-    on_error: Callable[[BaseException], None] | None = None,
-) -> None:
+def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
     """A stream's lifecycle event on its user's channel (queued: nobody waits for it)."""
     hub.publish_later(
         {
@@ -52,7 +45,6 @@ def _lifecycle(
         type=event,
         channel=user_channel(gen.user_id),
         ttl_s=int(app.config["STREAM_LOG_TTL_S"]),
-        on_error=on_error,
     )
 
 
@@ -151,9 +143,16 @@ class LogSink:
         if self.failed is None:
             self.failed = exc
 
+    def _queue(self, event: str, data: str | dict[str, Any]) -> None:
+        """Queue one of the stream's events for the log writer (a failure fails the run)."""
+        hub.publish_later(
+            data, type=event, channel=self.channel, ttl_s=self.running_ttl, on_error=self._lost
+        )
+
     def started(self) -> None:
         gen = self.gen
-        hub.publish_later(
+        self._queue(
+            "stream.started",
             {
                 "type": "stream.started",
                 "stream_id": gen.stream_id,
@@ -161,10 +160,6 @@ class LogSink:
                 "mode": gen.mode,
                 "created": gen.created,
             },
-            type="stream.started",
-            channel=self.channel,
-            ttl_s=self.running_ttl,
-            on_error=self._lost,
         )
         _lifecycle(self.app, gen, "stream.started", {"status": "running"})
 
@@ -204,13 +199,7 @@ class LogSink:
         self.buffer.clear()
         self.buffer_bytes = 0
         self.last_flush = now
-        hub.publish_later(
-            sse.dumps(payload),
-            type="token",
-            channel=self.channel,
-            ttl_s=self.running_ttl,
-            on_error=self._lost,
-        )
+        self._queue("token", sse.dumps(payload))
 
     # --- tool calls and reasoning: events of their own, after the tokens that came before ---
 
@@ -236,13 +225,7 @@ class LogSink:
         with self.lock:
             if self.buffer:  # tokens that came first are queued first
                 self._flush_locked(time.monotonic())
-            hub.publish_later(
-                sse.dumps(payload),
-                type=event,
-                channel=self.channel,
-                ttl_s=self.running_ttl,
-                on_error=self._lost,
-            )
+            self._queue(event, sse.dumps(payload))
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:

@@ -37,8 +37,7 @@ _MONITOR = "streamgate.load"
 
 @dataclass
 class Refusal:
-    reason: str  # "event_loop_lag" | "capacity" | "max_runs"
-    detail: str
+    reason: str  # "event_loop_lag" | "capacity" | "max_runs": the metric's label
 
 
 class LoadMonitor:
@@ -98,14 +97,11 @@ class LoadMonitor:
         which only the lag refuses.
         """
         if self.lag_limit_s > 0 and self.lag_s > self.lag_limit_s:
-            return Refusal(
-                "event_loop_lag",
-                f"event loop {self.lag_s * 1000:.0f} ms late (limit {self.lag_limit_s * 1000:.0f})",
-            )
+            return Refusal("event_loop_lag")
         if running is not None and running >= self.capacity:
-            return Refusal("capacity", f"{running} generations running (learned capacity)")
+            return Refusal("capacity")
         if running is not None and self.max_runs > 0 and running >= self.max_runs:
-            return Refusal("max_runs", f"{running} generations running (limit {self.max_runs})")
+            return Refusal("max_runs")
         return None
 
     def stop(self) -> None:

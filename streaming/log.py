@@ -261,17 +261,13 @@ class EventLog:
             return [self.maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, "0"]
         # A user's channel is appended to for as long as the user works: bounded by count and age.
         oldest = f"{int((time.time() - self.user_max_age_s) * 1000)}-0"
-        args = [self.user_maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, oldest]
-        return args
+        return [self.user_maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, oldest]
 
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
         """Append one event exactly once, after everything this process queued before it, and
         wait for it (retried through a Redis restart); returns its entry id."""
-        done = threading.Event()
-        item = _Append(channel, self._args(channel, event, data, ttl_s), done, None)
-        self._writer_here().put(item)
-        # The writer gives up after retry_s; the margin covers its queue ahead of this append.
-        if not done.wait(self.retry_s + 30):
+        item = _Append(channel, self._args(channel, event, data, ttl_s), threading.Event(), None)
+        if not self._put_and_wait(item):
             raise AppendFailed("The event log writer did not answer.")
         if item.error is not None:
             raise item.error
@@ -291,9 +287,16 @@ class EventLog:
 
     def wait_written(self) -> None:
         """Wait until every append this process queued before now is written (or failed)."""
-        done = threading.Event()
-        self._writer_here().put(_Append(None, [], done, None))
-        done.wait(self.retry_s + 30)
+        self._put_and_wait(_Append(None, [], threading.Event(), None))
+
+    def _put_and_wait(self, item: _Append) -> bool:
+        """Queue ``item`` and wait until the writer is past it; False when it did not answer.
+
+        The writer gives up on a batch after ``retry_s``; the margin covers its queue ahead.
+        """
+        assert item.done is not None
+        self._writer_here().put(item)
+        return item.done.wait(self.retry_s + 30)
 
     def close(self) -> None:
         """Stop this process's writer after what is queued (app shutdown, tests)."""
@@ -365,7 +368,7 @@ _EVENT_LOG = "streamgate.event_log"
 
 
 def event_log(app: Flask) -> EventLog:
-    """The app's event log (no background work: appending needs only the Redis client)."""
+    """The app's event log; its writer starts with this process's first append."""
     current: EventLog | None = app.extensions.get(_EVENT_LOG)
     if current is None:
         cfg = app.config
