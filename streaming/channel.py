@@ -2,7 +2,8 @@
 
 Events on ``streams/<id>``: ``stream.started``, ``token`` (coalesced), and one terminal event
 (``stream.completed`` / ``stream.failed`` / ``stream.cancelled`` / ``stream.revoked``).
-Lifecycle events of every stream also go to ``users/<user id>`` so a second device can attach.
+Lifecycle events of every stream also go to ``users/<user id>`` so a second device can attach,
+and to ``tenants/<tenant id>``, the admins' live feed (an operator's streams excepted).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from streaming.generation import (
     Generation,
     Outcome,
     stream_channel,
+    tenant_channel,
     terminal_event,
     user_channel,
 )
@@ -31,21 +33,24 @@ def _publish(channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> s
 
 
 def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
-    """A stream's lifecycle event on its user's channel (queued: nobody waits for it)."""
-    hub.publish_later(
-        {
-            "type": event,
-            "stream_id": gen.stream_id,
-            "channel": stream_channel(gen.stream_id),
-            "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
-            "mode": gen.mode,
-            "model": gen.model,
-            **extra,
-        },
-        type=event,
-        channel=user_channel(gen.user_id),
-        ttl_s=int(app.config["STREAM_LOG_TTL_S"]),
-    )
+    """A stream's lifecycle event on its user's channel and its tenant's admin channel (queued:
+    nobody waits for it)."""
+    payload = {
+        "type": event,
+        "stream_id": gen.stream_id,
+        "channel": stream_channel(gen.stream_id),
+        "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
+        "mode": gen.mode,
+        "model": gen.model,
+        "user_id": gen.user_id,
+        "created": gen.created,
+        **extra,
+    }
+    ttl = int(app.config["STREAM_LOG_TTL_S"])
+    encoded = sse.dumps(payload)  # once for both channels
+    hub.publish_later(encoded, type=event, channel=user_channel(gen.user_id), ttl_s=ttl)
+    if not gen.operator_owned:
+        hub.publish_later(encoded, type=event, channel=tenant_channel(gen.tenant_id), ttl_s=ttl)
 
 
 def publish_terminal(
@@ -55,7 +60,12 @@ def publish_terminal(
     ttl = int(app.config["STREAM_LOG_TTL_S"])
     event, payload = terminal_event(outcome, prompt_tokens, completion_tokens)
     _publish(stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl)
-    _lifecycle(app, gen, event, {"status": outcome.status})
+    ended: dict[str, str | None] = {"status": outcome.status}
+    if outcome.status in ("revoked", "cancelled"):
+        ended.update(by=outcome.revoked_by, reason=outcome.reason)
+    elif outcome.status == "failed":
+        ended["error_code"] = outcome.error_code
+    _lifecycle(app, gen, event, {k: v for k, v in ended.items() if v is not None})
 
 
 def assemble_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
