@@ -243,13 +243,16 @@ def test_every_tab_fits_the_screen_works_from_the_keyboard_and_logs_no_error(
     console.context.close()
 
 
-def test_a_member_and_a_stranger_are_told_what_the_console_is(
+def test_a_member_and_a_stranger_are_told_what_the_console_is_in_dark_mode_too(
     live: Any, browser: Any, accounts: Any, screenshot: Any
 ) -> None:
-    context = browser.new_context(viewport=VIEWPORTS["phone"])
+    context = browser.new_context(viewport=VIEWPORTS["phone"], color_scheme="dark")
     page = context.new_page()
     errors = PageErrors(page)
     page.goto(live.url + "/console")
+    # prefers-color-scheme: dark gives the dark theme (light text on a dark background).
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(18, 21, 28)", background
     expect(page.locator("#gate-message")).to_have_text("You are not logged in.")
     expect(page.locator("#gate-login a")).to_be_visible()
     # (The playground's own logged-out visit is the playground's business: a page of its own.)

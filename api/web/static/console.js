@@ -4,7 +4,11 @@
 // Live streams: a snapshot from `GET /v1/admin/streams`, then every change pushed on the hub's
 // admin channel `tenants/<tenant id>` (EventSource): nothing is polled. Every other tab is one
 // of the documented admin routes: /v1/admin/users, /v1/tokens, limits, usage, audit, tenants.
-"use strict";
+import {
+  $, allPages, api, button, code, confirmAction, cookie, el, fillSelect, query, refresh, report,
+  request, status, td, time,
+} from "./console/core.js";
+import { loadUsage, resizeCharts } from "./console/usage.js";
 
 (() => {
   const TERMINAL = {
@@ -17,9 +21,7 @@
   const LIMIT_NAMES = { rpm: "Requests per minute", concurrent: "Concurrent streams", tpm: "Tokens per minute", tpd: "Tokens per day" };
   const RECENT_MAX = 50;
   const MAX_REOPENS = 3;
-  const PALETTE = ["#3151d3", "#d9480f", "#2b8a3e", "#ae3ec9", "#e8590c", "#1098ad", "#c2255c", "#5c940d"];
 
-  const $ = (id) => document.getElementById(id);
   const state = {
     me: null,
     operator: false,
@@ -31,148 +33,8 @@
     lastId: null,
     reopens: 0,
     renderQueued: false,
-    refreshing: null,
-    charts: [],
     auditPage: 1,
   };
-
-  // --- HTTP ----------------------------------------------------------------------------------
-
-  class HttpError extends Error {
-    constructor(status, body) {
-      super(messageOf(body) || `HTTP ${status}`);
-      this.status = status;
-    }
-  }
-
-  function messageOf(body) {
-    if (!body || typeof body !== "object") return typeof body === "string" ? body : "";
-    if (body.error && body.error.message) return body.error.message;
-    const fields = body.errors && typeof body.errors === "object" ? Object.entries(body.errors) : [];
-    const detail = fields.map(([k, v]) => `${k}: ${[].concat(v).join(" ")}`).join("; ");
-    return (body.message || "") + (detail && body.code === 422 ? ` (${detail})` : "");
-  }
-
-  function cookie(name) {
-    const match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
-    return match ? decodeURIComponent(match[1]) : "";
-  }
-
-  function refresh() {
-    if (!state.refreshing) {
-      state.refreshing = fetch("/v1/auth/refresh", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "X-CSRF-TOKEN": cookie("csrf_refresh_token") },
-      })
-        .then((r) => r.ok)
-        .catch(() => false)
-        .finally(() => { state.refreshing = null; });
-    }
-    return state.refreshing;
-  }
-
-  // One request; resolves with {data, headers}. A 401 is retried once after a refresh.
-  async function request(method, url, body, retried = false) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (method !== "GET") headers["X-CSRF-TOKEN"] = cookie("csrf_access_token");
-    const response = await fetch(url, {
-      method, headers, credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (response.status === 401 && !retried && (await refresh())) {
-      return request(method, url, body, true);
-    }
-    const text = await response.text();
-    let data = null;
-    if (text) {
-      try { data = JSON.parse(text); } catch { data = text; }
-    }
-    if (!response.ok) throw new HttpError(response.status, data);
-    return { data, headers: response.headers };
-  }
-
-  const api = async (method, url, body) => (await request(method, url, body)).data;
-
-  function query(params) {
-    const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, v);
-    return q.toString();
-  }
-
-  // Every page of a paginated list (bounded).
-  async function allPages(path, params, maxPages = 20) {
-    const rows = [];
-    for (let page = 1; page <= maxPages; page += 1) {
-      const { data, headers } = await request("GET", `${path}?${query({ ...params, page, page_size: 100 })}`);
-      rows.push(...data);
-      const info = JSON.parse(headers.get("X-Pagination") || "{}");
-      if (!info.next_page) break;
-    }
-    return rows;
-  }
-
-  function report(id, err) { $(id).textContent = err ? err.message || String(err) : ""; }
-
-  // --- small DOM helpers ---------------------------------------------------------------------
-
-  function el(tag, props = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(props)) {
-      if (k === "dataset") Object.assign(node.dataset, v);
-      else if (k in node) node[k] = v;
-      else node.setAttribute(k, v);
-    }
-    node.append(...children.filter((c) => c !== null && c !== undefined));
-    return node;
-  }
-
-  // A table cell labelled with its column (the label shows when a narrow screen stacks rows).
-  function td(label, ...content) { return el("td", { dataset: { label } }, ...content); }
-
-  function button(text, onClick, className = "small") {
-    const b = el("button", { type: "button", className, textContent: text });
-    b.addEventListener("click", () => onClick(b));
-    return b;
-  }
-
-  const code = (text) => el("code", { textContent: text });
-  const time = (t) => (t ? new Date(t).toLocaleString() : "");
-  const userLabel = (id) => (state.users.get(id) || {}).email || id || "";
-
-  function status(text) { return el("span", { className: "status", textContent: text, dataset: { status: text } }); }
-
-  function fillSelect(select, options, keep = true) {
-    const current = select.value;
-    const first = select.options[0] && select.options[0].value === "" ? select.options[0] : null;
-    select.replaceChildren(...(first ? [first] : []), ...options.map(([v, t]) => new Option(t, v)));
-    if (keep && [...select.options].some((o) => o.value === current)) select.value = current;
-  }
-
-  // The confirmation dialog: resolves with the reason typed, or null when cancelled.
-  function confirmAction(title, text, ok) {
-    const dialog = $("confirm");
-    $("confirm-title").textContent = title;
-    $("confirm-text").textContent = text;
-    $("confirm-ok").textContent = ok;
-    $("confirm-reason").value = "";
-    return new Promise((resolve) => {
-      const done = (value) => { dialog.onclose = null; resolve(value); };
-      $("confirm-form").onsubmit = (event) => {
-        event.preventDefault();
-        const reason = $("confirm-reason").value.trim();
-        if (!reason) { $("confirm-reason").reportValidity(); return; }
-        dialog.onclose = null;
-        dialog.close();
-        resolve(reason);
-      };
-      $("confirm-cancel").onclick = () => dialog.close();
-      dialog.onclose = () => done(null);
-      dialog.showModal();
-      $("confirm-reason").focus();
-    });
-  }
 
   // --- session and tabs ----------------------------------------------------------------------
 
@@ -218,6 +80,8 @@
     const wanted = location.hash.slice(1);
     selectTab(TABS.includes(wanted) && !$("tab-" + wanted).hidden ? wanted : "live", false);
   }
+
+  const userLabel = (id) => (state.users.get(id) || {}).email || id || "";
 
   const visibleTabs = () => TABS.filter((name) => !$("tab-" + name).hidden);
 
@@ -504,7 +368,7 @@
       const input = el("input", { type: "number", min: "0", name: key, value: value ?? "", disabled: !editable,
         "aria-label": `${LIMIT_NAMES[key]} override`, placeholder: "default" });
       return el("tr", { dataset: { limit: key } }, el("td", { textContent: LIMIT_NAMES[key] }), el("td", {}, input),
-        el("td", { textContent: String(limits.defaults[key]) }), el("td", { className: "effective", textContent: String(limits.effective[key]) }));
+        el("td", { textContent: limits.defaults[key].toLocaleString() }), el("td", { className: "effective", textContent: limits.effective[key].toLocaleString() }));
     })));
   }
 
@@ -539,84 +403,6 @@
     } catch (err) {
       report("limits-error", err);
     }
-  }
-
-  // --- usage ---------------------------------------------------------------------------------
-
-  function dayList(days) {
-    const out = [];
-    const today = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), new Date().getUTCDate());
-    for (let i = days - 1; i >= 0; i -= 1) out.push(new Date(today - i * 86400000).toISOString().slice(0, 10));
-    return out;
-  }
-
-  // Rows {day, <key>, value} -> series by key over the days (zeros where nothing happened).
-  function seriesOf(rows, days, keyOf, valueOf) {
-    const series = new Map();
-    for (const row of rows) {
-      const key = keyOf(row);
-      if (!series.has(key)) series.set(key, new Array(days.length).fill(0));
-      const at = days.indexOf(row.day);
-      if (at >= 0) series.get(key)[at] += valueOf(row);
-    }
-    return series;
-  }
-
-  function drawChart(figure, days, series) {
-    const plot = figure.querySelector(".plot");
-    const names = [...series.keys()];
-    const values = names.map((n) => series.get(n));
-    const total = values.flat().reduce((a, b) => a + b, 0);
-    figure.dataset.total = String(total);
-    figure.dataset.series = JSON.stringify(names);
-    plot.replaceChildren();
-    const table = el("table", {}, el("thead", {}, el("tr", {}, el("th", { textContent: "Day" }),
-      ...names.map((n) => el("th", { textContent: n })))),
-    el("tbody", {}, ...days.map((day, i) => values.some((v) => v[i]) ? el("tr", {}, el("td", { textContent: day }),
-      ...values.map((v) => el("td", { textContent: String(v[i]) }))) : null)));
-    const details = figure.querySelector("details") || el("details", {}, el("summary", { textContent: "Data" }));
-    details.replaceChildren(details.querySelector("summary"), el("div", { className: "scroll" }, table));
-    figure.append(details);
-    if (!names.length) {
-      plot.append(el("p", { className: "muted small", textContent: "Nothing in this range." }));
-      return;
-    }
-    const xs = days.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
-    const dark = matchMedia("(prefers-color-scheme: dark)").matches;
-    const ink = dark ? "#c9cede" : "#3a4052";
-    const grid = dark ? "#30364a" : "#e6e8ef";
-    const axis = { stroke: ink, grid: { stroke: grid }, ticks: { stroke: grid } };
-    const chart = new uPlot({
-      width: Math.max(240, plot.clientWidth), height: 220,
-      scales: { x: { time: true } },
-      axes: [{ ...axis }, { ...axis, size: 56 }],
-      series: [{}, ...names.map((n, i) => ({ label: n, stroke: PALETTE[i % PALETTE.length], width: 2, points: { show: true } }))],
-    }, [xs, ...values], plot);
-    state.charts.push({ chart, plot });
-  }
-
-  async function loadUsage() {
-    const days = dayList(Number($("usage-days").value));
-    const from = days[0];
-    const base = { from, tenant: tenantParam() };
-    for (const { chart } of state.charts) chart.destroy();
-    state.charts = [];
-    const [byUser, byModel, byDay] = await Promise.all([
-      allPages("/v1/admin/usage", { ...base, group_by: "user", per_day: "true" }),
-      allPages("/v1/admin/usage", { ...base, group_by: "model", per_day: "true" }),
-      allPages("/v1/admin/usage", { ...base, group_by: "day" }),
-    ]);
-    const tokens = (r) => r.total_tokens;
-    drawChart($("chart-users"), days, seriesOf(byUser, days, (r) => r.user_email || r.user_id, tokens));
-    drawChart($("chart-models"), days, seriesOf(byModel, days, (r) => r.model, tokens));
-    const requests = seriesOf(byDay, days, () => "requests", (r) => r.streams);
-    const refusals = seriesOf(byDay, days, () => "refusals", (r) => r.refusals || 0);
-    drawChart($("chart-requests"), days, new Map([...requests, ...refusals]));
-    report("usage-error");
-  }
-
-  function resizeCharts() {
-    for (const { chart, plot } of state.charts) chart.setSize({ width: Math.max(240, plot.clientWidth), height: 220 });
   }
 
   // --- audit log -----------------------------------------------------------------------------
@@ -678,7 +464,7 @@
   // --- wiring --------------------------------------------------------------------------------
 
   const LOADERS = {
-    users: loadUsers, tokens: loadTokens, limits: loadLimits, usage: loadUsage,
+    users: loadUsers, tokens: loadTokens, limits: loadLimits, usage: () => loadUsage(tenantParam()),
     audit: () => loadAudit(false), tenants: loadTenants,
   };
 
@@ -696,7 +482,7 @@
     $("tenant-limits-form").addEventListener("submit", (e) => saveLimits(e, `/v1/admin/tenants/${encodeURIComponent(state.tenantId)}/limits`, $("tenant-limits")));
     $("user-limits-form").addEventListener("submit", (e) => saveLimits(e, `/v1/admin/users/${encodeURIComponent($("limits-user").value)}/limits`, $("user-limits")));
     $("limits-user").addEventListener("change", guard("limits-error", loadUserLimits));
-    $("usage-days").addEventListener("change", guard("usage-error", loadUsage));
+    $("usage-days").addEventListener("change", guard("usage-error", () => loadUsage(tenantParam())));
     $("audit-form").addEventListener("submit", (e) => { e.preventDefault(); loadAudit(false).catch((err) => report("audit-error", err)); });
     $("audit-more").addEventListener("click", guard("audit-error", () => loadAudit(true)));
     $("tenant-form").addEventListener("submit", createTenant);
