@@ -8,6 +8,7 @@ start and its end there, with whose stream it is and, when revoked, by whom and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -137,3 +138,41 @@ def test_an_operators_streams_stay_off_their_tenants_feed(
         hub.close()
     ids = {e.data["stream_id"] for e in hub.events if e.event != "ping"}
     assert shown["id"] in ids and hidden["id"] not in ids
+
+
+def test_a_direct_mode_stream_is_announced_to_the_admins_only(
+    app: Any,
+    client: Any,
+    make_user: Callable[..., Any],
+    auth_headers: Callable[..., dict[str, str]],
+    fake_upstream: Any,
+) -> None:
+    member = make_user()
+    headers, member_id, tenant_id = auth_headers(member), member.id, member.tenant_id
+    answer = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-model",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers=headers,
+    )
+    assert answer.status_code == 200
+    stream_id = answer.headers["X-Stream-Id"]
+    assert answer.get_data(as_text=True).rstrip().endswith("data: [DONE]")
+
+    log = event_log(app)
+    tenant_events = wait_until(
+        lambda: (
+            (rows := log.replay(tenant_channel(tenant_id), None))
+            and rows[-1][1] == "stream.completed"
+            and rows
+        )
+    )
+    started, completed = (json.loads(data) for _id, _event, data in tenant_events)
+    assert started["stream_id"] == completed["stream_id"] == stream_id
+    assert started["mode"] == "direct" and started["user_id"] == member_id
+    assert completed["status"] == "completed"
+    # Nothing on the user's channel: a direct stream cannot be attached to from another device.
+    assert log.replay(user_channel(member_id), None) == []
