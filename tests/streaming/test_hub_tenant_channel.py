@@ -2,8 +2,8 @@
 
 Readable by the tenant's admins and operators only (a member, or another tenant's admin, gets the
 same 403 whether or not the tenant exists; a malformed name is a 400 decided before Redis: see
-``MALFORMED`` in test_hub_access, also run without Redis). Each channel-mode stream announces its
-start and its end there, with whose stream it is and, when revoked, by whom and why.
+``MALFORMED`` in test_hub_access, also run without Redis). Each stream, in either mode, announces
+its start and its end there, with whose stream it is and, when revoked, by whom and why.
 """
 
 from __future__ import annotations
