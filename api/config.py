@@ -101,7 +101,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("SSE_MAX_SUBSCRIPTIONS_PER_USER", "20", int, "Open hub connections one user may hold at once (429 past it)."),
     Var("SSE_SEND_TIMEOUT_S", "30", float, "A subscriber that does not read for this long is disconnected, seconds."),
     Var("STREAM_LOG_MAXLEN", "20000", int, "Most events kept in one stream's Redis log."),
-    Var("USER_LOG_MAXLEN", "1000", int, "Most lifecycle events kept in one user's `users/<id>` log (none older than `STREAM_LOG_TTL_S`)."),
+    Var("USER_LOG_MAXLEN", "1000", int, "Most lifecycle events kept in one `users/<id>` or `tenants/<id>` log (none older than `STREAM_LOG_TTL_S`)."),
     Var("SSE_CONNECTS_PER_MINUTE", "1200", int, "Hub connections (`GET /v1/events`, reconnects included) one user may open per minute (429 past it)."),
     Var("STREAM_LOG_TTL_S", "3600", int, "How long a finished stream's log stays replayable, seconds."),
     Var("STREAM_MAX_DURATION_S", "600", float, "A generation running longer than this is stopped and marked failed, seconds."),

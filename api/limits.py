@@ -18,7 +18,14 @@ from flask import after_this_request, current_app, g, request
 from api.errors import error_response, overloaded, wants_openai_shape
 from auth.access import Identity, current_identity
 from core.errors import ApiError
-from streaming.limits import WINDOW_S, Admission, LimitExceeded, LimitState, admission_control
+from streaming.limits import (
+    WINDOW_S,
+    Admission,
+    LimitExceeded,
+    LimitState,
+    admission_control,
+    count_refusal,
+)
 from streaming.load import load_monitor
 from streaming.runner import registry
 
@@ -94,6 +101,7 @@ def admit(ident: Identity, estimate_tokens: int, stream_id: str) -> Admission:
     try:
         return control.admit(ident.tenant_id, ident.principal_id, estimate_tokens, stream_id)
     except LimitExceeded as exc:
+        count_refusal(ident.tenant_id, ident.principal_id)
         raise too_many_requests(exc) from None
 
 
@@ -108,6 +116,7 @@ def rate_limited(view: F) -> F:
                 ident.tenant_id, ident.principal_id
             )
         except LimitExceeded as exc:
+            count_refusal(ident.tenant_id, ident.principal_id)
             raise too_many_requests(exc) from None
         if state is not None:
             headers = ratelimit_headers(state)
@@ -142,6 +151,7 @@ def charge_refused_request(response: Any) -> Any:
     try:
         admission_control(current_app).charge_request(ident.tenant_id, ident.principal_id)
     except LimitExceeded as exc:
+        count_refusal(ident.tenant_id, ident.principal_id)
         return error_response(too_many_requests(exc))
     except redis.RedisError:
         pass  # the refusal stands; counting it is not worth failing it

@@ -24,8 +24,8 @@ from core.store import db
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Ids are "<prefix>_" + 20 lowercase alphanumerics (core.store.new_id); nothing else is a channel.
-CHANNEL_RE = re.compile(r"\A(streams|users)/((?:str|usr)_[a-z0-9]{20})\Z")
-_PREFIX = {"streams": "str_", "users": "usr_"}
+CHANNEL_RE = re.compile(r"\A(streams|users|tenants)/((?:str|usr|ten)_[a-z0-9]{20})\Z")
+_PREFIX = {"streams": "str_", "users": "usr_", "tenants": "ten_"}
 APP_PRINCIPAL = "app:"  # limits principal of an app token: "app:<jti>"
 
 
@@ -120,12 +120,13 @@ def require(
 
 
 def parse_channel(channel: str | None) -> tuple[str, str]:
-    """Split ``streams/<id>`` or ``users/<id>``; anything else is a 400."""
+    """Split ``streams/<id>``, ``users/<id>`` or ``tenants/<id>``; anything else is a 400."""
     match = CHANNEL_RE.match(channel or "")
     if match is None or not match.group(2).startswith(_PREFIX[match.group(1)]):
         raise ApiError(
             400,
-            "Malformed channel: expected 'streams/<stream id>' or 'users/<user id>'",
+            "Malformed channel: expected 'streams/<stream id>', 'users/<user id>' "
+            "or 'tenants/<tenant id>'",
             errors={"channel": ["Malformed channel name."]},
             code="invalid_channel",
         )
@@ -139,13 +140,16 @@ def may_read(
 
     ``owner_of(stream_id)`` returns ``(tenant_id, user_id)`` of a stream, or None if unknown;
     ``users/<id>`` channels are resolved the same way through the caller's own identity or
-    ``owner_of`` for users (prefix ``usr_``).
+    ``owner_of`` for users (prefix ``usr_``). ``tenants/<id>`` (every stream's lifecycle in a
+    tenant) is an admin feed: its tenant's admins and operators only, never a member.
     """
     if "read" not in ident.scopes:
         return False
-    _kind, object_id = parse_channel(channel)
+    kind, object_id = parse_channel(channel)
     if ident.is_operator and "admin" in ident.scopes:
         return True
+    if kind == "tenants":
+        return ident.is_admin and object_id == ident.tenant_id
     owner = owner_of(object_id)
     if owner is None:
         return False

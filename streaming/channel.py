@@ -2,11 +2,14 @@
 
 Events on ``streams/<id>``: ``stream.started``, ``token`` (coalesced), and one terminal event
 (``stream.completed`` / ``stream.failed`` / ``stream.cancelled`` / ``stream.revoked``).
-Lifecycle events of every stream also go to ``users/<user id>`` so a second device can attach.
+Lifecycle events of every stream also go to ``users/<user id>`` so a second device can attach,
+and to ``tenants/<tenant id>``, the admins' live feed (an operator's streams excepted); a
+direct-mode stream's go to the tenant's channel only (``DirectSink``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -18,34 +21,44 @@ from streaming.generation import (
     Generation,
     Outcome,
     stream_channel,
+    tenant_channel,
     terminal_event,
     user_channel,
 )
 from streaming.greenlets import call_later
 from streaming.hub import hub
 from streaming.log import event_log
+from streaming.runner import QueueSink
+
+log = logging.getLogger("streamgate.channel")
 
 
 def _publish(channel: str, event: str, payload: dict[str, Any], ttl_s: int) -> str:
     return hub.publish({"type": event, **payload}, type=event, channel=channel, ttl_s=ttl_s)
 
 
-def _lifecycle(app: Flask, gen: Generation, event: str, extra: dict[str, Any]) -> None:
-    """A stream's lifecycle event on its user's channel (queued: nobody waits for it)."""
-    hub.publish_later(
-        {
-            "type": event,
-            "stream_id": gen.stream_id,
-            "channel": stream_channel(gen.stream_id),
-            "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
-            "mode": gen.mode,
-            "model": gen.model,
-            **extra,
-        },
-        type=event,
-        channel=user_channel(gen.user_id),
-        ttl_s=int(app.config["STREAM_LOG_TTL_S"]),
-    )
+def _lifecycle(
+    app: Flask, gen: Generation, event: str, extra: dict[str, Any], *, user: bool = True
+) -> None:
+    """A stream's lifecycle event on its user's channel (``user``) and its tenant's admin
+    channel (queued: nobody waits for it)."""
+    payload = {
+        "type": event,
+        "stream_id": gen.stream_id,
+        "channel": stream_channel(gen.stream_id),
+        "events_url": "/v1/events?channel=" + stream_channel(gen.stream_id),
+        "mode": gen.mode,
+        "model": gen.model,
+        "user_id": gen.user_id,
+        "created": gen.created,
+        **extra,
+    }
+    ttl = int(app.config["STREAM_LOG_TTL_S"])
+    encoded = sse.dumps(payload)  # once for both channels
+    if user:
+        hub.publish_later(encoded, type=event, channel=user_channel(gen.user_id), ttl_s=ttl)
+    if not gen.operator_owned:
+        hub.publish_later(encoded, type=event, channel=tenant_channel(gen.tenant_id), ttl_s=ttl)
 
 
 def publish_terminal(
@@ -55,7 +68,40 @@ def publish_terminal(
     ttl = int(app.config["STREAM_LOG_TTL_S"])
     event, payload = terminal_event(outcome, prompt_tokens, completion_tokens)
     _publish(stream_channel(gen.stream_id), event, {"stream_id": gen.stream_id, **payload}, ttl)
-    _lifecycle(app, gen, event, {"status": outcome.status})
+    _announce_end(app, gen, outcome)
+
+
+def _announce_end(app: Flask, gen: Generation, outcome: Outcome, *, user: bool = True) -> None:
+    """A stream's terminal lifecycle event: how it ended (a revoke's by whom and why)."""
+    event, _payload = terminal_event(outcome, 0, 0)
+    ended: dict[str, str | None] = {"status": outcome.status}
+    if outcome.status in ("revoked", "cancelled"):
+        ended.update(by=outcome.revoked_by, reason=outcome.reason)
+    elif outcome.status == "failed":
+        ended["error_code"] = outcome.error_code
+    extra = {k: v for k, v in ended.items() if v is not None}
+    _lifecycle(app, gen, event, extra, user=user)
+
+
+class DirectSink(QueueSink):
+    """Direct mode's sink: the response's queue, and the stream's start and end on the tenant's
+    admin channel, so an admin's live list hears of it (a direct stream belongs to its one
+    connection: nothing goes to the user's channel, where other devices would try to attach)."""
+
+    def __init__(self, app: Flask, gen: Generation) -> None:
+        super().__init__()
+        self.app = app
+        self.gen = gen
+
+    def started(self) -> None:
+        _lifecycle(self.app, self.gen, "stream.started", {"status": "running"}, user=False)
+
+    def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
+        super().finished(outcome, prompt_tokens, completion_tokens)
+        try:  # the client has its end; an announcement that fails must not send it twice
+            _announce_end(self.app, self.gen, outcome, user=False)
+        except Exception:  # noqa: BLE001
+            log.warning("could not announce the end of %s", self.gen.stream_id, exc_info=True)
 
 
 def assemble_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
@@ -100,8 +146,10 @@ class TerminalSink:
         return None
 
     def finished(self, outcome: Outcome, prompt_tokens: int, completion_tokens: int) -> None:
-        if self.gen.mode == "channel":  # a direct-mode client went with its worker
+        if self.gen.mode == "channel":
             publish_terminal(self.app, self.gen, outcome, prompt_tokens, completion_tokens)
+        else:  # the client went with its worker; the admins' list still hears of the end
+            _announce_end(self.app, self.gen, outcome, user=False)
 
 
 class LogSink:

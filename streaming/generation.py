@@ -27,6 +27,11 @@ def user_channel(user_id: str) -> str:
     return "users/" + user_id
 
 
+def tenant_channel(tenant_id: str) -> str:
+    """The admin channel of every stream's lifecycle events in a tenant."""
+    return "tenants/" + tenant_id
+
+
 def stream_of(channel: str) -> str | None:
     """The stream id of a ``streams/<id>`` channel (None for any other channel)."""
     return channel[len("streams/") :] if channel.startswith("streams/") else None
@@ -65,6 +70,9 @@ class Generation:
     request: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None  # channel mode: POST the terminal event there
     end_user: str | None = None  # the OpenAI `user` field, recorded on the stream
+    # An operator's stream stays off its tenant's admin channel: tenant admins never see
+    # an operator's streams (``auth.access.may_read``).
+    operator_owned: bool = False
 
 
 def completion_id(stream_id: str) -> str:

@@ -180,6 +180,7 @@ def reap(app: Flask, orphan_sink: OrphanSink, limit: int = 50) -> int:
             prompt_estimate=0,
             admission=json.loads(info.get("admission") or "{}") or None,
             webhook_url=info.get("webhook") or None,
+            operator_owned=info.get("operator") == "1",
         )
         if info.get("status") == "revoked":
             by, why = info.get("revoked_by"), info.get("revoke_reason") or None

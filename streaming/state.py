@@ -63,6 +63,7 @@ def create(gen: Generation) -> StreamRecord:
             "subscribers": 0,
             "admission": json.dumps(gen.admission or {}),
             "webhook": gen.webhook_url or "",
+            "operator": "1" if gen.operator_owned else "",
         },
     )
     pipe.expire(live_key(gen.stream_id), ttl)

@@ -66,6 +66,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             stream = chat["chat_200"]["text/event-stream"]
             stream["example"] = sse_example("chat")
             chat_200.setdefault("content", {})["text/event-stream"] = stream
+    _request_examples(spec)
     spec.setdefault("paths", {}).update(load("paths"))
     spec["paths"]["/v1/events"] = {"get": _events_operation()}
 
@@ -91,6 +92,17 @@ def build_spec(app: Flask) -> dict[str, Any]:
 
 
 # --- what each smorest operation gets ---------------------------------------------------------
+
+
+def _request_examples(spec: dict[str, Any]) -> None:
+    """``request_examples.yaml``'s examples on each JSON request body (by operationId)."""
+    examples = load("request_examples")
+    for item in spec.get("paths", {}).values():
+        for method, op in item.items():
+            body = op.get("requestBody", {}) if method in HTTP_METHODS else {}
+            content = body.get("content", {}).get("application/json")
+            if content is not None and op.get("operationId") in examples:
+                content["examples"] = examples[op["operationId"]]
 
 
 def _endpoints(app: Flask) -> dict[tuple[str, str], str]:

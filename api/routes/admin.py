@@ -219,7 +219,8 @@ def update_tenant(body: dict[str, Any], tenant_id: str) -> Any:
 @bp.response(200, UsageRowSchema(many=True))
 @bp.paginate(Page)
 def get_usage(query: dict[str, Any]) -> Any:
-    """Streams and tokens per tenant, user, app token, end user or UTC day in [from, to)."""
+    """Streams and tokens per tenant, user, app token, end user, model or UTC day in [from, to);
+    per day also counts the requests refused by a limit."""
     return service.usage(
         current_identity(),
         query["group_by"],
@@ -228,6 +229,7 @@ def get_usage(query: dict[str, Any]) -> Any:
         query.get("tenant"),
         query.get("user"),
         query.get("token"),
+        query["per_day"],
     )
 
 

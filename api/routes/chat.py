@@ -15,6 +15,7 @@ from auth.access import current_identity, require
 from core.errors import ApiError
 from core.store import db
 from streaming import sse
+from streaming.channel import DirectSink
 from streaming.generation import Outcome, stopped_outcome
 from streaming.greenlets import spawn, watch_eof
 from streaming.runner import QueueSink, RunHandle, run_generation
@@ -32,7 +33,7 @@ def create_chat_completion(body: dict[str, Any]) -> Any:
     ident = current_identity()
     gen, limit_headers = start_generation(ident, body, mode="direct")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    handle, sink = RunHandle(gen), QueueSink()
+    handle, sink = RunHandle(gen), DirectSink(app, gen)
     db.session.remove()  # nothing below needs the request's database session
     spawn(run_generation, app, handle, sink)
     unwatch = _watch_client(request.environ, handle, app.config["SSE_SEND_TIMEOUT_S"])

@@ -22,7 +22,13 @@ bp = Blueprint("docs", __name__, static_folder=str(SWAGGER_DIST), static_url_pat
 @bp.get("/openapi.yaml")
 def get_openapi() -> Response:
     """The OpenAPI 3.1 description of this API."""
-    return Response(openapi_yaml(current_app), mimetype="application/yaml")
+    # text/yaml, inline: a browser shows it as text (application/yaml makes Chromium download
+    # it); Swagger UI and other tools read it whatever the type.
+    return Response(
+        openapi_yaml(current_app),
+        mimetype="text/yaml",
+        headers={"Content-Disposition": 'inline; filename="openapi.yaml"'},
+    )
 
 
 @bp.get("/docs")

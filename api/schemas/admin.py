@@ -213,8 +213,12 @@ class RangeSchema(Schema):
 class UsageQuerySchema(RangeSchema):
     group_by = fields.String(
         load_default="tenant",
-        validate=validate.OneOf(["tenant", "user", "token", "end_user", "day"]),
+        validate=validate.OneOf(["tenant", "user", "token", "end_user", "model", "day"]),
         metadata={"description": "token: per app token; end_user: per OpenAI `user` field"},
+    )
+    per_day = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Also split by UTC day (rows carry `day`): a daily chart"},
     )
     user = fields.String(validate=ID)
     token = fields.String(
@@ -226,10 +230,16 @@ class UsageRowSchema(Schema):
     tenant_id = fields.String()
     user_id = fields.String(metadata={"description": "group_by=user"})
     user_email = fields.String(allow_none=True, metadata={"description": "group_by=user"})
-    day = fields.String(metadata={"description": "group_by=day: YYYY-MM-DD (UTC)"})
+    day = fields.String(metadata={"description": "group_by=day or per_day: YYYY-MM-DD (UTC)"})
     token_jti = fields.String(metadata={"description": "group_by=token"})
     token_name = fields.String(metadata={"description": "group_by=token"})
     end_user = fields.String(metadata={"description": "group_by=end_user"})
+    model = fields.String(metadata={"description": "group_by=model"})
+    refusals = fields.Integer(
+        metadata={
+            "description": "group_by=day: requests refused by a limit (429) that day (kept 35 days)"
+        }
+    )
     streams = fields.Integer()
     prompt_tokens = fields.Integer()
     completion_tokens = fields.Integer()

@@ -132,7 +132,8 @@ class PingEventSchema(Schema):
 
 
 class UserStreamEventSchema(_StreamEventSchema):
-    """Lifecycle events on ``users/<id>``: one per start and end of each of the user's streams."""
+    """Lifecycle events on ``users/<id>`` and ``tenants/<id>``: one per start and end of each
+    stream of the user (of the tenant: its admins' live feed)."""
 
     type = fields.String(
         required=True,
@@ -156,6 +157,11 @@ class UserStreamEventSchema(_StreamEventSchema):
         required=True,
         validate=validate.OneOf(["running", "completed", "failed", "cancelled", "revoked"]),
     )
+    user_id = fields.String(required=True, metadata={"description": "Whose stream it is"})
+    created = fields.Float(required=True, metadata={"description": "Start, Unix time, seconds"})
+    by = fields.String(metadata={"description": "Revoked: id of the admin who revoked it"})
+    reason = fields.String(metadata={"description": "Revoked or cancelled: why"})
+    error_code = fields.String(metadata={"description": "Failed: the error's code"})
 
 
 # Event name -> payload schema on a ``streams/<id>`` channel, in the order a stream sends them.

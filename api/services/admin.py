@@ -21,7 +21,7 @@ from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
 from core.store import db, utcnow
-from streaming import revocation, state
+from streaming import limits, revocation, state
 from streaming.models import StreamRecord
 from streaming.revocation import REVOCABLE
 from streaming.subscriptions import subscriber_counts
@@ -294,9 +294,10 @@ def usage(
     tenant_id: str | None,
     user_id: str | None,
     token_jti: str | None = None,
-) -> Rows[dict[str, Any]]:
-    """Streams and tokens per tenant, user, app token, end user or UTC day, from the stream
-    records in [start, end)."""
+    per_day: bool = False,
+) -> Rows[dict[str, Any]] | list[dict[str, Any]]:
+    """Streams and tokens per tenant, user, app token, end user, model or UTC day (``per_day``:
+    also split by day), from the stream records in [start, end); per day, refusals too."""
     tenant = scoped_tenant(ident, tenant_id)
     if user_id is not None:
         _user(ident, user_id)
@@ -321,10 +322,11 @@ def usage(
         keys += [s.token_jti, AppToken.name]
     elif group_by == "end_user":  # the OpenAI `user` field the caller sent
         keys.append(s.end_user)
-    elif group_by == "day":
-        keys.append(
-            func.date(s.created_at).label("day")
-        )  # 'YYYY-MM-DD' on SQLite, a date on PostgreSQL
+    elif group_by == "model":
+        keys.append(s.model)
+    day = func.date(s.created_at).label("day")  # 'YYYY-MM-DD' on SQLite, a date on PostgreSQL
+    if group_by == "day" or per_day:
+        keys.insert(0, day)
     query = select(*keys, *measures).where(s.created_at >= start, s.created_at < end)
     if group_by == "user":
         query = query.join(User, User.id == s.user_id)
@@ -338,9 +340,43 @@ def usage(
         query = query.where(s.tenant_id == tenant)
     if user_id is not None:
         query = query.where(s.user_id == user_id)
-    order = [keys[-1], s.tenant_id] if group_by == "day" else keys
-    query = query.group_by(*keys).order_by(*order)
-    return Rows(query, lambda row: _usage_row(group_by, row))
+    query = query.group_by(*keys).order_by(*keys)
+    rows = Rows(query, lambda row: _usage_row(group_by, row))
+    if group_by != "day" or token_jti is not None:
+        return rows
+    return _with_refusals(rows[0:None], tenant, start, end, user_id)
+
+
+def _with_refusals(
+    rows: list[dict[str, Any]],
+    tenant: str | None,
+    start: datetime,
+    end: datetime,
+    user_id: str | None,
+) -> list[dict[str, Any]]:
+    """Daily rows with the requests refused by a limit; a day of refusals only gets a row."""
+    days, day = [], start.astimezone(UTC).date()
+    while day <= (end - timedelta(microseconds=1)).astimezone(UTC).date():
+        days.append(day.isoformat())
+        day += timedelta(days=1)
+    tenants = [tenant] if tenant is not None else list(db.session.scalars(select(Tenant.id)))
+    refused = limits.refusals(tenants, days, user_id)
+    by_key = {(row["tenant_id"], row["day"]): row for row in rows}
+    for (tenant_id, day_str), count in refused.items():
+        row = by_key.get((tenant_id, day_str))
+        if row is None:
+            row = by_key[(tenant_id, day_str)] = {
+                "tenant_id": tenant_id,
+                "day": day_str,
+                "streams": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+            }
+        row["refusals"] = count
+    for row in by_key.values():
+        row.setdefault("refusals", 0)
+    return sorted(by_key.values(), key=lambda row: (row["day"], row["tenant_id"]))
 
 
 def _usage_row(group_by: str, row: Any) -> dict[str, Any]:
@@ -351,7 +387,9 @@ def _usage_row(group_by: str, row: Any) -> dict[str, Any]:
         out.update(token_jti=row.token_jti, token_name=row.name)
     elif group_by == "end_user":
         out["end_user"] = row.end_user
-    elif group_by == "day":
+    elif group_by == "model":
+        out["model"] = row.model
+    if "day" in row._fields:
         out["day"] = str(row.day)[:10]
     prompt, completion = int(row.prompt_tokens), int(row.completion_tokens)
     out.update(

@@ -141,6 +141,7 @@ def start_generation(
         request=request,
         webhook_url=webhook_url,
         end_user=body.get("user") or None,
+        operator_owned=ident.role == "operator",
     )
     try:
         state.create(gen)

@@ -1,7 +1,10 @@
-"""The playground at ``/``: plain HTML, CSS and JavaScript (no build step), served by Flask.
+"""The playground at ``/`` and the admin console at ``/console``: plain HTML, CSS and
+JavaScript (no build step), served by Flask.
 
-It uses only the public API, as any browser app would: cookie login with CSRF headers,
-``POST /v1/streams`` and ``EventSource`` on ``/v1/events``, the admin list and revoke.
+Both use only the public API, as any browser app would: cookie login with CSRF headers,
+``POST /v1/streams`` and ``EventSource`` on ``/v1/events``; the console the admin routes and the
+tenant's lifecycle channel. Vendored libraries (``static/vendor/``) are committed with their
+licenses: nothing is fetched at run time.
 """
 
 from __future__ import annotations
@@ -16,15 +19,29 @@ bp = Blueprint(
     static_url_path="/playground",
 )
 
+# The pages hold no secret, but their scripts handle auth cookies: keep them out of frames.
+_SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+
+
+def _page(template: str) -> Response:
+    response = Response(render_template(template), mimetype="text/html")
+    response.headers.update(_SECURITY_HEADERS)
+    return response
+
 
 @bp.get("/")
 def playground() -> Response:
     """The playground page."""
-    response = Response(render_template("playground.html"), mimetype="text/html")
-    # The page holds no secret, but its script handles auth cookies: keep it out of frames.
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
-    return response
+    return _page("playground.html")
+
+
+@bp.get("/console")
+def console() -> Response:
+    """The admin console page (its data comes from the admin API, for admins and operators)."""
+    return _page("console.html")

@@ -6,7 +6,7 @@
   a ``LimitExceeded`` carrying the numbers, which ``api.limits`` renders as the 429;
 - ``overrides``: the limits in force, and the audited override changes of the admin API;
 - ``cache``: the per-process limits cache, invalidated by a per-tenant version in Redis;
-- ``usage``: a caller's usage report (``GET /v1/usage``).
+- ``usage``: a caller's usage report (``GET /v1/usage``) and the daily refusal counts.
 
 The engine is built once per app by ``install`` (``create_app``) and reached through the typed
 accessor ``admission_control(app)``.
@@ -25,7 +25,7 @@ from streaming.limits.overrides import (
     set_limits,
     update_limits,
 )
-from streaming.limits.usage import usage_report
+from streaming.limits.usage import count_refusal, refusals, usage_report
 
 __all__ = [
     "LIMITS",
@@ -37,10 +37,12 @@ __all__ = [
     "RedisAdmissionControl",
     "Scope",
     "admission_control",
+    "count_refusal",
     "describe_limits",
     "get_effective_limits",
     "install",
     "invalidate",
+    "refusals",
     "set_limits",
     "update_limits",
     "usage_report",

@@ -20,6 +20,7 @@ WINDOW_S = {"rpm": 60, "tpm": 60, "tpd": 86400}
 MINUTE_TTL_S = 120
 DAY_TTL_S = 2 * 86400 + 3600
 RESERVATION_TTL_S = 2 * 86400 + 3600
+REFUSALS_TTL_S = 35 * 86400  # refusal counts: long enough for a month's usage chart
 CACHE_MAX_AGE_S = 60.0  # a bound on staleness should Redis lose the version keys
 CACHE_MAX_ENTRIES = 10_000
 
@@ -31,6 +32,11 @@ def _slot(tenant_id: str) -> str:
 def version_key(tenant_id: str) -> str:
     """The tenant's limits version: bumped on every change of its or its users' overrides."""
     return _slot(tenant_id) + ":ver"
+
+
+def refusals_key(tenant_id: str, day: str) -> str:
+    """The tenant's requests refused by a limit on one UTC day (``YYYY-MM-DD``), per principal."""
+    return _slot(tenant_id) + ":refused:" + day
 
 
 def text(value: Any) -> str:

@@ -1,15 +1,21 @@
-"""A caller's usage report: today's and this minute's usage, and what is left of every limit."""
+"""A caller's usage report: today's and this minute's usage, and what is left of every limit;
+the daily count of requests refused by a limit (``REFUSALS_TTL_S``), for the admins' charts."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import redis
+
 from core.store import get_redis
-from streaming.limits.keys import SCOPES, Clock, Keys, text
+from streaming.limits.keys import REFUSALS_TTL_S, SCOPES, Clock, Keys, refusals_key, text
 from streaming.limits.overrides import get_effective_limits
+
+log = logging.getLogger("streamgate.limits")
 
 
 def usage_report(tenant_id: str, user_id: str) -> dict[str, Any]:
@@ -36,6 +42,37 @@ def usage_report(tenant_id: str, user_id: str) -> dict[str, Any]:
                 **_window_usage(day),
             }
             out["open_streams"] = sorted(text(member) for member in leases)
+    return out
+
+
+def count_refusal(tenant_id: str, principal_id: str) -> None:
+    """Count one request refused by a limit today (best effort: the 429 goes out regardless)."""
+    key = refusals_key(tenant_id, time.strftime("%Y-%m-%d", time.gmtime()))
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.hincrby(key, principal_id, 1)
+        pipe.expire(key, REFUSALS_TTL_S)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("could not count a refusal", exc_info=True)
+
+
+def refusals(
+    tenant_ids: list[str], days: list[str], principal_id: str | None = None
+) -> dict[tuple[str, str], int]:
+    """Requests refused by a limit, per (tenant, day) with any (one principal's, if given)."""
+    pipe = get_redis().pipeline(transaction=False)
+    pairs = [(tenant, day) for tenant in tenant_ids for day in days]
+    for tenant, day in pairs:
+        if principal_id is None:
+            pipe.hvals(refusals_key(tenant, day))
+        else:
+            pipe.hmget(refusals_key(tenant, day), [principal_id])
+    out = {}
+    for pair, values in zip(pairs, pipe.execute(), strict=True):
+        total = sum(int(v) for v in values if v is not None)
+        if total:
+            out[pair] = total
     return out
 
 

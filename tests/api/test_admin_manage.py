@@ -373,6 +373,7 @@ def add_record(
     prompt: int,
     completion: int,
     status: str = "completed",
+    model: str = "fake-model",
 ) -> None:
     from core.store import db, new_id
     from streaming.models import StreamRecord
@@ -383,7 +384,7 @@ def add_record(
             tenant_id=tenant_id,
             user_id=user_id,
             mode="channel",
-            model="fake-model",
+            model=model,
             status=status,
             created_at=when,
             started_at=when,

@@ -59,7 +59,8 @@ def test_generation_is_deterministic() -> None:
 def test_served_spec_is_the_committed_one(client: Any) -> None:
     response = client.get("/openapi.yaml")
     assert response.status_code == 200
-    assert response.mimetype == "application/yaml"
+    assert response.mimetype == "text/yaml"  # shown by a browser, not downloaded
+    assert response.headers["Content-Disposition"].startswith("inline")
     assert response.get_data(as_text=True) == SPEC_PATH.read_text(encoding="utf-8")
 
 

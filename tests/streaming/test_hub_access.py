@@ -62,7 +62,17 @@ MALFORMED = [
     "users/tok_" + "b" * 20,
     "users/" + "b" * 24,
     "users/usr-" + "b" * 20,
-    "tenants/ten_" + "c" * 20,
+    "tenants/ten_" + "c" * 19,
+    "tenants/ten_" + "c" * 21,
+    "tenants/usr_" + "c" * 20,  # a tenants/ channel with a user id
+    "tenants/ten_*",
+    "tenants/",
+    "tenants/TEN_" + "C" * 20,
+    "Tenants/ten_" + "c" * 20,
+    "tenant/ten_" + "c" * 20,
+    "tenants/ten_" + "c" * 20 + "/",
+    "users/ten_" + "c" * 20,
+    "streams/ten_" + "c" * 20,
     GOOD_STREAM + "," + GOOD_USER,
 ]
 

@@ -74,3 +74,45 @@ class PageServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)
+
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
+class PageErrors:
+    """Every console error and uncaught exception a page reports (a normal visit has none)."""
+
+    def __init__(self, page: Any) -> None:
+        self.seen: list[str] = []
+        page.on("console", lambda msg: msg.type == "error" and self.seen.append(msg.text))
+        page.on("pageerror", lambda exc: self.seen.append(f"uncaught: {exc}"))
+
+
+def open_console(
+    browser: Any, base_url: str, account: Account, viewport: str
+) -> tuple[Any, PageErrors]:
+    """A new browser context at ``viewport``, logged in as ``account`` on the playground, and
+    a page on the admin console its link points at; that page and its errors."""
+    context = browser.new_context(viewport=VIEWPORTS[viewport])
+    playground = context.new_page()
+    log_in(playground, base_url, account)
+    link = playground.locator("#admin-link a")
+    link.wait_for(state="visible")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors = PageErrors(page)  # the console's own errors, from its first request on
+    page.goto(base_url + str(link.get_attribute("href")))
+    playground.close()
+    page.locator("#console").wait_for(state="visible")
+    page.locator("#feed-status[data-state='live']").wait_for()
+    return page, errors
+
+
+def horizontal_overflow(page: Any) -> int:
+    """How many CSS pixels the page is wider than its viewport (0: no sideways scrolling)."""
+    return int(
+        page.evaluate(
+            "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+            " - document.documentElement.clientWidth"
+        )
+    )

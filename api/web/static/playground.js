@@ -17,7 +17,6 @@
   };
   const ATTACH_DELAY_MS = 250; // lets a replayed history settle before attaching to a stream
   const MAX_REOPENS = 3; // a closed connection is re-opened at most this often, then we stop
-  const ADMIN_POLL_MS = 2000;
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -29,8 +28,6 @@
     userLastId: null,
     userReopens: 0,
     pendingAttach: new Map(),
-    adminTimer: null,
-    adminSnapshot: "",
     refreshing: null,
   };
 
@@ -113,16 +110,13 @@
     openUserChannel();
     const admin = (me.role === "admin" || me.role === "operator")
       && me.token && (me.token.scopes || []).includes("admin");
-    $("admin-view").hidden = !admin;
-    $("admin-title").textContent = me.role === "operator" ? "Live streams, all tenants" : "Live streams in your tenant";
-    if (admin) startAdmin();
+    $("admin-link").hidden = !admin; // the admin console is its own page: /console
   }
 
   function signedOut(message) {
     state.me = null;
     closeStream();
     closeUserChannel();
-    stopAdmin();
     $("who").hidden = true;
     $("app-view").hidden = true;
     $("login-view").hidden = false;
@@ -364,100 +358,6 @@
         signedOut("Your session ended; please log in again."); // e.g. an admin revoked you
       }
     };
-  }
-
-  // --- admin: the tenant's live streams ------------------------------------------------------
-
-  function startAdmin() {
-    stopAdmin();
-    pollAdmin();
-    state.adminTimer = setInterval(pollAdmin, ADMIN_POLL_MS);
-  }
-
-  function stopAdmin() {
-    if (state.adminTimer) clearInterval(state.adminTimer);
-    state.adminTimer = null;
-    state.adminSnapshot = "";
-  }
-
-  function rowsOf(data) {
-    if (Array.isArray(data)) return data;
-    if (data && typeof data === "object") return data.data || data.streams || data.items || [];
-    return [];
-  }
-
-  async function pollAdmin() {
-    let streams;
-    try {
-      streams = rowsOf(await api("GET", "/v1/admin/streams"));
-      $("admin-error").textContent = "";
-    } catch (err) {
-      $("admin-error").textContent = err.message;
-      return;
-    }
-    $("admin-updated").textContent = "updated " + new Date().toLocaleTimeString();
-    const snapshot = JSON.stringify(streams);
-    if (snapshot === state.adminSnapshot) return; // keep the rows (and the buttons) stable
-    state.adminSnapshot = snapshot;
-    renderAdmin(streams);
-  }
-
-  function cell(text, code = false) {
-    const td = document.createElement("td");
-    if (code) {
-      const c = document.createElement("code");
-      c.textContent = text;
-      td.append(c);
-    } else {
-      td.textContent = text;
-    }
-    return td;
-  }
-
-  function renderAdmin(streams) {
-    const body = $("admin-streams");
-    if (!streams.length) {
-      const row = document.createElement("tr");
-      const td = cell("No live streams.");
-      td.colSpan = 7;
-      td.className = "muted";
-      row.append(td);
-      body.replaceChildren(row);
-      return;
-    }
-    body.replaceChildren(...streams.map((s) => {
-      const row = document.createElement("tr");
-      row.dataset.streamId = s.id;
-      const user = s.user_email || s.email || (s.user && (s.user.email || s.user.id)) || s.user_id || "";
-      const usage = s.usage || {};
-      const tokens = s.tokens ?? s.completion_tokens ?? usage.completion_tokens ?? "";
-      const started = s.started_at || s.created_at || "";
-      row.append(cell(s.id, true), cell(user), cell(s.model || ""), cell(s.mode || ""),
-        cell(String(tokens)), cell(started ? new Date(started).toLocaleTimeString() : ""));
-      const td = document.createElement("td");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "danger small revoke";
-      button.textContent = "Revoke";
-      button.addEventListener("click", () => revoke(s.id, button));
-      td.append(button);
-      row.append(td);
-      return row;
-    }));
-  }
-
-  async function revoke(id, button) {
-    button.disabled = true;
-    try {
-      await api("POST", `/v1/admin/streams/${encodeURIComponent(id)}/revoke`, {
-        reason: "Revoked from the playground",
-      });
-      $("admin-error").textContent = "";
-    } catch (err) {
-      $("admin-error").textContent = err.message;
-      button.disabled = false;
-    }
-    pollAdmin();
   }
 
   // --- wiring --------------------------------------------------------------------------------
