@@ -25,7 +25,17 @@ NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters
 # under the principal (streaming.limits.keys), so it is bounded and plain: ids, emails, hashes.
 END_USER_MAX = 128
 END_USER_CHARS = "letters, digits and . _ ~ @ : + = / | -"
-END_USER = validate.Regexp(
+
+
+class _EndUserId(validate.Regexp):
+    """The plain character set, saying so first when the problem is a control character."""
+
+    def __call__(self, value: Any) -> Any:
+        NO_CONTROL(value)
+        return super().__call__(value)
+
+
+END_USER = _EndUserId(
     r"\A[A-Za-z0-9._~@:+=/|-]*\Z", error=f"Use only {END_USER_CHARS} (no spaces)."
 )
 
