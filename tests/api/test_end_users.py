@@ -289,3 +289,39 @@ def test_usage_by_end_user_for_the_app_and_the_admin(
     bad = client.get("/v1/usage", query_string={"group_by": "model"}, headers=as_a)
     assert bad.status_code == 422
     assert app_a["jti"] != app_b["jti"]
+
+
+def test_renew_and_release_cover_the_end_users_lease_and_windows(
+    app: Any, issue: Any, redis: Any
+) -> None:
+    """What the keeper (renew) and the runner or reaper (release) do with an admission that
+    carries an end user, as stored with the run."""
+    from streaming.limits import admission_control
+    from streaming.limits.keys import Clock, Keys
+
+    made, _ = issue(end_user_limits={"concurrent": 1})
+    tenant_id = _tenant_of_token(made)
+    control = admission_control(app)
+    admission = control.admit(tenant_id, "app:" + made["jti"], 100, "str_renewtest", "alice")
+    assert admission.info["end_user"] == "alice"
+    keys = Keys(tenant_id, "app:" + made["jti"], "alice")
+    minute = keys.minute("end_user", Clock.now().minute)
+    leased = redis.zscore(keys.leases("end_user"), "str_renewtest")
+    redis.zadd(keys.leases("end_user"), {"str_renewtest": 1})  # as if about to expire
+    control.renew(admission.info)
+    assert redis.zscore(keys.leases("end_user"), "str_renewtest") >= leased
+    assert redis.hget(minute, "reserved") == "100"
+
+    control.release(admission.info, 7, 5)
+    control.release(admission.info, 7, 5)  # the reaper too: nothing given back twice
+    assert redis.zcard(keys.leases("end_user")) == 0
+    assert redis.hget(minute, "reserved") == "0" and redis.hget(minute, "tokens") == "12"
+
+
+def _tenant_of_token(made: dict[str, Any]) -> str:
+    from auth.models import AppToken
+    from core.store import db
+
+    row = db.session.get(AppToken, made["jti"])
+    assert row is not None
+    return str(row.tenant_id)
