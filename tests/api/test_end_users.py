@@ -286,6 +286,11 @@ def test_usage_by_end_user_for_the_app_and_the_admin(
         "/v1/admin/usage", query_string={"group_by": "end_user"}, headers=as_admin
     ).get_json()
     assert {(r["end_user"], r["streams"]) for r in everyone} == {("alice", 3), ("bob", 1)}
+    # The issuing admin's own report lists their own end users, not their apps'.
+    made = client.post("/v1/chat/completions", json={**short, "user": "dave"}, headers=as_admin)
+    assert made.status_code == 200
+    mine = client.get("/v1/usage", query_string={"group_by": "end_user"}, headers=as_admin)
+    assert [(r["end_user"], r["streams"]) for r in mine.get_json()["end_users"]] == [("dave", 1)]
     bad = client.get("/v1/usage", query_string={"group_by": "model"}, headers=as_a)
     assert bad.status_code == 422
     assert app_a["jti"] != app_b["jti"]
