@@ -31,7 +31,8 @@ from streaming.runner import registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_WHOSE = {"user": "this user", "tenant": "this tenant"}  # "user": the principal (or app token)
+# "user": the principal (a user or an app token); "end_user": one of an app token's end users.
+_WHOSE = {"user": "this user", "tenant": "this tenant", "end_user": "end user '{}' of this app"}
 _TITLE = {
     "rpm": "requests per minute (RPM)",
     "concurrent": "concurrent streams",
@@ -52,8 +53,9 @@ def ratelimit_headers(state: LimitState) -> dict[str, str]:
     }
 
 
-def _message(refused: LimitState, cost: int | None, retry_s: int) -> str:
-    what = f"{_TITLE[refused.key]} for {_WHOSE[refused.scope]}: limit {refused.limit}"
+def _message(refused: LimitState, cost: int | None, retry_s: int, end_user: str | None) -> str:
+    whose = _WHOSE[refused.scope].format(end_user)
+    what = f"{_TITLE[refused.key]} for {whose}: limit {refused.limit}"
     if refused.key == "rpm":
         return f"Rate limit reached for {what}. Try again in {retry_s} s."
     if refused.key == "concurrent":
@@ -69,8 +71,9 @@ def _message(refused: LimitState, cost: int | None, retry_s: int) -> str:
     )
 
 
-def too_many_requests(exc: LimitExceeded) -> ApiError:
-    """The 429 naming the limit that holds the caller back longest."""
+def too_many_requests(exc: LimitExceeded, end_user: str | None = None) -> ApiError:
+    """The 429 naming the limit that holds the caller back longest (and whose: the principal,
+    its tenant, or ``end_user``, the request's OpenAI ``user``)."""
     refused = exc.refused
     current_app.extensions["streamgate.metrics"].rate_limited.labels(
         f"{refused.scope}_{refused.key}"
@@ -91,18 +94,25 @@ def too_many_requests(exc: LimitExceeded) -> ApiError:
             "retry_after": retry_s,
         }
     )
-    message = _message(refused, exc.cost, retry_s)
+    if details is not None and refused.scope == "end_user":
+        details["end_user"] = end_user
+    message = _message(refused, exc.cost, retry_s, end_user)
     return ApiError(429, message, code="rate_limit_exceeded", headers=headers, errors=details)
 
 
-def admit(ident: Identity, estimate_tokens: int, stream_id: str) -> Admission:
-    """Admit one generation: every limit of user and tenant in one atomic step, or a 429."""
+def admit(
+    ident: Identity, estimate_tokens: int, stream_id: str, end_user: str | None = None
+) -> Admission:
+    """Admit one generation: every limit of the principal, its tenant and (when it limits them)
+    its ``end_user`` in one atomic step, or a 429."""
     control = admission_control(current_app)
     try:
-        return control.admit(ident.tenant_id, ident.principal_id, estimate_tokens, stream_id)
+        return control.admit(
+            ident.tenant_id, ident.principal_id, estimate_tokens, stream_id, end_user
+        )
     except LimitExceeded as exc:
         count_refusal(ident.tenant_id, ident.principal_id)
-        raise too_many_requests(exc) from None
+        raise too_many_requests(exc, end_user) from None
 
 
 def rate_limited(view: F) -> F:

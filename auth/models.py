@@ -71,6 +71,9 @@ class AppToken(db.Model):  # type: ignore[name-defined,misc]
     # per-user defaults). Its traffic never spends its owner's limits.
     models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    # The limits each end user of the app has (OpenAI's `user` field), each apart from the others
+    # and within the app's own (None: end users are not limited apart).
+    end_user_limits: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
 
 
 class AuthSession(db.Model):  # type: ignore[name-defined,misc]

@@ -348,15 +348,15 @@ def create_app_token(
     expires_in_days: int,
     grantable_scopes: Collection[str] = SCOPES,
     not_after: datetime | None = None,
-    models: list[str] | None = None,
-    limits: dict[str, int] | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> tuple[AppToken, str]:
     """Issue a named, scoped, long-lived JWT for a third-party app; the JWT is returned once.
 
     ``grantable_scopes`` are the caller's own scopes (a token never gets more than its maker);
-    ``not_after`` caps the expiry (a token made by an app token never outlives it). The token's
-    role and version are the owner's row in SQL, never only the caller's token: a token minted
-    from a role being taken away carries the old version and dies with it.
+    ``not_after`` caps the expiry (a token made by an app token never outlives it); ``policy``:
+    the token's own ``models``, ``limits``, ``end_user_limits`` (checked by the caller). Its role
+    and version are the owner's row in SQL, never only the caller's token: a token minted from a
+    role being taken away carries the old version and dies with it.
     """
     owner = get_for_tenant(User, tenant_id, owner_id)
     if owner is None or owner.disabled:
@@ -409,8 +409,7 @@ def create_app_token(
         scopes=wanted,
         created_at=utcnow(),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        models=models,
-        limits=limits or None,
+        **(policy or {}),
     )
     db.session.add(row)
     _audit(
@@ -424,8 +423,7 @@ def create_app_token(
             "name": name,
             "scopes": wanted,
             "expires_at": row.expires_at.isoformat(),
-            "models": models,
-            "limits": limits,
+            **(policy or {}),
         },
     )
     db.session.commit()

@@ -8,7 +8,9 @@ throwaway SQLite file, then, open loop at ``--rate`` calls per second from one c
 - ``ping``: one Redis round trip, the floor any Redis-backed check pays;
 - ``admit``: ``RedisAdmissionControl.admit`` (``streaming.limits``: the one script checking all
   eight limits, limits cached);
-- ``release``: the settlement at the end of a run (lease dropped, reservation reconciled).
+- ``release``: the settlement at the end of a run (lease dropped, reservation reconciled);
+- ``admit_end_user`` / ``release_end_user``: the same for an app token with ``end_user_limits``
+  and a request naming one of its end users (twelve limits in the one script).
 
 Admission is on the request path of every generation start; release runs after the stream.
 Prints p50 / p99 / max in milliseconds and writes them to ``bench/results/admission.json``.
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +61,9 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
 
 def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]:
     from api import create_app
-    from auth.access import Identity
-    from auth.models import Tenant, User
-    from core.store import db, get_redis, new_id
+    from auth.access import APP_PRINCIPAL, Identity
+    from auth.models import AppToken, Tenant, User
+    from core.store import db, get_redis, new_id, utcnow
     from streaming.limits import admission_control
 
     workdir = tempfile.mkdtemp(prefix="sg-bench-admission-")
@@ -77,7 +80,7 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
         )
         with app.app_context():
             db.create_all()
-            idents = []
+            idents, apps = [], []
             for t in range(tenants):
                 tenant = Tenant(slug=f"bench-{t}", name=f"Bench {t}", limits=HIGH)
                 db.session.add(tenant)
@@ -103,13 +106,29 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                             time.time() + 3600,
                         )
                     )
+                app_token = AppToken(
+                    jti=new_id("jti"),
+                    tenant_id=tenant.id,
+                    owner_id=idents[-1].user_id,
+                    name="bench",
+                    scopes=["chat"],
+                    expires_at=utcnow() + timedelta(days=1),
+                    limits=HIGH,
+                    end_user_limits=HIGH,
+                )
+                db.session.add(app_token)
+                apps.append((tenant.id, APP_PRINCIPAL + app_token.jti))
             db.session.commit()
             control = admission_control(app)
             client = get_redis()
             for ident in idents:  # warm: limits cached, scripts loaded, as in a running worker
                 admission = control.admit(ident.tenant_id, ident.user_id, 600, new_id("str"))
                 control.release(admission.info, 100, 50)
-            timings: dict[str, list[float]] = {"ping": [], "admit": [], "release": []}
+            for tenant_id, principal in apps:
+                admission = control.admit(tenant_id, principal, 600, new_id("str"), "eu-0")
+                control.release(admission.info, 100, 50)
+            names = ("ping", "admit", "release", "admit_end_user", "release_end_user")
+            timings: dict[str, list[float]] = {name: [] for name in names}
             total = int(rate * seconds)
             start = time.perf_counter()
             late = 0
@@ -128,9 +147,17 @@ def run(rate: float, seconds: float, users: int, tenants: int) -> dict[str, Any]
                 t2 = time.perf_counter()
                 control.release(admission.info, 100, 50)
                 t3 = time.perf_counter()
-                timings["ping"].append(t1 - t0)
-                timings["admit"].append(t2 - t1)
-                timings["release"].append(t3 - t2)
+                tenant_id, principal = apps[i % len(apps)]
+                admission = control.admit(
+                    tenant_id, principal, 600, new_id("str"), f"eu-{i % 1000}"
+                )
+                t4 = time.perf_counter()
+                control.release(admission.info, 100, 50)
+                t5 = time.perf_counter()
+                for name, took in zip(
+                    names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+                ):
+                    timings[name].append(took)
             elapsed = time.perf_counter() - start
         return {
             "rate_per_s": rate,

@@ -23,7 +23,7 @@ from api.schemas.auth import (
     AppTokenUpdateSchema,
     app_token_fields,
 )
-from api.services.app_tokens import checked_models, update_app_token
+from api.services.app_tokens import POLICY, checked_policy, update_app_token
 from auth import service
 from auth.access import current_identity, require
 from streaming import revocation
@@ -54,8 +54,7 @@ def create_app_token(args: dict[str, Any]) -> dict[str, Any]:
         expires_in_days=args["expires_in_days"],
         grantable_scopes=ident.scopes,
         not_after=datetime.fromtimestamp(ident.expires_at, UTC) if ident.kind == "app" else None,
-        models=checked_models(ident.tenant_id, args["models"]),
-        limits={k: v for k, v in (args["limits"] or {}).items() if v is not None} or None,
+        policy=checked_policy(ident.tenant_id, {name: args[name] for name in POLICY}),
     )
     on_response(no_store)
     return app_token_fields(row, encoded)
@@ -76,7 +75,7 @@ def list_app_tokens() -> list[Any]:
 @bp.response(200, AppTokenSchema)
 @documents(401, 403, 404, 503)
 def update_app_token_limits(args: dict[str, Any], jti: str) -> dict[str, Any]:
-    """Change an app token's own models and limits; it applies on the token's next request."""
+    """Change an app token's models, limits and end-user limits; they apply on its next request."""
     return app_token_fields(update_app_token(current_identity(), jti, args))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from api.schemas.auth import AppTokenSchema, no_control_chars
+from api.schemas.limits import UsageTotalsSchema
 from auth.models import ROLES
 from auth.passwords import MAX_PASSWORD_LENGTH
 
@@ -194,7 +195,7 @@ class TenantUpdateSchema(ReasonSchema):
 # --- usage and audit --------------------------------------------------------------------------
 
 
-class RangeSchema(Schema):
+class PeriodSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
@@ -202,12 +203,27 @@ class RangeSchema(Schema):
         data_key="from", metadata={"description": "Inclusive; a date or date-time (UTC)"}
     )
     end = Instant(data_key="to", metadata={"description": "Exclusive; a date or date-time (UTC)"})
-    tenant = fields.String(validate=ID, metadata={"description": "Operators: one tenant"})
 
     @validates_schema
     def _ordered(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("start") and data.get("end") and data["start"] >= data["end"]:
             raise ValidationError("'from' must be before 'to'.", "from")
+
+
+class RangeSchema(PeriodSchema):
+    tenant = fields.String(validate=ID, metadata={"description": "Operators: one tenant"})
+
+
+class OwnUsageQuerySchema(PeriodSchema):
+    """``GET /v1/usage``: ``group_by=end_user`` adds your streams per end user in [from, to)."""
+
+    group_by = fields.String(
+        validate=validate.OneOf(["end_user"]),
+        metadata={
+            "description": "end_user: add `end_users`, your streams and tokens per OpenAI `user` "
+            "field in [from, to) (default: today, UTC)"
+        },
+    )
 
 
 class UsageQuerySchema(RangeSchema):
@@ -226,7 +242,7 @@ class UsageQuerySchema(RangeSchema):
     )
 
 
-class UsageRowSchema(Schema):
+class UsageRowSchema(UsageTotalsSchema):
     tenant_id = fields.String()
     user_id = fields.String(metadata={"description": "group_by=user"})
     user_email = fields.String(allow_none=True, metadata={"description": "group_by=user"})
@@ -240,10 +256,6 @@ class UsageRowSchema(Schema):
             "description": "group_by=day: requests refused by a limit (429) that day (kept 35 days)"
         }
     )
-    streams = fields.Integer()
-    prompt_tokens = fields.Integer()
-    completion_tokens = fields.Integer()
-    total_tokens = fields.Integer()
 
 
 class AuditQuerySchema(RangeSchema):

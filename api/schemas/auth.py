@@ -112,15 +112,32 @@ def _models_field(load_default: bool = True) -> fields.Field[Any]:
     )
 
 
-def _limits_field(load_default: bool = True) -> fields.Field[Any]:
+_OWN_LIMITS = (
+    "The app's own rpm / concurrent / tpm / tpd: a principal of its own, it never spends its "
+    "issuer's limits (null: the per-user defaults)"
+)
+_END_USER_LIMITS = (
+    "The rpm / concurrent / tpm / tpd each end user of the app has (the OpenAI `user` field of "
+    "its requests), apart from the others and within the app's own limits; a key left out is "
+    "not limited per end user (null: none is)"
+)
+
+
+def _limits_field(description: str, load_default: bool = True) -> fields.Field[Any]:
     return fields.Nested(
         LimitsSchema,
         allow_none=True,
-        metadata={
-            "description": "The app's own rpm / concurrent / tpm / tpd: a principal of its own, "
-            "it never spends its issuer's limits (null: the per-user defaults)"
-        },
+        metadata={"description": description},
         **_default_none(load_default),
+    )
+
+
+def _limits_dict(description: str) -> fields.Field[Any]:
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        allow_none=True,
+        metadata={"description": description},
     )
 
 
@@ -139,7 +156,8 @@ class AppTokenCreateSchema(Schema):
         metadata={"description": "At most APP_TOKEN_MAX_TTL_DAYS"},
     )
     models = _models_field()
-    limits = _limits_field()
+    limits = _limits_field(_OWN_LIMITS)
+    end_user_limits = _limits_field(_END_USER_LIMITS)
 
 
 class AppTokenUpdateSchema(Schema):
@@ -149,7 +167,8 @@ class AppTokenUpdateSchema(Schema):
         unknown = RAISE
 
     models = _models_field(load_default=False)
-    limits = _limits_field(load_default=False)
+    limits = _limits_field(_OWN_LIMITS, load_default=False)
+    end_user_limits = _limits_field(_END_USER_LIMITS, load_default=False)
 
 
 class AppTokenSchema(Schema):
@@ -166,12 +185,8 @@ class AppTokenSchema(Schema):
         allow_none=True,
         metadata={"description": "The token's own model allow-list (null: the tenant's)"},
     )
-    limits = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        allow_none=True,
-        metadata={"description": "The token's own limit overrides (null: the per-user defaults)"},
-    )
+    limits = _limits_dict("The token's own limit overrides (null: the per-user defaults)")
+    end_user_limits = _limits_dict("The limits each of its end users has (null: not limited apart)")
 
 
 class AppTokenCreatedSchema(AppTokenSchema):

@@ -21,6 +21,23 @@ from core.store import setting
 MAX_FIELD_ERRORS = 20
 
 NO_CONTROL = validate.Regexp(r"\A[^\x00-\x1f\x7f]*\Z", error="Control characters are not allowed.")
+# OpenAI's `user`: the caller's own end user. It is recorded on the stream and is a limits key
+# under the principal (streaming.limits.keys), so it is bounded and plain: ids, emails, hashes.
+END_USER_MAX = 128
+END_USER_CHARS = "letters, digits and . _ ~ @ : + = / | -"
+
+
+class _EndUserId(validate.Regexp):
+    """The plain character set, saying so first when the problem is a control character."""
+
+    def __call__(self, value: Any) -> Any:
+        NO_CONTROL(value)
+        return super().__call__(value)
+
+
+END_USER = _EndUserId(
+    r"\A[A-Za-z0-9._~@:+=/|-]*\Z", error=f"Use only {END_USER_CHARS} (no spaces)."
+)
 
 
 class StopField(fields.Field[Any]):
@@ -197,7 +214,14 @@ class ChatRequestSchema(Schema):
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
     tools = fields.List(fields.Dict(), allow_none=True)
     logprobs = fields.Boolean(allow_none=True)
-    user = fields.String(validate=[validate.Length(max=256), NO_CONTROL])
+    user = fields.String(
+        validate=[validate.Length(max=END_USER_MAX), END_USER],
+        metadata={
+            "description": f"Your own end user (opaque; at most {END_USER_MAX} of "
+            f"{END_USER_CHARS}): recorded on the stream, reported by `group_by=end_user`, and "
+            "limited separately when the app token has `end_user_limits`; forwarded to the model"
+        },
+    )
 
     @pre_load
     def _count_messages_first(self, data: Any, **_: Any) -> Any:

@@ -98,6 +98,19 @@ class DayUsageSchema(WindowUsageSchema):
     date = fields.String(required=True, metadata={"description": "The UTC day."})
 
 
+class UsageTotalsSchema(Schema):
+    """Streams and settled tokens from the stream records."""
+
+    streams = fields.Integer()
+    prompt_tokens = fields.Integer()
+    completion_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class EndUserUsageSchema(UsageTotalsSchema):
+    end_user = fields.String(metadata={"description": "The OpenAI `user` field"})
+
+
 class UsageReportSchema(Schema):
     tenant_id = fields.String(required=True)
     user_id = fields.String(required=True)
@@ -109,3 +122,10 @@ class UsageReportSchema(Schema):
         metadata={"description": "Your streams holding a concurrency lease."},
     )
     limits = fields.Nested(LimitStatesSchema, required=True)
+    end_users = fields.List(
+        fields.Nested(EndUserUsageSchema),
+        metadata={
+            "description": "group_by=end_user: your streams per end user in [from, to), the most "
+            "tokens first (at most 1,000; GET /v1/admin/usage pages through all)"
+        },
+    )

@@ -12,23 +12,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.pagination import Rows
+from api.services.usage import period, usage_rows
 from auth import service
 from auth.access import Identity, may_act_on
-from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant
+from auth.models import AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
-from core.store import db, utcnow
+from core.store import db
 from streaming import limits, revocation, state
 from streaming.models import StreamRecord
 from streaming.revocation import REVOCABLE
 from streaming.subscriptions import subscriber_counts
-
-USAGE_DEFAULT_DAYS = 30
-USAGE_MAX_DAYS = 400
-
 
 # --- scoping ----------------------------------------------------------------------------------
 
@@ -301,47 +298,14 @@ def usage(
     tenant = scoped_tenant(ident, tenant_id)
     if user_id is not None:
         _user(ident, user_id)
-    end = end or utcnow()
-    start = start or end - timedelta(days=USAGE_DEFAULT_DAYS)
-    if end - start > timedelta(days=USAGE_MAX_DAYS):
-        raise ApiError(
-            422,
-            f"The range is too long: at most {USAGE_MAX_DAYS} days.",
-            errors={"from": [f"At most {USAGE_MAX_DAYS} days before 'to'."]},
-        )
+    start, end = period(start, end)
     s = StreamRecord
-    measures = [
-        func.count(s.id).label("streams"),
-        func.coalesce(func.sum(s.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(s.completion_tokens), 0).label("completion_tokens"),
+    filters = [
+        column == value
+        for column, value in ((s.tenant_id, tenant), (s.user_id, user_id), (s.token_jti, token_jti))
+        if value is not None
     ]
-    keys: list[Any] = [s.tenant_id]
-    if group_by == "user":
-        keys += [s.user_id, User.email]
-    elif group_by == "token":  # app tokens only: each is a principal of its own
-        keys += [s.token_jti, AppToken.name]
-    elif group_by == "end_user":  # the OpenAI `user` field the caller sent
-        keys.append(s.end_user)
-    elif group_by == "model":
-        keys.append(s.model)
-    day = func.date(s.created_at).label("day")  # 'YYYY-MM-DD' on SQLite, a date on PostgreSQL
-    if group_by == "day" or per_day:
-        keys.insert(0, day)
-    query = select(*keys, *measures).where(s.created_at >= start, s.created_at < end)
-    if group_by == "user":
-        query = query.join(User, User.id == s.user_id)
-    elif group_by == "token":
-        query = query.join(AppToken, AppToken.jti == s.token_jti)
-    elif group_by == "end_user":
-        query = query.where(s.end_user.is_not(None))
-    if token_jti is not None:
-        query = query.where(s.token_jti == token_jti)
-    if tenant is not None:
-        query = query.where(s.tenant_id == tenant)
-    if user_id is not None:
-        query = query.where(s.user_id == user_id)
-    query = query.group_by(*keys).order_by(*keys)
-    rows = Rows(query, lambda row: _usage_row(group_by, row))
+    rows = usage_rows(group_by, start, end, filters, per_day)
     if group_by != "day" or token_jti is not None:
         return rows
     return _with_refusals(rows[0:None], tenant, start, end, user_id)
@@ -377,28 +341,6 @@ def _with_refusals(
     for row in by_key.values():
         row.setdefault("refusals", 0)
     return sorted(by_key.values(), key=lambda row: (row["day"], row["tenant_id"]))
-
-
-def _usage_row(group_by: str, row: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"tenant_id": row.tenant_id}
-    if group_by == "user":
-        out.update(user_id=row.user_id, user_email=row.email)
-    elif group_by == "token":
-        out.update(token_jti=row.token_jti, token_name=row.name)
-    elif group_by == "end_user":
-        out["end_user"] = row.end_user
-    elif group_by == "model":
-        out["model"] = row.model
-    if "day" in row._fields:
-        out["day"] = str(row.day)[:10]
-    prompt, completion = int(row.prompt_tokens), int(row.completion_tokens)
-    out.update(
-        streams=int(row.streams),
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-    )
-    return out
 
 
 # --- audit ------------------------------------------------------------------------------------

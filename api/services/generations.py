@@ -126,7 +126,8 @@ def start_generation(
     params = {"max_tokens": max_tokens}
     stream_id = new_id("str")
     estimate = estimate_prompt_tokens(messages)
-    admission = admit(ident, estimate + max_tokens, stream_id)
+    end_user = body.get("user") or None  # OpenAI's `user`: the caller's own end user
+    admission = admit(ident, estimate + max_tokens, stream_id, end_user)
     gen = Generation(
         stream_id=stream_id,
         tenant_id=ident.tenant_id,
@@ -140,7 +141,7 @@ def start_generation(
         admission=admission.info,
         request=request,
         webhook_url=webhook_url,
-        end_user=body.get("user") or None,
+        end_user=end_user,
         operator_owned=ident.role == "operator",
     )
     try:

@@ -2,7 +2,8 @@
 
 Every generation start runs ONE Lua script that checks all eight limits of the caller (requests
 per minute, concurrent streams, tokens per minute and per day; each for the user and for the
-tenant) and either takes all of them or none. A refusal is a ``LimitExceeded`` carrying the
+tenant), and the four of its end user when an app token with ``end_user_limits`` names one, and
+either takes all of them or none. A refusal is a ``LimitExceeded`` carrying the
 numbers; the HTTP layer turns it into a 429. Without Redis the engine raises a 503 ``ApiError``.
 """
 
@@ -24,6 +25,7 @@ from streaming.limits.keys import (
     DAY_TTL_S,
     MINUTE_TTL_S,
     ORDER,
+    ORDER_EU,
     RESERVATION_TTL_S,
     WINDOW_S,
     Clock,
@@ -110,7 +112,7 @@ def _lease_ttl_ms() -> int:
 
 
 def _admit_keys(keys: Keys, clock: Clock, stream_id: str) -> list[str]:
-    return [
+    out = [
         version_key(keys.tenant_id),
         keys.rpm("user"),
         keys.rpm("tenant"),
@@ -122,6 +124,14 @@ def _admit_keys(keys: Keys, clock: Clock, stream_id: str) -> list[str]:
         keys.day("tenant", clock.day),
         keys.reservation(stream_id),
     ]
+    if keys.end_user is not None:
+        out += [
+            keys.rpm("end_user"),
+            keys.leases("end_user"),
+            keys.minute("end_user", clock.minute),
+            keys.day("end_user", clock.day),
+        ]
+    return out
 
 
 def _rate_keys(keys: Keys, clock: Clock) -> list[str]:
@@ -137,15 +147,19 @@ def _rate_keys(keys: Keys, clock: Clock) -> list[str]:
 
 
 def _settle_keys(keys: Keys, stream_id: str, minute: int, day: int) -> list[str]:
+    """The reservation, the leases of every scope, then their token windows (``RELEASE_LUA``)."""
+    scopes = keys.scopes
     return [
         keys.reservation(stream_id),
-        keys.leases("user"),
-        keys.leases("tenant"),
-        keys.minute("user", minute),
-        keys.minute("tenant", minute),
-        keys.day("user", day),
-        keys.day("tenant", day),
+        *(keys.leases(scope) for scope in scopes),
+        *(keys.minute(scope, minute) for scope in scopes),
+        *(keys.day(scope, day) for scope in scopes),
     ]
+
+
+def _keys_of(admission: dict[str, Any]) -> Keys:
+    """The keys an admitted generation holds (its end user's too, when it was admitted so)."""
+    return Keys(admission["tenant"], admission["user"], admission.get("end_user"))
 
 
 class RedisAdmissionControl:
@@ -186,13 +200,23 @@ class RedisAdmissionControl:
 
     # --- generation starts ------------------------------------------------------------------
 
-    def admit(self, tenant_id: str, user_id: str, tokens: int, stream_id: str) -> Admission:
-        """Take every limit for one generation, or none: ``LimitExceeded``, or 503 without Redis."""
+    def admit(
+        self,
+        tenant_id: str,
+        user_id: str,
+        tokens: int,
+        stream_id: str,
+        end_user: str | None = None,
+    ) -> Admission:
+        """Take every limit for one generation, or none: ``LimitExceeded``, or 503 without Redis.
+
+        ``end_user`` (OpenAI's ``user`` field) is a third scope only when the principal limits
+        its end users; otherwise the admission is exactly the one without it.
+        """
         client = get_redis()
         clock = Clock.now()
         tokens = max(0, int(tokens))
         script = self._script(client, "admit", ADMIT_LUA)
-        redis_keys = _admit_keys(Keys(tenant_id, user_id), clock, stream_id)
         fixed = [
             clock.now_ms,
             stream_id,
@@ -206,7 +230,12 @@ class RedisAdmissionControl:
         ]
 
         def call(entry: Entry) -> list[Any]:
+            # The scope follows the limits read with the version the script checks.
+            scoped = end_user if end_user and entry.end_user is not None else None
             args = [entry.version, *fixed, *entry.ordered()]
+            if scoped is not None:
+                args += entry.end_user_ordered()
+            redis_keys = _admit_keys(Keys(tenant_id, user_id, scoped), clock, stream_id)
             return cast(list[Any], script(keys=redis_keys, args=args, client=client))
 
         try:
@@ -214,7 +243,9 @@ class RedisAdmissionControl:
         except redis.RedisError as exc:
             log.error("admission of %s failed: Redis unavailable: %s", stream_id, exc)
             raise _unavailable() from exc
-        results = parse(raw, ORDER)
+        with_end_user = len(raw) > 1 + 4 * len(ORDER)
+        # A limit of -1 is an end user's that is counted, not checked.
+        results = [r for r in parse(raw, ORDER_EU if with_end_user else ORDER) if r.limit >= 0]
         if text(raw[0]) == "denied":
             raise _refused(results, tokens)
         info = {
@@ -225,19 +256,17 @@ class RedisAdmissionControl:
             "day": clock.day,
             "tokens": tokens,
         }
+        if with_end_user:
+            info["end_user"] = end_user
         return Admission(info=info, binding=binding(results))
 
     def renew(self, admission: dict[str, Any]) -> None:
         """Extend the run's concurrency lease (the keeper calls this while the run lives)."""
-        keys = Keys(admission["tenant"], admission["user"])
+        keys = _keys_of(admission)
         ttl_ms = _lease_ttl_ms()
         client = get_redis()
         self._script(client, "renew", RENEW_LUA)(
-            keys=[
-                keys.reservation(admission["stream"]),
-                keys.leases("user"),
-                keys.leases("tenant"),
-            ],
+            keys=[keys.reservation(admission["stream"]), *map(keys.leases, keys.scopes)],
             args=[admission["stream"], int(time.time() * 1000) + ttl_ms, ttl_ms + 1000],
             client=client,
         )
@@ -246,12 +275,17 @@ class RedisAdmissionControl:
         self, admission: dict[str, Any], prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Drop the lease and reconcile the reservation to actual usage (once; idempotent)."""
-        keys = Keys(admission["tenant"], admission["user"])
+        keys = _keys_of(admission)
         minute, day = int(admission["minute"]), int(admission["day"])
         client = get_redis()
         settled = self._script(client, "release", RELEASE_LUA)(
             keys=_settle_keys(keys, admission["stream"], minute, day),
-            args=[admission["stream"], max(0, int(prompt_tokens)), max(0, int(completion_tokens))],
+            args=[
+                admission["stream"],
+                max(0, int(prompt_tokens)),
+                max(0, int(completion_tokens)),
+                len(keys.scopes),
+            ],
             client=client,
         )
         if not settled:

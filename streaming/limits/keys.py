@@ -1,6 +1,8 @@
 """The names and numbers every limits module shares: limits, scopes, Redis keys, one clock.
 
-Keys carry the hash tag ``{t:<tenant id>}``, so every script touches one Redis Cluster slot.
+Keys carry the hash tag ``{t:<tenant id>}``, so every script touches one Redis Cluster slot. An
+end user's keys (the OpenAI ``user`` field of an app token's request) sit under their principal's:
+``sg:lim:{t:<tenant>}:u:app:<jti>:eu:<end user>:...``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Scope = Literal["user", "tenant"]
+Scope = Literal["user", "tenant", "end_user"]
 
 LIMITS = ("rpm", "concurrent", "tpm", "tpd")
 SCOPES: tuple[Scope, ...] = ("user", "tenant")
 MAX_LIMIT = 10**15
 # The order of the eight limits in every script result.
 ORDER: tuple[tuple[Scope, str], ...] = tuple((scope, key) for key in LIMITS for scope in SCOPES)
+# With an end user: their four limits follow the eight (a limit not set for them is -1 there:
+# counted, not checked).
+ORDER_EU: tuple[tuple[Scope, str], ...] = ORDER + tuple(("end_user", key) for key in LIMITS)
 WINDOW_S = {"rpm": 60, "tpm": 60, "tpd": 86400}
 MINUTE_TTL_S = 120
 DAY_TTL_S = 2 * 86400 + 3600
@@ -46,10 +51,17 @@ def text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    """The Redis keys of one user's limits and of their tenant's."""
+    """The Redis keys of one principal's limits, of their tenant's and, when the request names
+    one the principal limits, of its end user's."""
 
     tenant_id: str
     user_id: str
+    end_user: str | None = None
+
+    @property
+    def scopes(self) -> tuple[Scope, ...]:
+        """The scopes a generation of these keys holds leases and token windows in."""
+        return (*SCOPES, "end_user") if self.end_user is not None else SCOPES
 
     def rpm(self, scope: Scope) -> str:
         return self._base(scope) + ":rpm"
@@ -68,7 +80,13 @@ class Keys:
 
     def _base(self, scope: Scope) -> str:
         base = _slot(self.tenant_id)
-        return base + ":u:" + self.user_id if scope == "user" else base
+        if scope == "tenant":
+            return base
+        if scope == "end_user":
+            if self.end_user is None:
+                raise ValueError("no end user")
+            return base + ":u:" + self.user_id + ":eu:" + self.end_user
+        return base + ":u:" + self.user_id
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,18 @@ def effective(scope: Scope, overrides: Mapping[str, Any] | None) -> dict[str, in
 
 
 def get_effective_limits(tenant_id: str, user_id: str | None = None) -> dict[str, dict[str, int]]:
-    """``{"tenant": {...}, "user": {...}}``: the limits in force, read from SQL (no cache)."""
+    """``{"tenant": {...}, "user": {...}}``: the limits in force, read from SQL (no cache).
+
+    For an app token with ``end_user_limits`` also ``"end_user"``: the limits each of its end
+    users has (only the keys set; the others are not limited per end user).
+    """
     out = {"tenant": effective("tenant", _overrides_of(_row("tenant", tenant_id)))}
     if user_id is not None:
-        out["user"] = effective("user", _overrides_of(_row("user", user_id)))
+        row = _row("user", user_id)
+        out["user"] = effective("user", _overrides_of(row))
+        end_user = clean_overrides(row.end_user_limits) if isinstance(row, AppToken) else None
+        if end_user:
+            out["end_user"] = end_user
     return out
 
 
