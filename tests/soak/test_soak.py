@@ -289,6 +289,7 @@ def test_soak_subscribers_and_generations(monkeypatch: pytest.MonkeyPatch, hog: 
     monkeypatch.setenv("SSE_MAX_SUBSCRIPTIONS_PER_USER", "100000")
     monkeypatch.setenv("SSE_CONNECTS_PER_MINUTE", "1000000")  # 10 watchers hold 1,000 followers
     monkeypatch.setenv("SSE_HEARTBEAT_S", "5")
+    monkeypatch.setenv("OVERLOAD_LAG_MS", "250")  # the production door (live tests turn it off)
     stack = Stack(workers=2)
     try:
         stack.start_redis()
