@@ -8,6 +8,7 @@ Streamgate talks to the deterministic fake upstream, whose vocabulary carries le
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import EventSource, connect_sse
 
 from bench.fake_upstream import FakeUpstream, expected_text, prompt_tokens
 from tests.api.chat_helpers import (
@@ -26,11 +27,17 @@ from tests.api.chat_helpers import (
     live_ids,
     token_of,
 )
+from tests.support.clients import chat_openai
 from tests.support.live import LiveServer
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
+
+# Keep-alives every half second and one-second leases (which the keeper renews every tick): the
+# tests that need either share one server instead of starting one each.
+QUICK_CLOCKS = {"SSE_HEARTBEAT_S": "0.5", "LEASE_TTL_S": "1"}
+ENDLESS = chat_body("infinite delay_ms=20", max_tokens=4096)  # runs until someone stops it
 
 
 @pytest.fixture()
@@ -47,16 +54,39 @@ def messages(directive: str) -> Any:
     return chat_body(directive)["messages"]
 
 
-def raw_stream(
+@contextlib.contextmanager
+def open_sse(
     live: LiveServer, headers: dict[str, str], body: dict[str, Any]
-) -> tuple[httpx.Response, list[str]]:
-    """POST a streaming request; the response and the data of every event, read with httpx-sse."""
+) -> Iterator[tuple[httpx.Client, EventSource]]:
+    """POST a streaming request and hold it open, read with httpx-sse (comments skipped)."""
     with (
         live.client() as client,
         connect_sse(
             client, "POST", "/v1/chat/completions", headers=headers, json={**body, "stream": True}
         ) as source,
     ):
+        yield client, source
+
+
+@contextlib.contextmanager
+def open_lines(
+    live: LiveServer, headers: dict[str, str], body: dict[str, Any]
+) -> Iterator[httpx.Response]:
+    """POST a streaming request and hold the raw response open (comments and all)."""
+    with (
+        live.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", headers=headers, json={**body, "stream": True}
+        ) as response,
+    ):
+        yield response
+
+
+def raw_stream(
+    live: LiveServer, headers: dict[str, str], body: dict[str, Any]
+) -> tuple[httpx.Response, list[str]]:
+    """POST a streaming request; the response and the data of every event, read with httpx-sse."""
+    with open_sse(live, headers, body) as (_, source):
         return source.response, [event.data for event in source.iter_sse()]
 
 
@@ -191,16 +221,7 @@ def test_parameters_reach_the_upstream_and_usage_is_only_sent_when_asked(
 def test_chatopenai_streams_and_invokes_through_streamgate(
     live: LiveServer, headers: dict[str, str]
 ) -> None:
-    from langchain_openai import ChatOpenAI
-
-    llm = ChatOpenAI(
-        base_url=live.url + "/v1",
-        api_key=token_of(headers),  # type: ignore[arg-type]
-        model="fake-model",
-        max_retries=0,
-        timeout=30,
-        stream_usage=True,
-    )
+    llm = chat_openai(live.url, token_of(headers), stream_usage=True)
     pieces = list(llm.stream(PROMPT + " [[fake tokens=24]]"))
     text = "".join(p.content for p in pieces if isinstance(p.content, str))
     assert text.encode() == expected_text(24).encode()
@@ -242,15 +263,7 @@ def test_every_data_line_survives_a_reader_that_splits_on_unicode_line_breaks(
     live: LiveServer, headers: dict[str, str]
 ) -> None:
     """Readers using ``str.splitlines`` (httpx's ``iter_lines``): U+2028 must not cut a line."""
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("tokens=16", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("tokens=16")) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert chunk_text([line.removeprefix("data: ") for line in lines]) == expected_text(16)
@@ -263,16 +276,7 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_and_cancels_the_record(
     live: LiveServer, headers: dict[str, str], fake_upstream: FakeUpstream, redis: Any
 ) -> None:
     seen = 0
-    with (
-        live.client() as client,
-        connect_sse(
-            client,
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
-        ) as source,
-    ):
+    with open_sse(live, headers, ENDLESS) as (client, source):
         stream_id = stream_id_of(source.response)
         for event in source.iter_sse():
             seen += bool(json.loads(event.data)["choices"][0]["delta"].get("content"))
@@ -295,15 +299,7 @@ def test_a_client_leaving_while_nothing_is_being_written_closes_the_upstream(
 ) -> None:
     """No write fails while the first token is slow (or with ``stream: false``): the gone client
     is still noticed, long before the next keep-alive (15 s by default) would have found out."""
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("first_delay_ms=60000", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("first_delay_ms=60000")) as response:
         stream_id = stream_id_of(response)
         next(response.iter_lines())  # the stream is open: then we leave
     assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1, timeout=10), (
@@ -325,20 +321,12 @@ def test_a_client_leaving_while_nothing_is_being_written_closes_the_upstream(
 # --- heartbeats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("live_overrides", [{"SSE_HEARTBEAT_S": "0.5"}])
+@pytest.mark.parametrize("live_overrides", [QUICK_CLOCKS])
 def test_a_slow_first_token_is_preceded_by_keep_alive_comments(
     live: LiveServer, headers: dict[str, str], fake_upstream: FakeUpstream
 ) -> None:
     # The first token takes 60 s: everything read here arrives before it exists.
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("first_delay_ms=60000", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("first_delay_ms=60000")) as response:
         assert response.status_code == 200
         assert response.headers["Cache-Control"] == "no-cache"
         assert response.headers["X-Accel-Buffering"] == "no"
@@ -352,15 +340,7 @@ def test_a_slow_first_token_is_preceded_by_keep_alive_comments(
     assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1, timeout=15)
 
     # A first token that does come after a while: keep-alives, then the whole text.
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("tokens=8 first_delay_ms=1600", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("tokens=8 first_delay_ms=1600")) as response:
         lines = list(response.iter_lines())
     first_token = next(i for i, line in enumerate(lines) if '"content":" Hello"' in line)
     assert ": keep-alive" in lines[:first_token]
@@ -558,16 +538,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
 
     admin = make_user(db.session.get(Tenant, user.tenant_id), role="admin")
     datas: list[str] = []
-    with (
-        live.client() as client,
-        connect_sse(
-            client,
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
-        ) as source,
-    ):
+    with open_sse(live, headers, ENDLESS) as (client, source):
         stream_id = stream_id_of(source.response)
         for event in source.iter_sse():
             datas.append(event.data)
@@ -589,7 +560,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
     assert live_ids(redis) == []
 
 
-@pytest.mark.parametrize("live_overrides", [{"LEASE_TTL_S": "1"}])
+@pytest.mark.parametrize("live_overrides", [QUICK_CLOCKS])
 def test_a_direct_stream_outliving_its_lease_keeps_it_renewed_and_completes(
     live: LiveServer, headers: dict[str, str], redis: Any
 ) -> None:
