@@ -14,6 +14,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.api.chat_helpers import chat_body, chunk_text, data_events, finished_record, live_ids
+from tests.support.accounts import tenant_member
 
 pytestmark = pytest.mark.db
 
@@ -28,6 +29,9 @@ def app_overrides() -> dict[str, Any]:
         "MAX_TOKENS_CAP": 100,
         "MAX_BODY_BYTES": 4096,
     }
+
+
+member_of = pytest.fixture(tenant_member, name="member_of")
 
 
 @pytest.fixture()
@@ -274,14 +278,12 @@ def test_an_unknown_model_is_a_404_model_not_found(
 
 def test_a_model_outside_the_tenants_allow_list_is_a_404(
     client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member_of: Callable[..., dict[str, str]],
     redis: Any,
     fake_upstream: FakeUpstream,
 ) -> None:
-    other = make_user(make_tenant(models=["other-model"]))
-    response = client.post(URL, headers=auth_headers(other), json=BASE)  # fake-model: not theirs
+    other = member_of(models=["other-model"])
+    response = client.post(URL, headers=other, json=BASE)  # fake-model: not theirs
     assert_refused(response, 404, "model", "does not exist", redis=redis, upstream=fake_upstream)
 
 

@@ -32,3 +32,11 @@ def tokens_for(login: Callable[..., Any]) -> Callable[[Any], dict[str, str]]:
         return dict(response.get_json())
 
     return do
+
+
+@pytest.fixture()
+def pair(
+    make_user: Callable[..., Any], tokens_for: Callable[[Any], dict[str, str]]
+) -> dict[str, str]:
+    """A new member's access/refresh pair, through the login route."""
+    return tokens_for(make_user())

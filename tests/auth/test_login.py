@@ -108,10 +108,8 @@ def test_refresh_issues_a_new_access_token_with_the_current_role(
 
 
 def test_logout_revokes_the_access_token_and_the_given_refresh_token(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     response = client.post(
         "/v1/auth/logout",
         headers=bearer(pair["access_token"]),
@@ -124,10 +122,8 @@ def test_logout_revokes_the_access_token_and_the_given_refresh_token(
 
 
 def test_logout_without_a_body_ends_the_session_refresh_token_included(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     assert client.post("/v1/auth/logout", headers=bearer(pair["access_token"])).status_code == 204
 
     assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
@@ -190,10 +186,8 @@ def test_every_authenticated_route_answers_401_without_a_token(
 
 @pytest.mark.parametrize("param", ["jwt", "access_token", "token"])
 def test_a_token_in_the_query_string_is_not_accepted(
-    client: Any, make_user: Any, tokens_for: Any, param: str
+    client: Any, param: str, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     response = client.get(f"/v1/auth/me?{param}={pair['access_token']}")
 
     assert_auth_error(response, error="")

@@ -61,16 +61,16 @@ def test_a_forged_or_broken_token_is_refused(
 
 
 def test_the_genuine_claims_re_signed_with_the_right_key_are_accepted(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
     # Proves the forgeries above fail for the reason they name, not because PyJWT signs oddly.
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
 
     assert client.get("/v1/auth/me", headers=bearer(sign(claims_of(token)))).status_code == 200
 
 
-def test_an_expired_token_says_so(client: Any, make_user: Any, tokens_for: Any) -> None:
-    token = tokens_for(make_user())["access_token"]
+def test_an_expired_token_says_so(client: Any, pair: dict[str, str]) -> None:
+    token = pair["access_token"]
 
     response = client.get("/v1/auth/me", headers=bearer(sign({**claims_of(token), "exp": 1})))
 
@@ -78,27 +78,19 @@ def test_an_expired_token_says_so(client: Any, make_user: Any, tokens_for: Any) 
     assert response.get_json()["message"] == "Token has expired"
 
 
-def test_a_refresh_token_is_not_an_access_token(
-    client: Any, make_user: Any, tokens_for: Any
-) -> None:
-    pair = tokens_for(make_user())
-
+def test_a_refresh_token_is_not_an_access_token(client: Any, pair: dict[str, str]) -> None:
     assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["refresh_token"])))
     assert_auth_error(client.post("/v1/auth/logout", headers=bearer(pair["refresh_token"])))
 
 
-def test_an_access_token_is_not_a_refresh_token(
-    client: Any, make_user: Any, tokens_for: Any
-) -> None:
-    pair = tokens_for(make_user())
-
+def test_an_access_token_is_not_a_refresh_token(client: Any, pair: dict[str, str]) -> None:
     assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["access_token"])))
 
 
-def test_a_revoked_jti_is_refused(client: Any, make_user: Any, tokens_for: Any) -> None:
+def test_a_revoked_jti_is_refused(client: Any, pair: dict[str, str]) -> None:
     from auth.tokens import revoke_jti
 
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
     claims = claims_of(token)
 
     revoke_jti(claims["jti"], claims["exp"])
@@ -179,9 +171,9 @@ def test_a_disabled_account_stays_out_even_if_redis_forgets(
 
 
 def test_challenge_descriptions_stay_inside_the_quoted_string(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
 
     response = client.get("/v1/auth/me", headers=bearer(token[:20] + '"\\' + token[20:]))
 
