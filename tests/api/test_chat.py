@@ -15,6 +15,7 @@ import pytest
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.api.chat_helpers import chat_body, chunk_text, data_events, finished_record, live_ids
 from tests.support.accounts import tenant_member
+from tests.support.tokens import read_only_app_token
 
 pytestmark = pytest.mark.db
 
@@ -348,18 +349,7 @@ def test_without_a_token_it_is_a_401_in_openai_shape(
 def test_a_token_without_the_chat_scope_is_a_403(
     client: Any, user: Any, redis: Any, fake_upstream: FakeUpstream
 ) -> None:
-    from datetime import timedelta
-
-    from auth.tokens import issue_app_token
-
-    token = issue_app_token(
-        user_id=user.id,
-        tenant_id=user.tenant_id,
-        role=user.role,
-        scopes=["read"],
-        ttl=timedelta(hours=1),
-    )
-    response = client.post(URL, headers={"Authorization": "Bearer " + token}, json=BASE)
+    response = client.post(URL, headers=read_only_app_token(user), json=BASE)
     error = assert_refused(response, 403, None, "'chat' scope", redis=redis, upstream=fake_upstream)
     assert error["code"] == "insufficient_scope"
 

@@ -27,7 +27,7 @@ from tests.api.chat_helpers import (
     live_ids,
     token_of,
 )
-from tests.support.clients import chat_openai
+from tests.support.clients import chat_openai, openai_client
 from tests.support.live import LiveServer
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
@@ -43,11 +43,8 @@ ENDLESS = chat_body("infinite delay_ms=20", max_tokens=4096)  # runs until someo
 @pytest.fixture()
 def sdk(live: LiveServer, headers: dict[str, str]) -> Iterator[openai.OpenAI]:
     """The openai SDK pointed at Streamgate, the user's access token as its API key."""
-    client = openai.OpenAI(
-        base_url=live.url + "/v1", api_key=token_of(headers), max_retries=0, timeout=30
-    )
-    yield client
-    client.close()
+    with openai_client(live.url, token_of(headers)) as client:
+        yield client
 
 
 def messages(directive: str) -> Any:
@@ -472,7 +469,7 @@ def test_without_a_valid_token_it_is_a_401_the_sdk_raises_authentication_error_f
     assert error["type"] == "authentication_error" and error["message"]
 
     for key in ("not-a-jwt", "e30.e30.e30"):
-        client = openai.OpenAI(base_url=live.url + "/v1", api_key=key, max_retries=0)
+        client = openai_client(live.url, key)
         with pytest.raises(openai.AuthenticationError) as caught:
             client.chat.completions.create(model="fake-model", messages=messages(""), stream=True)
         assert caught.value.status_code == 401
@@ -491,11 +488,11 @@ def test_an_app_token_with_chat_scope_works_and_one_without_is_refused(
             ).json()["token"]
             for scope in ("chat", "read")
         }
-    app_sdk = openai.OpenAI(base_url=live.url + "/v1", api_key=tokens["chat"], max_retries=0)
+    app_sdk = openai_client(live.url, tokens["chat"])
     completion = app_sdk.chat.completions.create(model="fake-model", messages=messages("tokens=4"))
     assert completion.choices[0].message.content == expected_text(4)
 
-    read_only = openai.OpenAI(base_url=live.url + "/v1", api_key=tokens["read"], max_retries=0)
+    read_only = openai_client(live.url, tokens["read"])
     with pytest.raises(openai.PermissionDeniedError) as caught:
         read_only.chat.completions.create(model="fake-model", messages=messages(""), stream=True)
     assert caught.value.status_code == 403 and "chat" in caught.value.message

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.accounts import tenant_member
+from tests.support.tokens import read_only_app_token
 
 pytestmark = pytest.mark.db
 
@@ -102,21 +103,8 @@ def test_an_app_token_with_any_scope_may_list_models(
     client: Any,
     make_user: Callable[..., Any],
 ) -> None:
-    from datetime import timedelta
-
-    from auth.tokens import issue_app_token
-
-    user = make_user()
-    token = issue_app_token(
-        user_id=user.id,
-        tenant_id=user.tenant_id,
-        role=user.role,
-        scopes=["read"],
-        ttl=timedelta(hours=1),
-    )
-    assert model_ids(client.get("/v1/models", headers={"Authorization": "Bearer " + token})) == [
-        "fake-model"
-    ]
+    headers = read_only_app_token(make_user())
+    assert model_ids(client.get("/v1/models", headers=headers)) == ["fake-model"]
 
 
 def test_the_openai_sdk_lists_models(

@@ -17,7 +17,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.support.browser import PageServer
-from tests.support.hub import prompt
+from tests.support.hub import prompt, start_stream
 from tests.support.pages import page_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
@@ -158,14 +158,7 @@ def test_a_page_on_another_origin_is_blocked_by_the_browser(
 ) -> None:
     headers = {"Authorization": "Bearer " + bearer}
     with live.client() as client:
-        started = client.post(
-            "/v1/streams",
-            headers=headers,
-            json={
-                "model": "fake-model",
-                "messages": [{"role": "user", "content": prompt(tokens=20, first_delay_ms=300)}],
-            },
-        ).json()
+        started = start_stream(client, headers, tokens=20, first_delay_ms=300)
         ticket = client.post(
             "/v1/events/tickets", headers=headers, json={"channel": started["channel"]}
         ).json()

@@ -20,7 +20,7 @@ import pytest
 from bench.fake_upstream import expected_text
 from tests.support.browser import PageServer
 from tests.support.config import PASSWORD, ROOT
-from tests.support.hub import prompt, tenant_of
+from tests.support.hub import prompt, start_stream, tenant_of
 from tests.support.pages import chromium_browser, page_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
@@ -144,16 +144,7 @@ def test_another_origin_reads_a_channel_with_a_one_time_ticket(
 ) -> None:
     user, headers = live_user()
     with live.client() as client:
-        started = client.post(
-            "/v1/streams",
-            headers=headers,
-            json={
-                "model": "fake-model",
-                "messages": [
-                    {"role": "user", "content": prompt(tokens=40, delay_ms=10, first_delay_ms=1000)}
-                ],
-            },
-        ).json()
+        started = start_stream(client, headers, tokens=40, delay_ms=10, first_delay_ms=1000)
         ticket = client.post(
             "/v1/events/tickets", headers=headers, json={"channel": started["channel"]}
         ).json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import openai
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
@@ -22,4 +23,12 @@ def chat_openai(base_url: str, token: str, **options: Any) -> ChatOpenAI:
         max_retries=0,
         timeout=30,
         **options,
+    )
+
+
+def openai_client(base_url: str, token: str, *, max_retries: int = 0) -> openai.OpenAI:
+    """The openai SDK on Streamgate (``<base_url>/v1``) with ``token`` as its API key; no retries
+    unless asked (a retried request would hide what a test counts)."""
+    return openai.OpenAI(
+        base_url=base_url + "/v1", api_key=token, max_retries=max_retries, timeout=30
     )

@@ -62,3 +62,20 @@ def tampered(token: str, **changes: Any) -> str:
     """The same token with edited claims and the original signature."""
     header, _payload, signature = token.split(".")
     return header + "." + _b64({**claims_of(token), **changes}) + "." + signature
+
+
+def read_only_app_token(user: Any) -> dict[str, str]:
+    """Bearer headers of an hour-long app token of ``user`` with the ``read`` scope only
+    (current app context): it may list models, not chat."""
+    from datetime import timedelta
+
+    from auth.tokens import issue_app_token
+
+    token = issue_app_token(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        role=user.role,
+        scopes=["read"],
+        ttl=timedelta(hours=1),
+    )
+    return bearer(token)
