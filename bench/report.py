@@ -55,41 +55,18 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
             }
         )
 
-    hi = "200"
-    direct_hi = _level(results, "direct", hi)
+    def at_most(name: str, goal: str, value: Any, unit: str, limit: float, note: str = "") -> None:
+        row(name, goal, value, unit, None if value is None else value <= limit, note)
+
+    direct_hi = _level(results, "direct", "200")
     ratio = (direct_hi or {}).get("vs_floor", {}).get("total_p50_ratio")
-    row(
-        "direct total p50 at 200 concurrent",
-        "<= 1.10x floor",
-        ratio,
-        "x floor",
-        None if ratio is None else ratio <= 1.10,
-    )
+    at_most("direct total p50 at 200 concurrent", "<= 1.10x floor", ratio, "x floor", 1.10)
     direct_50 = _level(results, "direct", "50")
     delta = (direct_50 or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
-    row(
-        "direct TTFT p50 at 50 concurrent",
-        "<= floor + 25 ms",
-        delta,
-        "ms over floor",
-        None if delta is None else delta <= 25,
-    )
-    cpu = (results.get("cpu.direct") or {}).get("headline_us_per_token")
-    row(
-        "gateway CPU per token at 0 ms (direct)",
-        "<= 100 us",
-        cpu,
-        "us/token",
-        None if cpu is None else cpu <= 100,
-    )
-    ccpu = (results.get("cpu.channel") or {}).get("headline_us_per_token")
-    row(
-        "gateway CPU per token at 0 ms (channel)",
-        "<= 100 us",
-        ccpu,
-        "us/token",
-        None if ccpu is None else ccpu <= 100,
-    )
+    at_most("direct TTFT p50 at 50 concurrent", "<= floor + 25 ms", delta, "ms over floor", 25)
+    for mode in ("direct", "channel"):
+        cpu = (results.get(f"cpu.{mode}") or {}).get("headline_us_per_token")
+        at_most(f"gateway CPU per token at 0 ms ({mode})", "<= 100 us", cpu, "us/token", 100)
     idle = results.get("channel.idle") or {}
     levels = idle.get("levels") or {}
     counts = sorted((int(k) for k, v in levels.items() if v.get("kb_per_subscriber") is not None))
@@ -114,12 +91,12 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
         row("memory per idle subscriber", "<= 25 KB", None, "KB", None, idle.get("reason", ""))
     fan = results.get("channel.fanout") or {}
     p99 = (fan.get("lag_ms") or {}).get("p99")
-    row(
+    at_most(
         f"fan-out lag p99 to {fan.get('subscribers', 1000)} subscribers",
         "<= 100 ms",
         p99,
         "ms",
-        None if p99 is None else p99 <= 100,
+        100,
         fan.get("reason", ""),
     )
     rev = results.get("channel.revoke") or {}
