@@ -49,6 +49,11 @@ def _api_errors(command: F) -> F:
     return cast(F, wrapper)
 
 
+# Options several commands take, declared once.
+_tenant_option = click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+_reason_option = click.option("--reason", help="Recorded in the audit log.")
+
+
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -84,7 +89,7 @@ def list_tenants() -> None:
 
 @tenants_cli.command("disable")
 @click.argument("slug")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def disable_tenant(slug: str, reason: str | None) -> None:
     """Disable a tenant: all its tokens stop working, its running streams are revoked."""
@@ -94,7 +99,7 @@ def disable_tenant(slug: str, reason: str | None) -> None:
 
 @tenants_cli.command("enable")
 @click.argument("slug")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def enable_tenant(slug: str, reason: str | None) -> None:
     """Re-enable a disabled tenant (old tokens stay revoked)."""
@@ -106,7 +111,7 @@ def enable_tenant(slug: str, reason: str | None) -> None:
 
 
 @users_cli.command("create")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.option("--email", required=True)
 @click.option("--role", type=click.Choice(ROLES), default="member", show_default=True)
 @click.option(
@@ -125,7 +130,7 @@ def create_user(tenant_slug: str, email: str, role: str, password: str) -> None:
 
 
 @users_cli.command("list")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @_api_errors
 def list_users(tenant_slug: str) -> None:
     """List a tenant's users."""
@@ -135,9 +140,9 @@ def list_users(tenant_slug: str) -> None:
 
 
 @users_cli.command("disable")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.argument("email")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Disable a user: every token they hold stops working, their running streams are revoked."""
@@ -147,9 +152,9 @@ def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
 
 
 @users_cli.command("enable")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.argument("email")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Re-enable a disabled user (old tokens stay revoked)."""
@@ -159,10 +164,10 @@ def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
 
 
 @users_cli.command("set-role")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.argument("email")
 @click.argument("role", type=click.Choice(ROLES))
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> None:
     """Set a user's role (a demotion revokes their tokens and stops their streams)."""
@@ -175,7 +180,7 @@ def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> Non
 
 
 @tokens_cli.command("issue")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.option("--email", required=True, help="The owner: the token acts as this user.")
 @click.option("--name", required=True, help="What the token is for.")
 @click.option(
@@ -205,7 +210,7 @@ def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in
 
 @tokens_cli.command("revoke")
 @click.argument("jti")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def revoke_token(jti: str, reason: str | None) -> None:
     """Revoke an app token by its jti; the streams it started are revoked."""
