@@ -19,7 +19,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from auth import service
-from auth.models import ROLES, SCOPES
+from auth.models import ROLES, SCOPES, User
 from core.errors import ApiError
 from streaming import revocation
 
@@ -52,6 +52,21 @@ def _api_errors(command: F) -> F:
 # Options several commands take, declared once.
 _tenant_option = click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
 _reason_option = click.option("--reason", help="Recorded in the audit log.")
+
+
+def _slug_and_reason(command: F) -> F:
+    """A tenant command's ``SLUG [--reason TEXT]``."""
+    return click.argument("slug")(_reason_option(_api_errors(command)))
+
+
+def _email_and_reason(command: F) -> F:
+    """A user command's ``--tenant SLUG EMAIL [--reason TEXT]``."""
+    return _tenant_option(click.argument("email")(_reason_option(_api_errors(command))))
+
+
+def _user(tenant_slug: str, email: str) -> User:
+    """The user ``email`` of the tenant ``tenant_slug`` (a 404 as a CLI error)."""
+    return service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
 
 
 def _csv(value: str) -> list[str]:
@@ -88,9 +103,7 @@ def list_tenants() -> None:
 
 
 @tenants_cli.command("disable")
-@click.argument("slug")
-@_reason_option
-@_api_errors
+@_slug_and_reason
 def disable_tenant(slug: str, reason: str | None) -> None:
     """Disable a tenant: all its tokens stop working, its running streams are revoked."""
     tenant = revocation.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
@@ -98,9 +111,7 @@ def disable_tenant(slug: str, reason: str | None) -> None:
 
 
 @tenants_cli.command("enable")
-@click.argument("slug")
-@_reason_option
-@_api_errors
+@_slug_and_reason
 def enable_tenant(slug: str, reason: str | None) -> None:
     """Re-enable a disabled tenant (old tokens stay revoked)."""
     tenant = service.enable_tenant(service.tenant_by_slug(slug).id, None, reason)
@@ -140,25 +151,19 @@ def list_users(tenant_slug: str) -> None:
 
 
 @users_cli.command("disable")
-@_tenant_option
-@click.argument("email")
-@_reason_option
-@_api_errors
+@_email_and_reason
 def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Disable a user: every token they hold stops working, their running streams are revoked."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     user, streams = revocation.disable_user(None, user.id, None, reason)
     click.echo(f"disabled {user.email}; their tokens are revoked{_stopped(streams)}")
 
 
 @users_cli.command("enable")
-@_tenant_option
-@click.argument("email")
-@_reason_option
-@_api_errors
+@_email_and_reason
 def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Re-enable a disabled user (old tokens stay revoked)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     service.enable_user(None, user.id, None, reason)
     click.echo(f"enabled {user.email}")
 
@@ -171,7 +176,7 @@ def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
 @_api_errors
 def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> None:
     """Set a user's role (a demotion revokes their tokens and stops their streams)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     revocation.set_user_role(None, user.id, role, None, reason, allow_operator=True)
     click.echo(f"{user.email} is now {role}")
 
@@ -193,7 +198,7 @@ def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> Non
 @_api_errors
 def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in_days: int) -> None:
     """Issue an app token and print it (shown once)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     if user.disabled:
         raise click.ClickException(f"{user.email} is disabled")
     row, encoded = service.create_app_token(
