@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,17 @@ def _status_line(label: str, scen: dict[str, Any]) -> str:
     return f"  {label}: {scen.get('status')}: {scen.get('reason', '')}"
 
 
+def _measured(
+    out: list[str], levels: dict[str, Any], key: str, prefix: Callable[[str], str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The levels that measured ``key``; for each other one a line ``<prefix>status: reason``."""
+    for level, lv in levels.items():
+        if key in lv:
+            yield level, lv
+        else:
+            out.append(f"{prefix(level)}{lv.get('status')}: {lv.get('reason', '')}")
+
+
 def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     """The plain-text summary printed at the end of a run (only what ran)."""
     out: list[str] = []
@@ -148,12 +160,10 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         if scen.get("status") != "ok":
             out.append(f"{target:<8} {scen.get('status')}: {scen.get('reason', '')}")
             continue
-        for conc, lv in scen["levels"].items():
-            if "ttft_ms" not in lv:
-                out.append(f"{target:<8} {conc:>4} {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+        row = f"{target:<8} {{:>4}} ".format
+        for conc, lv in _measured(out, scen["levels"], "ttft_ms", row):
             out.append(
-                f"{target:<8} {conc:>4} {lv['ok']:>4}/{lv['streams']:<4} "
+                f"{row(conc)}{lv['ok']:>4}/{lv['streams']:<4} "
                 f"{_fmt(lv['ttft_ms']['p50']):>9} "
                 f"{_fmt(lv['ttft_ms']['p99']):>9} {_fmt(lv['gap_ms']['p99']):>8} "
                 f"{_fmt(lv['total_s']['p50'], 3):>9} "
@@ -184,12 +194,10 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         out += ["", "channel mode and profiles"]
     idle = results.get("channel.idle")
     if idle and idle.get("status") == "ok":
-        for count, lv in idle["levels"].items():
-            if "open" not in lv:
-                out.append(f"  idle {count:>6}: {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+        row = "  idle {:>6}: ".format
+        for count, lv in _measured(out, idle["levels"], "open", row):
             out.append(
-                f"  idle {count:>6}: open {lv['open']}, "
+                f"{row(count)}open {lv['open']}, "
                 f"{_fmt(lv['kb_per_subscriber'], 2)} KB/subscriber "
                 f"(marginal {_fmt(lv.get('marginal_kb_per_subscriber'), 2)}), "
                 f"Redis conns per worker {lv['redis']['per_worker']}, "
@@ -236,10 +244,7 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         if scen.get("status") != "ok":
             out.append(_status_line(name, scen))
             continue
-        for level, lv in scen["levels"].items():
-            if "admitted" not in lv:
-                out.append(f"  {name} {level:>4}: {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+        for level, lv in _measured(out, scen["levels"], "admitted", f"  {name} {{:>4}}: ".format):
             out.append(
                 f"  {name.split('.')[1]:<7} {level:>4}: admitted {lv['admitted']}, refused "
                 f"{lv['refused_at_door']}, completed {lv['completed']}, failed "
