@@ -14,6 +14,7 @@ import pytest
 from tests.support.tokens import (
     OTHER_SECRET,
     assert_auth_error,
+    assert_pair_refused,
     bearer,
     claims_of,
     sign,
@@ -112,8 +113,7 @@ def test_a_token_issued_before_the_users_cutoff_is_refused_and_later_ones_work(
     time.sleep(0.005)  # the cutoff is in milliseconds
     after = tokens_for(user)
 
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(before["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(before["refresh_token"])))
+    assert_pair_refused(client, before)
     assert client.get("/v1/auth/me", headers=bearer(after["access_token"])).status_code == 200
 
 
@@ -128,8 +128,7 @@ def test_a_disabled_user_is_refused_everywhere(
 
     service.disable_user(user.tenant_id, user.id, None, "left the company")
 
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+    assert_pair_refused(client, pair)
     response = login(user)
     assert_auth_error(response)
     assert response.get_json() == login(user, "wrong password", addr="10.9.9.9").get_json()
@@ -148,8 +147,7 @@ def test_a_disabled_tenant_is_refused_everywhere(
     service.disable_tenant(tenant.id, None, "unpaid")
 
     for pair in pairs:
-        assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-        assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+        assert_pair_refused(client, pair)
     response = login(member)
     assert_auth_error(response)
     assert response.get_json()["message"] == "Invalid tenant, email or password."

@@ -79,3 +79,10 @@ def read_only_app_token(user: Any) -> dict[str, str]:
         ttl=timedelta(hours=1),
     )
     return bearer(token)
+
+
+def assert_pair_refused(client: Any, pair: dict[str, str]) -> None:
+    """Neither half of an access/refresh pair works any more (Flask test client): the access
+    token is refused by ``/v1/auth/me``, the refresh token by ``/v1/auth/refresh``."""
+    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
+    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
