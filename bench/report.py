@@ -132,6 +132,14 @@ def _status_line(label: str, scen: dict[str, Any]) -> str:
     return f"  {label}: {scen.get('status')}: {scen.get('reason', '')}"
 
 
+def _ran_ok(out: list[str], results: dict[str, Any], name: str, label: str) -> dict[str, Any]:
+    """Scenario ``name`` if it ran and succeeded; if it ran otherwise, a status line says so."""
+    scen = results.get(name) or {}
+    if scen and scen.get("status") != "ok":
+        out.append(_status_line(label, scen))
+    return scen if scen.get("status") == "ok" else {}
+
+
 def _measured(
     out: list[str], levels: dict[str, Any], key: str, prefix: Callable[[str], str]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -192,8 +200,8 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     extras += [n for n in ("profile.direct", "profile.channel") if n in results]
     if extras:
         out += ["", "channel mode and profiles"]
-    idle = results.get("channel.idle")
-    if idle and idle.get("status") == "ok":
+    idle = _ran_ok(out, results, "channel.idle", "idle")
+    if idle:
         row = "  idle {:>6}: ".format
         for count, lv in _measured(out, idle["levels"], "open", row):
             out.append(
@@ -203,18 +211,14 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
                 f"Redis conns per worker {lv['redis']['per_worker']}, "
                 f"idle CPU {lv['idle_cpu_cores']} cores"
             )
-    elif idle:
-        out.append(_status_line("idle", idle))
-    fan = results.get("channel.fanout")
-    if fan and fan.get("status") == "ok":
+    fan = _ran_ok(out, results, "channel.fanout", "fan-out")
+    if fan:
         out.append(
             f"  fan-out to {fan['subscribers']}: lag p50 {_fmt(fan['lag_ms']['p50'])} ms, "
             f"p99 {_fmt(fan['lag_ms']['p99'])} ms, max {_fmt(fan['lag_ms']['max'])} ms"
         )
-    elif fan:
-        out.append(_status_line("fan-out", fan))
-    rev = results.get("channel.revoke")
-    if rev and rev.get("status") == "ok":
+    rev = _ran_ok(out, results, "channel.revoke", "revoke")
+    if rev:
         for mode in ("channel", "direct"):
             r = rev[mode]
             out.append(
@@ -224,15 +228,11 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['closed_ms']['p50'])}/{_fmt(r['closed_ms']['p99'])} ms, upstream "
                 f"{_fmt(r['upstream_ms']['p50'])}/{_fmt(r['upstream_ms']['p99'])} ms"
             )
-    elif rev:
-        out.append(_status_line("revoke", rev))
     for name in ("profile.direct", "profile.channel"):
-        prof = results.get(name)
-        if prof and prof.get("status") == "ok":
+        prof = _ran_ok(out, results, name, name)
+        if prof:
             top = ", ".join(f"{k} {v}%" for k, v in list(prof["buckets_pct"].items())[:8])
             out.append(f"  {name} (py-spy, {prof['samples']} samples): {top}")
-        elif prof:
-            out.append(_status_line(name, prof))
     sat = [n for n in ("saturation.direct", "saturation.channel") if n in results]
     if sat:
         out += [
@@ -240,9 +240,8 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             "saturation (offered at once; refused = 503/429 at the door; failed = after admission)",
         ]
     for name in sat:
-        scen = results[name]
-        if scen.get("status") != "ok":
-            out.append(_status_line(name, scen))
+        scen = _ran_ok(out, results, name, name)
+        if not scen:
             continue
         for level, lv in _measured(out, scen["levels"], "admitted", f"  {name} {{:>4}}: ".format):
             out.append(
