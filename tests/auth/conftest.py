@@ -35,8 +35,15 @@ def tokens_for(login: Callable[..., Any]) -> Callable[[Any], dict[str, str]]:
 
 
 @pytest.fixture()
-def pair(
+def signed_in(
     make_user: Callable[..., Any], tokens_for: Callable[[Any], dict[str, str]]
-) -> dict[str, str]:
+) -> tuple[Any, dict[str, str]]:
+    """A new member and their access/refresh pair, through the login route."""
+    user = make_user()
+    return user, tokens_for(user)
+
+
+@pytest.fixture()
+def pair(signed_in: tuple[Any, dict[str, str]]) -> dict[str, str]:
     """A new member's access/refresh pair, through the login route."""
-    return tokens_for(make_user())
+    return signed_in[1]

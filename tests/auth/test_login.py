@@ -95,12 +95,11 @@ def test_login_validates_its_body(client: Any) -> None:
 
 
 def test_refresh_issues_a_new_access_token_with_the_current_role(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
     service.set_user_role(user.tenant_id, user.id, "admin", None)  # a promotion keeps tokens
 
     response = client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"]))

@@ -119,12 +119,11 @@ def test_a_token_issued_before_the_users_cutoff_is_refused_and_later_ones_work(
 
 @pytest.mark.db
 def test_a_disabled_user_is_refused_everywhere(
-    client: Any, make_user: Any, tokens_for: Any, login: Any
+    client: Any, login: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
 
     service.disable_user(user.tenant_id, user.id, None, "left the company")
 
@@ -155,12 +154,11 @@ def test_a_disabled_tenant_is_refused_everywhere(
 
 @pytest.mark.db
 def test_a_disabled_account_stays_out_even_if_redis_forgets(
-    client: Any, make_user: Any, tokens_for: Any, redis: Any
+    client: Any, redis: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
     service.disable_user(user.tenant_id, user.id, None)
 
     redis.flushall()  # Redis restarted without persistence: the revocation keys are gone
