@@ -19,7 +19,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from auth import service
-from auth.models import ROLES, SCOPES
+from auth.models import ROLES, SCOPES, User
 from core.errors import ApiError
 from streaming import revocation
 
@@ -47,6 +47,26 @@ def _api_errors(command: F) -> F:
             raise click.ClickException(exc.message) from exc
 
     return cast(F, wrapper)
+
+
+# Options several commands take, declared once.
+_tenant_option = click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+_reason_option = click.option("--reason", help="Recorded in the audit log.")
+
+
+def _slug_and_reason(command: F) -> F:
+    """A tenant command's ``SLUG [--reason TEXT]``."""
+    return click.argument("slug")(_reason_option(_api_errors(command)))
+
+
+def _email_and_reason(command: F) -> F:
+    """A user command's ``--tenant SLUG EMAIL [--reason TEXT]``."""
+    return _tenant_option(click.argument("email")(_reason_option(_api_errors(command))))
+
+
+def _user(tenant_slug: str, email: str) -> User:
+    """The user ``email`` of the tenant ``tenant_slug`` (a 404 as a CLI error)."""
+    return service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
 
 
 def _csv(value: str) -> list[str]:
@@ -83,9 +103,7 @@ def list_tenants() -> None:
 
 
 @tenants_cli.command("disable")
-@click.argument("slug")
-@click.option("--reason", help="Recorded in the audit log.")
-@_api_errors
+@_slug_and_reason
 def disable_tenant(slug: str, reason: str | None) -> None:
     """Disable a tenant: all its tokens stop working, its running streams are revoked."""
     tenant = revocation.disable_tenant(service.tenant_by_slug(slug).id, None, reason)
@@ -93,9 +111,7 @@ def disable_tenant(slug: str, reason: str | None) -> None:
 
 
 @tenants_cli.command("enable")
-@click.argument("slug")
-@click.option("--reason", help="Recorded in the audit log.")
-@_api_errors
+@_slug_and_reason
 def enable_tenant(slug: str, reason: str | None) -> None:
     """Re-enable a disabled tenant (old tokens stay revoked)."""
     tenant = service.enable_tenant(service.tenant_by_slug(slug).id, None, reason)
@@ -106,7 +122,7 @@ def enable_tenant(slug: str, reason: str | None) -> None:
 
 
 @users_cli.command("create")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.option("--email", required=True)
 @click.option("--role", type=click.Choice(ROLES), default="member", show_default=True)
 @click.option(
@@ -125,7 +141,7 @@ def create_user(tenant_slug: str, email: str, role: str, password: str) -> None:
 
 
 @users_cli.command("list")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @_api_errors
 def list_users(tenant_slug: str) -> None:
     """List a tenant's users."""
@@ -135,38 +151,32 @@ def list_users(tenant_slug: str) -> None:
 
 
 @users_cli.command("disable")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
-@click.argument("email")
-@click.option("--reason", help="Recorded in the audit log.")
-@_api_errors
+@_email_and_reason
 def disable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Disable a user: every token they hold stops working, their running streams are revoked."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     user, streams = revocation.disable_user(None, user.id, None, reason)
     click.echo(f"disabled {user.email}; their tokens are revoked{_stopped(streams)}")
 
 
 @users_cli.command("enable")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
-@click.argument("email")
-@click.option("--reason", help="Recorded in the audit log.")
-@_api_errors
+@_email_and_reason
 def enable_user(tenant_slug: str, email: str, reason: str | None) -> None:
     """Re-enable a disabled user (old tokens stay revoked)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     service.enable_user(None, user.id, None, reason)
     click.echo(f"enabled {user.email}")
 
 
 @users_cli.command("set-role")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.argument("email")
 @click.argument("role", type=click.Choice(ROLES))
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> None:
     """Set a user's role (a demotion revokes their tokens and stops their streams)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     revocation.set_user_role(None, user.id, role, None, reason, allow_operator=True)
     click.echo(f"{user.email} is now {role}")
 
@@ -175,7 +185,7 @@ def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> Non
 
 
 @tokens_cli.command("issue")
-@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@_tenant_option
 @click.option("--email", required=True, help="The owner: the token acts as this user.")
 @click.option("--name", required=True, help="What the token is for.")
 @click.option(
@@ -188,7 +198,7 @@ def set_role(tenant_slug: str, email: str, role: str, reason: str | None) -> Non
 @_api_errors
 def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in_days: int) -> None:
     """Issue an app token and print it (shown once)."""
-    user = service.user_by_email(service.tenant_by_slug(tenant_slug).id, email)
+    user = _user(tenant_slug, email)
     if user.disabled:
         raise click.ClickException(f"{user.email} is disabled")
     row, encoded = service.create_app_token(
@@ -205,7 +215,7 @@ def issue_token(tenant_slug: str, email: str, name: str, scopes: str, expires_in
 
 @tokens_cli.command("revoke")
 @click.argument("jti")
-@click.option("--reason", help="Recorded in the audit log.")
+@_reason_option
 @_api_errors
 def revoke_token(jti: str, reason: str | None) -> None:
     """Revoke an app token by its jti; the streams it started are revoked."""

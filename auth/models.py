@@ -135,7 +135,6 @@ def get_for_tenant(model: type[M], tenant_id: str | None, object_id: str) -> M |
 
 
 def record_audit(
-    *,
     tenant_id: str | None,
     actor_id: str | None,
     action: str,

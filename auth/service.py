@@ -51,7 +51,7 @@ def sign_out_everywhere(
     ended = sessions.open_session_ids(user.id)
     tokens.revoke_user_tokens(user.id)
     sessions.bump_token_version(user)
-    _audit(user.tenant_id, actor_id, "user.sign_out", "user", user.id, reason)
+    record_audit(user.tenant_id, actor_id, "user.sign_out", "user", user.id, reason)
     db.session.commit()
     sessions.publish_token_version(user)
     sessions.end_sessions(ended, "signed_out_everywhere")
@@ -82,7 +82,7 @@ def create_tenant(
     tenant = Tenant(slug=slug, name=name, allowed_models=models, limits=limits)
     db.session.add(tenant)
     db.session.flush()
-    _audit(tenant.id, actor_id, "tenant.create", "tenant", tenant.id, None, {"slug": slug})
+    record_audit(tenant.id, actor_id, "tenant.create", "tenant", tenant.id, None, {"slug": slug})
     _commit_unique(f"A tenant with slug '{slug}' already exists.")
     return tenant
 
@@ -112,26 +112,31 @@ def disable_tenant(
     details: dict[str, Any] | None = None,
 ) -> Tenant:
     """Disable a tenant: every token of every user in it stops working, logins are refused."""
-    tenant = db.session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise _not_found("Tenant")
-    tokens.set_tenant_disabled(tenant.id, True)
-    tenant.disabled = True
-    tenant.tokens_valid_after = utcnow()
-    _audit(tenant.id, actor_id, "tenant.disable", "tenant", tenant.id, reason, details)
-    db.session.commit()
-    return tenant
+    return _set_tenant_disabled(tenant_id, True, actor_id, reason, details)
 
 
 def enable_tenant(tenant_id: str, actor_id: str | None, reason: str | None = None) -> Tenant:
     """Re-enable a tenant; tokens issued while it was disabled stay dead."""
+    return _set_tenant_disabled(tenant_id, False, actor_id, reason)
+
+
+def _set_tenant_disabled(
+    tenant_id: str,
+    disabled: bool,
+    actor_id: str | None,
+    reason: str | None,
+    details: dict[str, Any] | None = None,
+) -> Tenant:
+    # Either way every token issued so far is cut off: disabling kills them, and tokens issued
+    # while the tenant was disabled stay dead after it is enabled again.
     tenant = db.session.get(Tenant, tenant_id)
     if tenant is None:
         raise _not_found("Tenant")
-    tokens.set_tenant_disabled(tenant.id, False)
-    tenant.disabled = False
+    tokens.set_tenant_disabled(tenant.id, disabled)
+    tenant.disabled = disabled
     tenant.tokens_valid_after = utcnow()
-    _audit(tenant.id, actor_id, "tenant.enable", "tenant", tenant.id, reason)
+    action = "tenant.disable" if disabled else "tenant.enable"
+    record_audit(tenant.id, actor_id, action, "tenant", tenant.id, reason, details)
     db.session.commit()
     return tenant
 
@@ -150,7 +155,7 @@ def set_tenant_models(
         raise _invalid("allowed_models", "Model names are 1-200 printable characters.")
     old = list(tenant.allowed_models or [])
     tenant.allowed_models = wanted
-    _audit(
+    record_audit(
         tenant.id,
         actor_id,
         "tenant.set_models",
@@ -193,7 +198,7 @@ def create_user(
     user = User(tenant_id=tenant_id, email=email, password_hash=hash_password(password), role=role)
     db.session.add(user)
     db.session.flush()
-    _audit(tenant_id, actor_id, "user.create", "user", user.id, None, {"role": role})
+    record_audit(tenant_id, actor_id, "user.create", "user", user.id, None, {"role": role})
     _commit_unique("A user with this email already exists in this tenant.")
     return user
 
@@ -247,7 +252,7 @@ def disable_user(
         app_token.revoked_at = now
     if owned:
         details = {**(details or {}), "app_tokens_revoked": sorted(t.jti for t in owned)}
-    _audit(user.tenant_id, actor_id, action, "user", user.id, reason, details)
+    record_audit(user.tenant_id, actor_id, action, "user", user.id, reason, details)
     db.session.commit()
     sessions.publish_token_version(user)
     sessions.end_sessions(ended, "user_disabled")
@@ -261,7 +266,7 @@ def enable_user(
     user = _user_in_scope(tenant_id, user_id)
     user.disabled = False
     sessions.bump_token_version(user)
-    _audit(user.tenant_id, actor_id, "user.enable", "user", user.id, reason)
+    record_audit(user.tenant_id, actor_id, "user.enable", "user", user.id, reason)
     db.session.commit()
     # Lowering the cutoff from "disabled" happens only once SQL says enabled.
     tokens.revoke_user_tokens(user.id, disable=False)
@@ -295,7 +300,7 @@ def set_user_role(
         tokens.revoke_user_tokens(user.id, disable=user.disabled)
         sessions.bump_token_version(user)
     user.role = role
-    _audit(
+    record_audit(
         user.tenant_id,
         actor_id,
         "user.set_role",
@@ -412,7 +417,7 @@ def create_app_token(
         **(policy or {}),
     )
     db.session.add(row)
-    _audit(
+    record_audit(
         tenant_id,
         owner_id,
         "app_token.create",
@@ -461,32 +466,12 @@ def revoke_app_token(
         return row
     tokens.revoke_jti(row.jti, row.expires_at.timestamp())
     row.revoked_at = utcnow()
-    _audit(row.tenant_id, actor_id, "app_token.revoke", "app_token", row.jti, reason, details)
+    record_audit(row.tenant_id, actor_id, "app_token.revoke", "app_token", row.jti, reason, details)
     db.session.commit()
     return row
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _audit(
-    tenant_id: str | None,
-    actor_id: str | None,
-    action: str,
-    target_type: str,
-    target_id: str,
-    reason: str | None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    record_audit(
-        tenant_id=tenant_id,
-        actor_id=actor_id,
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        reason=reason,
-        details=details,
-    )
 
 
 def _commit_unique(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,41 +56,18 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
             }
         )
 
-    hi = "200"
-    direct_hi = _level(results, "direct", hi)
+    def at_most(name: str, goal: str, value: Any, unit: str, limit: float, note: str = "") -> None:
+        row(name, goal, value, unit, None if value is None else value <= limit, note)
+
+    direct_hi = _level(results, "direct", "200")
     ratio = (direct_hi or {}).get("vs_floor", {}).get("total_p50_ratio")
-    row(
-        "direct total p50 at 200 concurrent",
-        "<= 1.10x floor",
-        ratio,
-        "x floor",
-        None if ratio is None else ratio <= 1.10,
-    )
+    at_most("direct total p50 at 200 concurrent", "<= 1.10x floor", ratio, "x floor", 1.10)
     direct_50 = _level(results, "direct", "50")
     delta = (direct_50 or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
-    row(
-        "direct TTFT p50 at 50 concurrent",
-        "<= floor + 25 ms",
-        delta,
-        "ms over floor",
-        None if delta is None else delta <= 25,
-    )
-    cpu = (results.get("cpu.direct") or {}).get("headline_us_per_token")
-    row(
-        "gateway CPU per token at 0 ms (direct)",
-        "<= 100 us",
-        cpu,
-        "us/token",
-        None if cpu is None else cpu <= 100,
-    )
-    ccpu = (results.get("cpu.channel") or {}).get("headline_us_per_token")
-    row(
-        "gateway CPU per token at 0 ms (channel)",
-        "<= 100 us",
-        ccpu,
-        "us/token",
-        None if ccpu is None else ccpu <= 100,
-    )
+    at_most("direct TTFT p50 at 50 concurrent", "<= floor + 25 ms", delta, "ms over floor", 25)
+    for mode in ("direct", "channel"):
+        cpu = (results.get(f"cpu.{mode}") or {}).get("headline_us_per_token")
+        at_most(f"gateway CPU per token at 0 ms ({mode})", "<= 100 us", cpu, "us/token", 100)
     idle = results.get("channel.idle") or {}
     levels = idle.get("levels") or {}
     counts = sorted((int(k) for k, v in levels.items() if v.get("kb_per_subscriber") is not None))
@@ -114,12 +92,12 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
         row("memory per idle subscriber", "<= 25 KB", None, "KB", None, idle.get("reason", ""))
     fan = results.get("channel.fanout") or {}
     p99 = (fan.get("lag_ms") or {}).get("p99")
-    row(
+    at_most(
         f"fan-out lag p99 to {fan.get('subscribers', 1000)} subscribers",
         "<= 100 ms",
         p99,
         "ms",
-        None if p99 is None else p99 <= 100,
+        100,
         fan.get("reason", ""),
     )
     rev = results.get("channel.revoke") or {}
@@ -154,6 +132,25 @@ def _status_line(label: str, scen: dict[str, Any]) -> str:
     return f"  {label}: {scen.get('status')}: {scen.get('reason', '')}"
 
 
+def _ran_ok(out: list[str], results: dict[str, Any], name: str, label: str) -> dict[str, Any]:
+    """Scenario ``name`` if it ran and succeeded; if it ran otherwise, a status line says so."""
+    scen = results.get(name) or {}
+    if scen and scen.get("status") != "ok":
+        out.append(_status_line(label, scen))
+    return scen if scen.get("status") == "ok" else {}
+
+
+def _measured(
+    out: list[str], levels: dict[str, Any], key: str, prefix: Callable[[str], str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The levels that measured ``key``; for each other one a line ``<prefix>status: reason``."""
+    for level, lv in levels.items():
+        if key in lv:
+            yield level, lv
+        else:
+            out.append(f"{prefix(level)}{lv.get('status')}: {lv.get('reason', '')}")
+
+
 def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     """The plain-text summary printed at the end of a run (only what ran)."""
     out: list[str] = []
@@ -171,12 +168,10 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         if scen.get("status") != "ok":
             out.append(f"{target:<8} {scen.get('status')}: {scen.get('reason', '')}")
             continue
-        for conc, lv in scen["levels"].items():
-            if "ttft_ms" not in lv:
-                out.append(f"{target:<8} {conc:>4} {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+        row = f"{target:<8} {{:>4}} ".format
+        for conc, lv in _measured(out, scen["levels"], "ttft_ms", row):
             out.append(
-                f"{target:<8} {conc:>4} {lv['ok']:>4}/{lv['streams']:<4} "
+                f"{row(conc)}{lv['ok']:>4}/{lv['streams']:<4} "
                 f"{_fmt(lv['ttft_ms']['p50']):>9} "
                 f"{_fmt(lv['ttft_ms']['p99']):>9} {_fmt(lv['gap_ms']['p99']):>8} "
                 f"{_fmt(lv['total_s']['p50'], 3):>9} "
@@ -205,31 +200,25 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     extras += [n for n in ("profile.direct", "profile.channel") if n in results]
     if extras:
         out += ["", "channel mode and profiles"]
-    idle = results.get("channel.idle")
-    if idle and idle.get("status") == "ok":
-        for count, lv in idle["levels"].items():
-            if "open" not in lv:
-                out.append(f"  idle {count:>6}: {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+    idle = _ran_ok(out, results, "channel.idle", "idle")
+    if idle:
+        row = "  idle {:>6}: ".format
+        for count, lv in _measured(out, idle["levels"], "open", row):
             out.append(
-                f"  idle {count:>6}: open {lv['open']}, "
+                f"{row(count)}open {lv['open']}, "
                 f"{_fmt(lv['kb_per_subscriber'], 2)} KB/subscriber "
                 f"(marginal {_fmt(lv.get('marginal_kb_per_subscriber'), 2)}), "
                 f"Redis conns per worker {lv['redis']['per_worker']}, "
                 f"idle CPU {lv['idle_cpu_cores']} cores"
             )
-    elif idle:
-        out.append(_status_line("idle", idle))
-    fan = results.get("channel.fanout")
-    if fan and fan.get("status") == "ok":
+    fan = _ran_ok(out, results, "channel.fanout", "fan-out")
+    if fan:
         out.append(
             f"  fan-out to {fan['subscribers']}: lag p50 {_fmt(fan['lag_ms']['p50'])} ms, "
             f"p99 {_fmt(fan['lag_ms']['p99'])} ms, max {_fmt(fan['lag_ms']['max'])} ms"
         )
-    elif fan:
-        out.append(_status_line("fan-out", fan))
-    rev = results.get("channel.revoke")
-    if rev and rev.get("status") == "ok":
+    rev = _ran_ok(out, results, "channel.revoke", "revoke")
+    if rev:
         for mode in ("channel", "direct"):
             r = rev[mode]
             out.append(
@@ -239,15 +228,11 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['closed_ms']['p50'])}/{_fmt(r['closed_ms']['p99'])} ms, upstream "
                 f"{_fmt(r['upstream_ms']['p50'])}/{_fmt(r['upstream_ms']['p99'])} ms"
             )
-    elif rev:
-        out.append(_status_line("revoke", rev))
     for name in ("profile.direct", "profile.channel"):
-        prof = results.get(name)
-        if prof and prof.get("status") == "ok":
+        prof = _ran_ok(out, results, name, name)
+        if prof:
             top = ", ".join(f"{k} {v}%" for k, v in list(prof["buckets_pct"].items())[:8])
             out.append(f"  {name} (py-spy, {prof['samples']} samples): {top}")
-        elif prof:
-            out.append(_status_line(name, prof))
     sat = [n for n in ("saturation.direct", "saturation.channel") if n in results]
     if sat:
         out += [
@@ -255,14 +240,10 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             "saturation (offered at once; refused = 503/429 at the door; failed = after admission)",
         ]
     for name in sat:
-        scen = results[name]
-        if scen.get("status") != "ok":
-            out.append(_status_line(name, scen))
+        scen = _ran_ok(out, results, name, name)
+        if not scen:
             continue
-        for level, lv in scen["levels"].items():
-            if "admitted" not in lv:
-                out.append(f"  {name} {level:>4}: {lv.get('status')}: {lv.get('reason', '')}")
-                continue
+        for level, lv in _measured(out, scen["levels"], "admitted", f"  {name} {{:>4}}: ".format):
             out.append(
                 f"  {name.split('.')[1]:<7} {level:>4}: admitted {lv['admitted']}, refused "
                 f"{lv['refused_at_door']}, completed {lv['completed']}, failed "

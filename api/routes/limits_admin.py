@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask_smorest import Blueprint
+from marshmallow import Schema
 
 from api.schemas.limits import LimitsUpdateSchema, TenantLimitsSchema, UserLimitsSchema
 from auth.access import current_identity, require
-from streaming.limits import describe_limits, update_limits
+from streaming.limits import Scope, describe_limits, update_limits
 
 bp = Blueprint(
     "limits_admin",
@@ -23,37 +24,33 @@ bp = Blueprint(
 )
 
 
-@bp.get("/tenants/<string:tenant_id>/limits")
-@require("admin", admin=True)
-@bp.response(200, TenantLimitsSchema)
-def get_tenant_limits(tenant_id: str) -> dict[str, Any]:
-    """A tenant's limits: its overrides, the defaults and what is in force."""
-    return describe_limits(current_identity(), "tenant", tenant_id)
+def _limits_routes(scope: Scope, schema: type[Schema], get_doc: str, set_doc: str) -> None:
+    """``GET`` and ``PUT /<scope>s/<id>/limits``: the same two views for tenants and users."""
+    path = f"/{scope}s/<string:{scope}_id>/limits"
+
+    def get_limits(**ids: str) -> dict[str, Any]:
+        return describe_limits(current_identity(), scope, ids[f"{scope}_id"])
+
+    def set_limits(body: dict[str, Any], **ids: str) -> dict[str, Any]:
+        reason = body.pop("reason", None)
+        return update_limits(current_identity(), scope, ids[f"{scope}_id"], body, reason)
+
+    get_limits.__name__, get_limits.__doc__ = f"get_{scope}_limits", get_doc
+    set_limits.__name__, set_limits.__doc__ = f"set_{scope}_limits", set_doc
+    admin = require("admin", admin=True)
+    bp.get(path)(admin(bp.response(200, schema)(get_limits)))
+    bp.put(path)(admin(bp.arguments(LimitsUpdateSchema)(bp.response(200, schema)(set_limits))))
 
 
-@bp.put("/tenants/<string:tenant_id>/limits")
-@require("admin", admin=True)
-@bp.arguments(LimitsUpdateSchema)
-@bp.response(200, TenantLimitsSchema)
-def set_tenant_limits(body: dict[str, Any], tenant_id: str) -> dict[str, Any]:
-    """Replace a tenant's overrides (operators); omitted or null keys use the defaults."""
-    reason = body.pop("reason", None)
-    return update_limits(current_identity(), "tenant", tenant_id, body, reason)
-
-
-@bp.get("/users/<string:user_id>/limits")
-@require("admin", admin=True)
-@bp.response(200, UserLimitsSchema)
-def get_user_limits(user_id: str) -> dict[str, Any]:
-    """A user's limits: their overrides, the defaults and what is in force."""
-    return describe_limits(current_identity(), "user", user_id)
-
-
-@bp.put("/users/<string:user_id>/limits")
-@require("admin", admin=True)
-@bp.arguments(LimitsUpdateSchema)
-@bp.response(200, UserLimitsSchema)
-def set_user_limits(body: dict[str, Any], user_id: str) -> dict[str, Any]:
-    """Replace a user's overrides; omitted or null keys use the defaults."""
-    reason = body.pop("reason", None)
-    return update_limits(current_identity(), "user", user_id, body, reason)
+_limits_routes(
+    "tenant",
+    TenantLimitsSchema,
+    "A tenant's limits: its overrides, the defaults and what is in force.",
+    "Replace a tenant's overrides (operators); omitted or null keys use the defaults.",
+)
+_limits_routes(
+    "user",
+    UserLimitsSchema,
+    "A user's limits: their overrides, the defaults and what is in force.",
+    "Replace a user's overrides; omitted or null keys use the defaults.",
+)

@@ -14,6 +14,8 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.api.chat_helpers import chat_body, chunk_text, data_events, finished_record, live_ids
+from tests.support.accounts import tenant_member
+from tests.support.tokens import read_only_app_token
 
 pytestmark = pytest.mark.db
 
@@ -28,6 +30,9 @@ def app_overrides() -> dict[str, Any]:
         "MAX_TOKENS_CAP": 100,
         "MAX_BODY_BYTES": 4096,
     }
+
+
+member_of = pytest.fixture(tenant_member, name="member_of")
 
 
 @pytest.fixture()
@@ -274,14 +279,12 @@ def test_an_unknown_model_is_a_404_model_not_found(
 
 def test_a_model_outside_the_tenants_allow_list_is_a_404(
     client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member_of: Callable[..., dict[str, str]],
     redis: Any,
     fake_upstream: FakeUpstream,
 ) -> None:
-    other = make_user(make_tenant(models=["other-model"]))
-    response = client.post(URL, headers=auth_headers(other), json=BASE)  # fake-model: not theirs
+    other = member_of(models=["other-model"])
+    response = client.post(URL, headers=other, json=BASE)  # fake-model: not theirs
     assert_refused(response, 404, "model", "does not exist", redis=redis, upstream=fake_upstream)
 
 
@@ -346,18 +349,7 @@ def test_without_a_token_it_is_a_401_in_openai_shape(
 def test_a_token_without_the_chat_scope_is_a_403(
     client: Any, user: Any, redis: Any, fake_upstream: FakeUpstream
 ) -> None:
-    from datetime import timedelta
-
-    from auth.tokens import issue_app_token
-
-    token = issue_app_token(
-        user_id=user.id,
-        tenant_id=user.tenant_id,
-        role=user.role,
-        scopes=["read"],
-        ttl=timedelta(hours=1),
-    )
-    response = client.post(URL, headers={"Authorization": "Bearer " + token}, json=BASE)
+    response = client.post(URL, headers=read_only_app_token(user), json=BASE)
     error = assert_refused(response, 403, None, "'chat' scope", redis=redis, upstream=fake_upstream)
     assert error["code"] == "insufficient_scope"
 

@@ -8,6 +8,7 @@ Streamgate talks to the deterministic fake upstream, whose vocabulary carries le
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import EventSource, connect_sse
 
 from bench.fake_upstream import FakeUpstream, expected_text, prompt_tokens
 from tests.api.chat_helpers import (
@@ -26,37 +27,63 @@ from tests.api.chat_helpers import (
     live_ids,
     token_of,
 )
+from tests.support.clients import chat_openai, openai_client
 from tests.support.live import LiveServer
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
+# Keep-alives every half second and one-second leases (which the keeper renews every tick): the
+# tests that need either share one server instead of starting one each.
+QUICK_CLOCKS = {"SSE_HEARTBEAT_S": "0.5", "LEASE_TTL_S": "1"}
+ENDLESS = chat_body("infinite delay_ms=20", max_tokens=4096)  # runs until someone stops it
+
 
 @pytest.fixture()
 def sdk(live: LiveServer, headers: dict[str, str]) -> Iterator[openai.OpenAI]:
     """The openai SDK pointed at Streamgate, the user's access token as its API key."""
-    client = openai.OpenAI(
-        base_url=live.url + "/v1", api_key=token_of(headers), max_retries=0, timeout=30
-    )
-    yield client
-    client.close()
+    with openai_client(live.url, token_of(headers)) as client:
+        yield client
 
 
 def messages(directive: str) -> Any:
     return chat_body(directive)["messages"]
 
 
-def raw_stream(
+@contextlib.contextmanager
+def open_sse(
     live: LiveServer, headers: dict[str, str], body: dict[str, Any]
-) -> tuple[httpx.Response, list[str]]:
-    """POST a streaming request; the response and the data of every event, read with httpx-sse."""
+) -> Iterator[tuple[httpx.Client, EventSource]]:
+    """POST a streaming request and hold it open, read with httpx-sse (comments skipped)."""
     with (
         live.client() as client,
         connect_sse(
             client, "POST", "/v1/chat/completions", headers=headers, json={**body, "stream": True}
         ) as source,
     ):
+        yield client, source
+
+
+@contextlib.contextmanager
+def open_lines(
+    live: LiveServer, headers: dict[str, str], body: dict[str, Any]
+) -> Iterator[httpx.Response]:
+    """POST a streaming request and hold the raw response open (comments and all)."""
+    with (
+        live.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", headers=headers, json={**body, "stream": True}
+        ) as response,
+    ):
+        yield response
+
+
+def raw_stream(
+    live: LiveServer, headers: dict[str, str], body: dict[str, Any]
+) -> tuple[httpx.Response, list[str]]:
+    """POST a streaming request; the response and the data of every event, read with httpx-sse."""
+    with open_sse(live, headers, body) as (_, source):
         return source.response, [event.data for event in source.iter_sse()]
 
 
@@ -191,16 +218,7 @@ def test_parameters_reach_the_upstream_and_usage_is_only_sent_when_asked(
 def test_chatopenai_streams_and_invokes_through_streamgate(
     live: LiveServer, headers: dict[str, str]
 ) -> None:
-    from langchain_openai import ChatOpenAI
-
-    llm = ChatOpenAI(
-        base_url=live.url + "/v1",
-        api_key=token_of(headers),  # type: ignore[arg-type]
-        model="fake-model",
-        max_retries=0,
-        timeout=30,
-        stream_usage=True,
-    )
+    llm = chat_openai(live.url, token_of(headers), stream_usage=True)
     pieces = list(llm.stream(PROMPT + " [[fake tokens=24]]"))
     text = "".join(p.content for p in pieces if isinstance(p.content, str))
     assert text.encode() == expected_text(24).encode()
@@ -242,15 +260,7 @@ def test_every_data_line_survives_a_reader_that_splits_on_unicode_line_breaks(
     live: LiveServer, headers: dict[str, str]
 ) -> None:
     """Readers using ``str.splitlines`` (httpx's ``iter_lines``): U+2028 must not cut a line."""
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("tokens=16", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("tokens=16")) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert chunk_text([line.removeprefix("data: ") for line in lines]) == expected_text(16)
@@ -263,16 +273,7 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_and_cancels_the_record(
     live: LiveServer, headers: dict[str, str], fake_upstream: FakeUpstream, redis: Any
 ) -> None:
     seen = 0
-    with (
-        live.client() as client,
-        connect_sse(
-            client,
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
-        ) as source,
-    ):
+    with open_sse(live, headers, ENDLESS) as (client, source):
         stream_id = stream_id_of(source.response)
         for event in source.iter_sse():
             seen += bool(json.loads(event.data)["choices"][0]["delta"].get("content"))
@@ -295,15 +296,7 @@ def test_a_client_leaving_while_nothing_is_being_written_closes_the_upstream(
 ) -> None:
     """No write fails while the first token is slow (or with ``stream: false``): the gone client
     is still noticed, long before the next keep-alive (15 s by default) would have found out."""
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("first_delay_ms=60000", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("first_delay_ms=60000")) as response:
         stream_id = stream_id_of(response)
         next(response.iter_lines())  # the stream is open: then we leave
     assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1, timeout=10), (
@@ -325,20 +318,12 @@ def test_a_client_leaving_while_nothing_is_being_written_closes_the_upstream(
 # --- heartbeats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("live_overrides", [{"SSE_HEARTBEAT_S": "0.5"}])
+@pytest.mark.parametrize("live_overrides", [QUICK_CLOCKS])
 def test_a_slow_first_token_is_preceded_by_keep_alive_comments(
     live: LiveServer, headers: dict[str, str], fake_upstream: FakeUpstream
 ) -> None:
     # The first token takes 60 s: everything read here arrives before it exists.
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("first_delay_ms=60000", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("first_delay_ms=60000")) as response:
         assert response.status_code == 200
         assert response.headers["Cache-Control"] == "no-cache"
         assert response.headers["X-Accel-Buffering"] == "no"
@@ -352,15 +337,7 @@ def test_a_slow_first_token_is_preceded_by_keep_alive_comments(
     assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1, timeout=15)
 
     # A first token that does come after a while: keep-alives, then the whole text.
-    with (
-        live.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("tokens=8 first_delay_ms=1600", stream=True),
-        ) as response,
-    ):
+    with open_lines(live, headers, chat_body("tokens=8 first_delay_ms=1600")) as response:
         lines = list(response.iter_lines())
     first_token = next(i for i, line in enumerate(lines) if '"content":" Hello"' in line)
     assert ": keep-alive" in lines[:first_token]
@@ -492,7 +469,7 @@ def test_without_a_valid_token_it_is_a_401_the_sdk_raises_authentication_error_f
     assert error["type"] == "authentication_error" and error["message"]
 
     for key in ("not-a-jwt", "e30.e30.e30"):
-        client = openai.OpenAI(base_url=live.url + "/v1", api_key=key, max_retries=0)
+        client = openai_client(live.url, key)
         with pytest.raises(openai.AuthenticationError) as caught:
             client.chat.completions.create(model="fake-model", messages=messages(""), stream=True)
         assert caught.value.status_code == 401
@@ -511,11 +488,11 @@ def test_an_app_token_with_chat_scope_works_and_one_without_is_refused(
             ).json()["token"]
             for scope in ("chat", "read")
         }
-    app_sdk = openai.OpenAI(base_url=live.url + "/v1", api_key=tokens["chat"], max_retries=0)
+    app_sdk = openai_client(live.url, tokens["chat"])
     completion = app_sdk.chat.completions.create(model="fake-model", messages=messages("tokens=4"))
     assert completion.choices[0].message.content == expected_text(4)
 
-    read_only = openai.OpenAI(base_url=live.url + "/v1", api_key=tokens["read"], max_retries=0)
+    read_only = openai_client(live.url, tokens["read"])
     with pytest.raises(openai.PermissionDeniedError) as caught:
         read_only.chat.completions.create(model="fake-model", messages=messages(""), stream=True)
     assert caught.value.status_code == 403 and "chat" in caught.value.message
@@ -558,16 +535,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
 
     admin = make_user(db.session.get(Tenant, user.tenant_id), role="admin")
     datas: list[str] = []
-    with (
-        live.client() as client,
-        connect_sse(
-            client,
-            "POST",
-            "/v1/chat/completions",
-            headers=headers,
-            json=chat_body("infinite delay_ms=20", stream=True, max_tokens=4096),
-        ) as source,
-    ):
+    with open_sse(live, headers, ENDLESS) as (client, source):
         stream_id = stream_id_of(source.response)
         for event in source.iter_sse():
             datas.append(event.data)
@@ -589,7 +557,7 @@ def test_an_admin_revoking_a_direct_stream_ends_it_in_band_and_closes_the_upstre
     assert live_ids(redis) == []
 
 
-@pytest.mark.parametrize("live_overrides", [{"LEASE_TTL_S": "1"}])
+@pytest.mark.parametrize("live_overrides", [QUICK_CLOCKS])
 def test_a_direct_stream_outliving_its_lease_keeps_it_renewed_and_completes(
     live: LiveServer, headers: dict[str, str], redis: Any
 ) -> None:

@@ -12,10 +12,14 @@ from typing import Any
 import pytest
 
 from bench.fake_upstream import FakeUpstream
+from tests.support.accounts import member_headers
 from tests.support.hub import prompt, tenant_of
+from tests.support.tokens import claims_of
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("app_services")
+
+member = pytest.fixture(member_headers, name="member")  # a new member's bearer headers
 
 DAY_MS = 86_400_000
 
@@ -53,12 +57,10 @@ def test_a_retried_stream_returns_the_first_response_and_starts_nothing(
     client: Any,
     redis: Any,
     fake_upstream: FakeUpstream,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member: dict[str, str],
 ) -> None:
-    user = make_user()
-    tenant_id = user.tenant_id
-    headers = {**auth_headers(user), "Idempotency-Key": "retry-1"}
+    tenant_id = claims_of(member["Authorization"].removeprefix("Bearer "))["tenant"]
+    headers = {**member, "Idempotency-Key": "retry-1"}
     first = client.post("/v1/streams", json=_body(), headers=headers)
     assert first.status_code == 202
     assert "Idempotent-Replayed" not in first.headers
@@ -76,9 +78,10 @@ def test_a_retried_stream_returns_the_first_response_and_starts_nothing(
 
 
 def test_the_same_key_with_another_body_is_a_422(
-    client: Any, make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, str]]
+    client: Any,
+    member: dict[str, str],
 ) -> None:
-    headers = {**auth_headers(make_user()), "Idempotency-Key": "k-422"}
+    headers = {**member, "Idempotency-Key": "k-422"}
     assert client.post("/v1/streams", json=_body(5), headers=headers).status_code == 202
     other = client.post("/v1/streams", json=_body(6), headers=headers)
     assert other.status_code == 422
@@ -110,11 +113,10 @@ def test_keys_belong_to_their_principal_and_failures_are_not_kept(
 @pytest.mark.parametrize("key", ["", "has space", "x" * 256, "tab\tkey", "é"])
 def test_a_malformed_key_is_a_400(
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member: dict[str, str],
     key: str,
 ) -> None:
-    headers = {**auth_headers(make_user()), "Idempotency-Key": key}
+    headers = {**member, "Idempotency-Key": key}
     response = client.post("/v1/streams", json=_body(), headers=headers)
     assert response.status_code == 400
     assert response.get_json()["error_code"] == "invalid_idempotency_key"
@@ -137,10 +139,9 @@ def test_a_retried_app_token_issue_returns_the_same_token(
 def test_non_streaming_chat_is_replayed_and_streaming_chat_refuses_a_key(
     client: Any,
     fake_upstream: FakeUpstream,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member: dict[str, str],
 ) -> None:
-    headers = {**auth_headers(make_user()), "Idempotency-Key": "chat-1"}
+    headers = {**member, "Idempotency-Key": "chat-1"}
     first = client.post("/v1/chat/completions", json=_body(stream=False), headers=headers)
     again = client.post("/v1/chat/completions", json=_body(stream=False), headers=headers)
     assert first.status_code == again.status_code == 200

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
+from tests.support.accounts import tenant_member
+from tests.support.tokens import read_only_app_token
+
 pytestmark = pytest.mark.db
+
+Headers = dict[str, str]
+
+member_of = pytest.fixture(tenant_member, name="member_of")
 
 
 @pytest.fixture()
@@ -26,29 +33,21 @@ def model_ids(response: Any) -> list[str]:
     return [model["id"] for model in body["data"]]
 
 
-def test_a_tenant_sees_its_allow_list(
-    client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
-    user = make_user(make_tenant(models=["fake-model", "big-model"]))
-    assert model_ids(client.get("/v1/models", headers=auth_headers(user))) == [
+def test_a_tenant_sees_its_allow_list(client: Any, member_of: Callable[..., Headers]) -> None:
+    headers = member_of(models=["fake-model", "big-model"])
+    assert model_ids(client.get("/v1/models", headers=headers)) == [
         "fake-model",
         "big-model",
     ]
 
 
 def test_another_tenants_models_are_not_shown(
-    client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member_of: Callable[..., Headers]
 ) -> None:
-    mine = make_user(make_tenant(models=["mine-1"]))
-    theirs = make_user(make_tenant(models=["theirs-1", "theirs-2"]))
-    assert model_ids(client.get("/v1/models", headers=auth_headers(mine))) == ["mine-1"]
-    assert model_ids(client.get("/v1/models", headers=auth_headers(theirs))) == [
+    mine = member_of(models=["mine-1"])
+    theirs = member_of(models=["theirs-1", "theirs-2"])
+    assert model_ids(client.get("/v1/models", headers=mine)) == ["mine-1"]
+    assert model_ids(client.get("/v1/models", headers=theirs)) == [
         "theirs-1",
         "theirs-2",
     ]
@@ -73,13 +72,9 @@ def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
 
 
 def test_every_listed_model_can_be_used_and_no_other(
-    client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member_of: Callable[..., Headers]
 ) -> None:
-    user = make_user(make_tenant(models=["fake-model"]))
-    headers = auth_headers(user)
+    headers = member_of(models=["fake-model"])
     listed = model_ids(client.get("/v1/models", headers=headers))
     body = {"messages": [{"role": "user", "content": "hi [[fake tokens=1]]"}]}
     for model in listed:
@@ -108,35 +103,17 @@ def test_an_app_token_with_any_scope_may_list_models(
     client: Any,
     make_user: Callable[..., Any],
 ) -> None:
-    from datetime import timedelta
-
-    from auth.tokens import issue_app_token
-
-    user = make_user()
-    token = issue_app_token(
-        user_id=user.id,
-        tenant_id=user.tenant_id,
-        role=user.role,
-        scopes=["read"],
-        ttl=timedelta(hours=1),
-    )
-    assert model_ids(client.get("/v1/models", headers={"Authorization": "Bearer " + token})) == [
-        "fake-model"
-    ]
+    headers = read_only_app_token(make_user())
+    assert model_ids(client.get("/v1/models", headers=headers)) == ["fake-model"]
 
 
 def test_the_openai_sdk_lists_models(
-    client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-    app: Any,
+    client: Any, member_of: Callable[..., Headers], app: Any
 ) -> None:
     import httpx
     import openai
 
-    user = make_user(make_tenant(models=["fake-model", "big-model"]))
-    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    token = member_of(models=["fake-model", "big-model"])["Authorization"].removeprefix("Bearer ")
     transport = httpx.WSGITransport(app=app)
     with httpx.Client(transport=transport, base_url="http://streamgate") as http:
         sdk = openai.OpenAI(

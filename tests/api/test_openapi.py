@@ -12,12 +12,16 @@ import jsonschema_rs
 import pytest
 import yaml
 
+from tests.support.accounts import member_channel
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "openapi.yaml"
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 _RULE_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+member = pytest.fixture(member_channel, name="member")  # a member's own channel and headers
 
 
 @pytest.fixture(scope="module")
@@ -209,16 +213,15 @@ def test_channel_events_match_their_schemas(
     app_services: Any,
     client: Any,
     spec: dict[str, Any],
-    make_user: Any,
-    auth_headers: Any,
+    member: tuple[str, dict[str, str]],
 ) -> None:
     from api.schemas.events import STREAM_EVENTS
     from core.store import get_redis
     from streaming import control
     from streaming.log import event_log
 
-    user = make_user()
-    user_id, headers = user.id, auth_headers(user)  # views end the session: keep plain values
+    user_channel, headers = member
+    user_id = user_channel.removeprefix("users/")
     log = event_log(app)
 
     def run(content: str, stop: str | None = None) -> list[tuple[str, str, str]]:
@@ -266,7 +269,7 @@ def test_channel_events_match_their_schemas(
             assert payload["type"] == event
             seen.add(event)
     assert seen == set(STREAM_EVENTS) - {"ping"}  # ping: the next test
-    lifecycle = log.replay("users/" + user_id, None)
+    lifecycle = log.replay(user_channel, None)
     assert lifecycle
     for _id, _event, data in lifecycle:
         assert validator(spec, "UserStreamEvent").is_valid(json.loads(data)), data
@@ -278,11 +281,10 @@ def test_ping_matches_its_schema(
     app_services: Any,
     client: Any,
     spec: dict[str, Any],
-    make_user: Any,
-    auth_headers: Any,
+    member: tuple[str, dict[str, str]],
 ) -> None:
-    user = make_user()
-    url, headers = "/v1/events?channel=users/" + user.id, auth_headers(user)
+    channel, headers = member
+    url = "/v1/events?channel=" + channel
     app.config["SSE_HEARTBEAT_S"] = 0.1  # an idle channel pings at once
     response = client.get(url, headers=headers, buffered=False)
     assert response.status_code == 200

@@ -26,6 +26,7 @@ from bench.fake_upstream import (
     tool_call_id,
 )
 from tests.api.chat_helpers import PROMPT, finished_record, live_ids, token_of
+from tests.support.clients import chat_openai, openai_client
 from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.live
@@ -51,11 +52,8 @@ ARGUMENTS = "".join(TOOL_ARGUMENTS)
 @pytest.fixture()
 def sdk(live: LiveServer, headers: dict[str, str]) -> Iterator[openai.OpenAI]:
     # Retries on: a refusal that is retried would show as a second upstream request.
-    client = openai.OpenAI(
-        base_url=live.url + "/v1", api_key=token_of(headers), max_retries=2, timeout=30
-    )
-    yield client
-    client.close()
+    with openai_client(live.url, token_of(headers), max_retries=2) as client:
+        yield client
 
 
 def ask(directive: str, text: str = PROMPT) -> list[dict[str, Any]]:
@@ -154,15 +152,7 @@ def test_a_tool_call_without_streaming_is_the_upstreams_message(
 def test_chatopenai_bind_tools_streams_the_tool_call(
     live: LiveServer, headers: dict[str, str]
 ) -> None:
-    from langchain_openai import ChatOpenAI
-
-    llm = ChatOpenAI(
-        base_url=live.url + "/v1",
-        api_key=token_of(headers),  # type: ignore[arg-type]
-        model="fake-model",
-        max_retries=0,
-        timeout=30,
-    )
+    llm = chat_openai(live.url, token_of(headers))
     pieces = list(llm.bind_tools([WEATHER_TOOL]).stream("Weather in Paris? [[fake tool_calls=1]]"))
     message = pieces[0]
     for piece in pieces[1:]:

@@ -32,3 +32,18 @@ def tokens_for(login: Callable[..., Any]) -> Callable[[Any], dict[str, str]]:
         return dict(response.get_json())
 
     return do
+
+
+@pytest.fixture()
+def signed_in(
+    make_user: Callable[..., Any], tokens_for: Callable[[Any], dict[str, str]]
+) -> tuple[Any, dict[str, str]]:
+    """A new member and their access/refresh pair, through the login route."""
+    user = make_user()
+    return user, tokens_for(user)
+
+
+@pytest.fixture()
+def pair(signed_in: tuple[Any, dict[str, str]]) -> dict[str, str]:
+    """A new member's access/refresh pair, through the login route."""
+    return signed_in[1]

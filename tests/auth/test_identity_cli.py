@@ -104,26 +104,20 @@ def test_users_create_prompts_for_the_password(app: Any, cli: Any) -> None:
     assert PW not in result.output
 
 
+def issue_token(cli: Any, email: str, *options: str, ok: bool = True) -> Any:
+    """``flask tokens issue`` for ``email``, a new member of a new tenant ``acme`` (by the CLI)."""
+    cli("tenants", "create", "acme")
+    cli("users", "create", "--tenant", "acme", "--email", email, "--password", PW)
+    return cli("tokens", "issue", "--tenant", "acme", "--email", email, *options, ok=ok)
+
+
 def test_tokens_issue_prints_a_working_token_and_revoke_kills_it(
     cli: Any, client: Any, make_user: Any
 ) -> None:
     from auth import service
 
-    cli("tenants", "create", "acme")
-    cli("users", "create", "--tenant", "acme", "--email", "bot-owner@acme.test", "--password", PW)
-    issued = cli(
-        "tokens",
-        "issue",
-        "--tenant",
-        "acme",
-        "--email",
-        "bot-owner@acme.test",
-        "--name",
-        "nightly",
-        "--scopes",
-        "read",
-        "--days",
-        "7",
+    issued = issue_token(
+        cli, "bot-owner@acme.test", "--name", "nightly", "--scopes", "read", "--days", "7"
     )
 
     token = issued.stdout.strip()
@@ -140,21 +134,6 @@ def test_tokens_issue_prints_a_working_token_and_revoke_kills_it(
 
 
 def test_tokens_issue_refuses_the_admin_scope_for_a_member(cli: Any) -> None:
-    cli("tenants", "create", "acme")
-    cli("users", "create", "--tenant", "acme", "--email", "m@acme.test", "--password", PW)
-
-    result = cli(
-        "tokens",
-        "issue",
-        "--tenant",
-        "acme",
-        "--email",
-        "m@acme.test",
-        "--name",
-        "x",
-        "--scopes",
-        "admin",
-        ok=False,
-    )
+    result = issue_token(cli, "m@acme.test", "--name", "x", "--scopes", "admin", ok=False)
 
     assert result.exit_code == 1 and "admin" in result.output

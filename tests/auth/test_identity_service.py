@@ -92,12 +92,11 @@ def test_a_duplicate_email_in_the_same_tenant_is_a_409_but_fine_in_another(
 
 
 def test_disable_user_revokes_everything_and_audits_the_reason(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
 
     service.disable_user(user.tenant_id, user.id, "usr_admin", "phished")
 

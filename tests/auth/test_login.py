@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from tests.support.config import PASSWORD
-from tests.support.tokens import assert_auth_error, bearer, claims_of, tenant_of
+from tests.support.tokens import (
+    assert_auth_error,
+    assert_pair_refused,
+    bearer,
+    claims_of,
+    tenant_of,
+)
 
 pytestmark = pytest.mark.db
 
@@ -89,12 +95,11 @@ def test_login_validates_its_body(client: Any) -> None:
 
 
 def test_refresh_issues_a_new_access_token_with_the_current_role(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
     service.set_user_role(user.tenant_id, user.id, "admin", None)  # a promotion keeps tokens
 
     response = client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"]))
@@ -108,10 +113,8 @@ def test_refresh_issues_a_new_access_token_with_the_current_role(
 
 
 def test_logout_revokes_the_access_token_and_the_given_refresh_token(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     response = client.post(
         "/v1/auth/logout",
         headers=bearer(pair["access_token"]),
@@ -119,19 +122,15 @@ def test_logout_revokes_the_access_token_and_the_given_refresh_token(
     )
 
     assert response.status_code == 204
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+    assert_pair_refused(client, pair)
 
 
 def test_logout_without_a_body_ends_the_session_refresh_token_included(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     assert client.post("/v1/auth/logout", headers=bearer(pair["access_token"])).status_code == 204
 
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+    assert_pair_refused(client, pair)
 
 
 def test_successful_logins_are_rate_limited_per_account(
@@ -190,10 +189,8 @@ def test_every_authenticated_route_answers_401_without_a_token(
 
 @pytest.mark.parametrize("param", ["jwt", "access_token", "token"])
 def test_a_token_in_the_query_string_is_not_accepted(
-    client: Any, make_user: Any, tokens_for: Any, param: str
+    client: Any, param: str, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     response = client.get(f"/v1/auth/me?{param}={pair['access_token']}")
 
     assert_auth_error(response, error="")

@@ -23,6 +23,7 @@ import pytest
 
 from bench.fake_upstream import expected_text
 from tests.api.chat_helpers import chat_body
+from tests.support.accounts import UNLIMITED_LOGINS
 from tests.support.config import PASSWORD
 from tests.support.live import LiveServer
 from tests.support.tokens import tenant_of
@@ -36,7 +37,7 @@ TOKENS = 50
 @pytest.fixture()
 def live_overrides() -> dict[str, str]:
     # The worst case for the event loop: every login valid and admitted (no rate limit).
-    return {"LOGIN_ACCOUNT_RPM": "1000000", "LOGIN_ADDRESS_RPM": "1000000"}
+    return UNLIMITED_LOGINS
 
 
 def stream_once(live: LiveServer, headers: dict[str, str]) -> tuple[str, float]:

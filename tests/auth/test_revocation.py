@@ -30,9 +30,8 @@ def second_app(app: Any, redis_server: Any, db_url: str, fake_upstream: Any) -> 
 
 
 def test_logout_on_one_node_is_refused_on_the_other_at_the_next_request(
-    client: Any, second_app: Any, make_user: Any, tokens_for: Any
+    client: Any, second_app: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
     other = second_app.test_client()
     assert other.get("/v1/auth/me", headers=bearer(pair["access_token"])).status_code == 200
 
@@ -58,12 +57,11 @@ def test_an_app_token_revoked_on_one_node_is_refused_on_the_other(
 
 
 def test_a_user_disabled_on_one_node_is_refused_on_the_other(
-    client: Any, second_app: Any, make_user: Any, tokens_for: Any
+    client: Any, second_app: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
     # Read the ids here: touching an expired attribute inside the other app's context would
     # load it through that app's engine (Flask-SQLAlchemy binds by current_app).
     tenant_id, user_id = user.tenant_id, user.id

@@ -13,10 +13,8 @@ def refresh(client: Any, token: str) -> Any:
 
 
 def test_every_refresh_rotates_and_the_old_refresh_token_is_spent(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    pair = tokens_for(make_user())
-
     first = refresh(client, pair["refresh_token"])
     assert first.status_code == 200
     rotated = first.get_json()["refresh_token"]
@@ -27,10 +25,7 @@ def test_every_refresh_rotates_and_the_old_refresh_token_is_spent(
     assert second.status_code == 200
 
 
-def test_a_reused_refresh_token_ends_its_whole_family(
-    client: Any, make_user: Any, tokens_for: Any
-) -> None:
-    pair = tokens_for(make_user())
+def test_a_reused_refresh_token_ends_its_whole_family(client: Any, pair: dict[str, str]) -> None:
     stolen = pair["refresh_token"]
     legit = refresh(client, stolen).get_json()  # the owner rotates
 

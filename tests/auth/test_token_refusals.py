@@ -14,6 +14,7 @@ import pytest
 from tests.support.tokens import (
     OTHER_SECRET,
     assert_auth_error,
+    assert_pair_refused,
     bearer,
     claims_of,
     sign,
@@ -61,16 +62,16 @@ def test_a_forged_or_broken_token_is_refused(
 
 
 def test_the_genuine_claims_re_signed_with_the_right_key_are_accepted(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
     # Proves the forgeries above fail for the reason they name, not because PyJWT signs oddly.
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
 
     assert client.get("/v1/auth/me", headers=bearer(sign(claims_of(token)))).status_code == 200
 
 
-def test_an_expired_token_says_so(client: Any, make_user: Any, tokens_for: Any) -> None:
-    token = tokens_for(make_user())["access_token"]
+def test_an_expired_token_says_so(client: Any, pair: dict[str, str]) -> None:
+    token = pair["access_token"]
 
     response = client.get("/v1/auth/me", headers=bearer(sign({**claims_of(token), "exp": 1})))
 
@@ -78,27 +79,19 @@ def test_an_expired_token_says_so(client: Any, make_user: Any, tokens_for: Any) 
     assert response.get_json()["message"] == "Token has expired"
 
 
-def test_a_refresh_token_is_not_an_access_token(
-    client: Any, make_user: Any, tokens_for: Any
-) -> None:
-    pair = tokens_for(make_user())
-
+def test_a_refresh_token_is_not_an_access_token(client: Any, pair: dict[str, str]) -> None:
     assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["refresh_token"])))
     assert_auth_error(client.post("/v1/auth/logout", headers=bearer(pair["refresh_token"])))
 
 
-def test_an_access_token_is_not_a_refresh_token(
-    client: Any, make_user: Any, tokens_for: Any
-) -> None:
-    pair = tokens_for(make_user())
-
+def test_an_access_token_is_not_a_refresh_token(client: Any, pair: dict[str, str]) -> None:
     assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["access_token"])))
 
 
-def test_a_revoked_jti_is_refused(client: Any, make_user: Any, tokens_for: Any) -> None:
+def test_a_revoked_jti_is_refused(client: Any, pair: dict[str, str]) -> None:
     from auth.tokens import revoke_jti
 
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
     claims = claims_of(token)
 
     revoke_jti(claims["jti"], claims["exp"])
@@ -120,24 +113,21 @@ def test_a_token_issued_before_the_users_cutoff_is_refused_and_later_ones_work(
     time.sleep(0.005)  # the cutoff is in milliseconds
     after = tokens_for(user)
 
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(before["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(before["refresh_token"])))
+    assert_pair_refused(client, before)
     assert client.get("/v1/auth/me", headers=bearer(after["access_token"])).status_code == 200
 
 
 @pytest.mark.db
 def test_a_disabled_user_is_refused_everywhere(
-    client: Any, make_user: Any, tokens_for: Any, login: Any
+    client: Any, login: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
 
     service.disable_user(user.tenant_id, user.id, None, "left the company")
 
-    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+    assert_pair_refused(client, pair)
     response = login(user)
     assert_auth_error(response)
     assert response.get_json() == login(user, "wrong password", addr="10.9.9.9").get_json()
@@ -156,8 +146,7 @@ def test_a_disabled_tenant_is_refused_everywhere(
     service.disable_tenant(tenant.id, None, "unpaid")
 
     for pair in pairs:
-        assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
-        assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
+        assert_pair_refused(client, pair)
     response = login(member)
     assert_auth_error(response)
     assert response.get_json()["message"] == "Invalid tenant, email or password."
@@ -165,12 +154,11 @@ def test_a_disabled_tenant_is_refused_everywhere(
 
 @pytest.mark.db
 def test_a_disabled_account_stays_out_even_if_redis_forgets(
-    client: Any, make_user: Any, tokens_for: Any, redis: Any
+    client: Any, redis: Any, signed_in: tuple[Any, dict[str, str]]
 ) -> None:
     from auth import service
 
-    user = make_user()
-    pair = tokens_for(user)
+    user, pair = signed_in
     service.disable_user(user.tenant_id, user.id, None)
 
     redis.flushall()  # Redis restarted without persistence: the revocation keys are gone
@@ -179,9 +167,9 @@ def test_a_disabled_account_stays_out_even_if_redis_forgets(
 
 
 def test_challenge_descriptions_stay_inside_the_quoted_string(
-    client: Any, make_user: Any, tokens_for: Any
+    client: Any, pair: dict[str, str]
 ) -> None:
-    token = tokens_for(make_user())["access_token"]
+    token = pair["access_token"]
 
     response = client.get("/v1/auth/me", headers=bearer(token[:20] + '"\\' + token[20:]))
 

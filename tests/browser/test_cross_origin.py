@@ -10,14 +10,15 @@ the model server) and the ``EventSource`` although the server accepted its ticke
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from bench.fake_upstream import FakeUpstream, expected_text
 from tests.support.browser import PageServer
-from tests.support.hub import prompt
+from tests.support.hub import prompt, start_stream
+from tests.support.pages import page_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -69,18 +70,8 @@ FOLLOW = """
 """
 
 
-@pytest.fixture(scope="module")
-def app_origin() -> Iterator[PageServer]:
-    server = PageServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def other_origin() -> Iterator[PageServer]:
-    server = PageServer()
-    yield server
-    server.stop()
+app_origin = pytest.fixture(page_server, scope="module", name="app_origin")
+other_origin = pytest.fixture(page_server, scope="module", name="other_origin")
 
 
 @pytest.fixture()
@@ -94,6 +85,16 @@ def bearer(
 ) -> str:
     with live.app.app_context():
         return auth_headers(make_user())["Authorization"].removeprefix("Bearer ")
+
+
+def chat_in(page: Any, url: str, bearer: str, tokens: int) -> dict[str, Any]:
+    """A streamed chat completion fetched by the page's script (``CHAT``): what the page saw."""
+    body = {
+        "model": "fake-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt(tokens=tokens)}],
+    }
+    return dict(page.evaluate(CHAT, [url, bearer, body]))
 
 
 def _chunks_text(raw: str) -> str:
@@ -113,18 +114,7 @@ def test_a_page_on_an_allowed_origin_streams_chat_and_follows_a_channel_with_a_t
     try:
         page.goto(app_origin.origin + "/")
         assert page.evaluate("location.origin") == app_origin.origin != live.url
-        chat = page.evaluate(
-            CHAT,
-            [
-                live.url,
-                bearer,
-                {
-                    "model": "fake-model",
-                    "stream": True,
-                    "messages": [{"role": "user", "content": prompt(tokens=30)}],
-                },
-            ],
-        )
+        chat = chat_in(page, live.url, bearer, tokens=30)
         assert "blocked" not in chat, chat
         assert chat["status"] == 200
         assert chat["streamId"] and chat["streamId"].startswith("str_")  # an exposed header
@@ -168,14 +158,7 @@ def test_a_page_on_another_origin_is_blocked_by_the_browser(
 ) -> None:
     headers = {"Authorization": "Bearer " + bearer}
     with live.client() as client:
-        started = client.post(
-            "/v1/streams",
-            headers=headers,
-            json={
-                "model": "fake-model",
-                "messages": [{"role": "user", "content": prompt(tokens=20, first_delay_ms=300)}],
-            },
-        ).json()
+        started = start_stream(client, headers, tokens=20, first_delay_ms=300)
         ticket = client.post(
             "/v1/events/tickets", headers=headers, json={"channel": started["channel"]}
         ).json()
@@ -185,18 +168,7 @@ def test_a_page_on_another_origin_is_blocked_by_the_browser(
     page = context.new_page()
     try:
         page.goto(other_origin.origin + "/")
-        chat = page.evaluate(
-            CHAT,
-            [
-                live.url,
-                bearer,
-                {
-                    "model": "fake-model",
-                    "stream": True,
-                    "messages": [{"role": "user", "content": prompt(tokens=5)}],
-                },
-            ],
-        )
+        chat = chat_in(page, live.url, bearer, tokens=5)
         page.evaluate(FOLLOW, live.url + ticket["events_url"])
         page.wait_for_function("window.sg.closed", timeout=WAIT_MS)
         sg = page.evaluate("window.sg")

@@ -13,16 +13,15 @@ loopback server) with a one-time ticket (CORS, no cookie).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.fake_upstream import expected_text
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PageServer
+from tests.support.browser import PageServer
 from tests.support.config import PASSWORD, ROOT
-from tests.support.hub import prompt, tenant_of
+from tests.support.hub import prompt, start_stream, tenant_of
+from tests.support.pages import chromium_browser, page_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
@@ -60,28 +59,13 @@ READER = """
 """
 
 
-@pytest.fixture(scope="module")
-def other_origin() -> Iterator[PageServer]:
-    server = PageServer()
-    yield server
-    server.stop()
+other_origin = pytest.fixture(page_server, scope="module", name="other_origin")
+chromium = pytest.fixture(chromium_browser, name="chromium")
 
 
 @pytest.fixture()
 def live_overrides(other_origin: PageServer) -> dict[str, str]:
     return {"SSE_RETRY_MS": "300", "SSE_COALESCE_MS": "5", "CORS_ORIGINS": other_origin.origin}
-
-
-@pytest.fixture()
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _screenshot(page: Any, name: str) -> None:
@@ -160,16 +144,7 @@ def test_another_origin_reads_a_channel_with_a_one_time_ticket(
 ) -> None:
     user, headers = live_user()
     with live.client() as client:
-        started = client.post(
-            "/v1/streams",
-            headers=headers,
-            json={
-                "model": "fake-model",
-                "messages": [
-                    {"role": "user", "content": prompt(tokens=40, delay_ms=10, first_delay_ms=1000)}
-                ],
-            },
-        ).json()
+        started = start_stream(client, headers, tokens=40, delay_ms=10, first_delay_ms=1000)
         ticket = client.post(
             "/v1/events/tickets", headers=headers, json={"channel": started["channel"]}
         ).json()

@@ -14,11 +14,15 @@ from typing import Any
 import pytest
 
 from streaming.log import event_log, log_key
+from tests.support.accounts import member_channel
 from tests.support.hub import open_hub
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
+
+
+member = pytest.fixture(member_channel, name="member")
 
 
 def _hub_connection(redis: Any) -> dict[str, Any]:
@@ -47,15 +51,9 @@ def test_one_pubsub_connection_carries_every_channel_and_lets_go_of_them(
 
 
 def test_resuming_while_events_pour_in_never_skips_or_repeats_one(
-    app: Any,
-    client: Any,
-    redis: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    app: Any, client: Any, redis: Any, member: tuple[str, dict[str, str]]
 ) -> None:
-    user = make_user()
-    headers = auth_headers(user)
-    channel = f"users/{user.id}"  # read before any request detaches the row
+    channel, headers = member
     log = event_log(app)
     stop = threading.Event()
 
@@ -87,15 +85,9 @@ def test_resuming_while_events_pour_in_never_skips_or_repeats_one(
 
 
 def test_a_dropped_pubsub_connection_closes_local_subscribers_instead_of_hiding_the_gap(
-    app: Any,
-    client: Any,
-    redis: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    app: Any, client: Any, redis: Any, member: tuple[str, dict[str, str]]
 ) -> None:
-    user = make_user()
-    headers = auth_headers(user)
-    channel = f"users/{user.id}"
+    channel, headers = member
     reader = open_hub(client, channel, headers)
     try:
         assert reader.status == 200

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from streaming.generation import user_channel
 from streaming.log import REPLAY_PAGE, EventLog, event_log, log_key
+from tests.support.accounts import member_channel
 from tests.support.hub import open_hub
 
 pytestmark = pytest.mark.usefixtures("app_services")
+
+member = pytest.fixture(member_channel, name="member")
 
 ENTRIES = 3 * REPLAY_PAGE
 
@@ -39,12 +41,10 @@ def _fill(app: Any, channel: str, count: int) -> None:
 def test_a_long_log_is_replayed_page_by_page(
     app: Any,
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    member: tuple[str, dict[str, str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    user = make_user()
-    channel, headers = user_channel(user.id), auth_headers(user)
+    channel, headers = member
     _fill(app, channel, ENTRIES)
     read: list[int] = []
     original = EventLog.read_after
@@ -75,12 +75,9 @@ def test_a_long_log_is_replayed_page_by_page(
 
 
 def test_connects_past_the_rate_are_refused_until_the_minute_turns(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member: tuple[str, dict[str, str]]
 ) -> None:
-    user = make_user()
-    headers, channel = auth_headers(user), user_channel(user.id)
+    channel, headers = member
     accepted = 0
     refusal = None
     for _ in range(2 * 5 + 1):  # bounded; the minute may turn once along the way

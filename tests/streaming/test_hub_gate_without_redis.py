@@ -8,13 +8,15 @@ the suite); only the control case, which must reach Redis, starts them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.streaming.test_hub_access import GOOD_STREAM, MALFORMED
+from tests.support.accounts import member_headers
 from tests.support.processes import free_port
+
+headers = pytest.fixture(member_headers, name="headers")
 
 
 class TestWithoutRedis:
@@ -28,11 +30,9 @@ class TestWithoutRedis:
     def test_malformed_channel_is_400_without_touching_redis(
         self,
         client: Any,
-        make_user: Callable[..., Any],
-        auth_headers: Callable[..., dict[str, str]],
+        headers: dict[str, str],
         channel: str,
     ) -> None:
-        headers = auth_headers(make_user())
         response = client.get("/v1/events", query_string={"channel": channel}, headers=headers)
         assert response.status_code == 400, response.get_data(as_text=True)
         body = response.get_json()
@@ -64,11 +64,9 @@ class TestWithoutRedis:
     def test_malformed_last_event_id_is_400_without_touching_redis(
         self,
         client: Any,
-        make_user: Callable[..., Any],
-        auth_headers: Callable[..., dict[str, str]],
+        headers: dict[str, str],
         last: str,
     ) -> None:
-        headers = auth_headers(make_user())
         by_query = client.get(
             "/v1/events",
             query_string={"channel": GOOD_STREAM, "last_event_id": last},
@@ -88,10 +86,8 @@ class TestWithoutRedis:
     def test_a_well_formed_channel_does_need_redis(
         self,
         client: Any,
-        make_user: Callable[..., Any],
-        auth_headers: Callable[..., dict[str, str]],
+        headers: dict[str, str],
     ) -> None:
         # The control: the same request with a valid name goes on to Redis, which is down.
-        headers = auth_headers(make_user())
         response = client.get("/v1/events", query_string={"channel": GOOD_STREAM}, headers=headers)
         assert response.status_code == 503

@@ -10,16 +10,18 @@ is the terminal entry itself. The soak found this: one resume in ~4,800 was answ
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from streaming.log import EventLog, event_log, log_key
+from tests.support.accounts import member_headers
 from tests.support.hub import open_hub
 
 # The hub needs this process's dispatcher (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
+
+headers = pytest.fixture(member_headers, name="headers")
 
 
 def _finished_stream(
@@ -43,12 +45,10 @@ def _finished_stream(
 def test_a_resume_while_the_terminal_event_is_being_written_gets_it(
     app: Any,
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    headers: dict[str, str],
     fake_upstream: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    headers = auth_headers(make_user())
     channel, events = _finished_stream(client, headers, fake_upstream)
     terminal = events[-1]
     log = event_log(app)
@@ -80,11 +80,9 @@ def test_a_resume_while_the_terminal_event_is_being_written_gets_it(
 
 def test_a_resume_after_the_terminal_event_is_told_to_stop(
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    headers: dict[str, str],
     fake_upstream: Any,
 ) -> None:
-    headers = auth_headers(make_user())
     channel, events = _finished_stream(client, headers, fake_upstream)
     done = client.get(
         "/v1/events",

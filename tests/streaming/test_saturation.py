@@ -26,9 +26,13 @@ from bench.fake_upstream import expected_text
 from streaming.generation import TERMINAL_EVENTS, stream_channel
 from streaming.load import LoadMonitor
 from streaming.log import log_key
+from tests.support.accounts import member_headers
 from tests.support.waiting import wait_until
 
 TOKENS = 60
+
+
+headers = pytest.fixture(member_headers, name="headers")
 
 
 @pytest.fixture()
@@ -83,12 +87,10 @@ def test_a_running_stream_completes_exactly_while_the_request_pool_is_drained(
     app: Any,
     redis: Any,
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    headers: dict[str, str],
     fake_upstream: Any,
     drained: Callable[[], Drained],
 ) -> None:
-    headers = auth_headers(make_user())
     fake_upstream.reset(tokens=TOKENS, delay_ms=10, first_delay_ms=100)
     created = client.post("/v1/streams", headers=headers, json=_body())
     assert created.status_code == 202, created.get_data(as_text=True)
@@ -109,12 +111,10 @@ def test_a_running_stream_completes_exactly_while_the_request_pool_is_drained(
 def test_a_drained_pool_is_answered_overloaded_not_redis_unavailable(
     app: Any,
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    headers: dict[str, str],
     fake_upstream: Any,
     drained: Callable[[], Drained],
 ) -> None:
-    headers = auth_headers(make_user())
     fake_upstream.reset(tokens=3)
     pool = drained()
     try:
@@ -138,11 +138,9 @@ def test_the_door_refuses_new_generations_past_the_worker_cap_and_reopens(
     app: Any,
     redis: Any,
     client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    headers: dict[str, str],
     fake_upstream: Any,
 ) -> None:
-    headers = auth_headers(make_user())
     fake_upstream.reset(tokens=20, delay_ms=20)
     first = client.post("/v1/streams", headers=headers, json=_body())
     assert first.status_code == 202

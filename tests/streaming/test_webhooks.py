@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from core.errors import ApiError
 from streaming import webhooks
+from tests.support.accounts import admin_and_member
 from tests.support.hub import prompt
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Receiver
@@ -22,6 +23,10 @@ from tests.support.webhooks import Receiver
 pytestmark = pytest.mark.usefixtures("app_services")
 
 ORIGIN = "https://hooks.example.com"
+
+Headers = dict[str, str]
+
+team = pytest.fixture(admin_and_member, name="team")  # an admin's and a member's headers
 
 
 @pytest.fixture()
@@ -97,18 +102,12 @@ def _datetime(ts: int) -> Any:
 
 def test_admins_set_the_allow_list_and_see_deliveries_of_their_tenant_only(
     client: Any,
-    make_tenant: Callable[..., Any],
+    team: tuple[Headers, Headers],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    auth_headers: Callable[..., Headers],
 ) -> None:
-    tenant = make_tenant()
-    admin, member = make_user(tenant, role="admin"), make_user(tenant)
-    other_admin = make_user(role="admin")
-    as_admin, as_other, as_member = (
-        auth_headers(admin),
-        auth_headers(other_admin),
-        auth_headers(member),
-    )
+    as_admin, as_member = team
+    as_other = auth_headers(make_user(role="admin"))
 
     assert client.get("/v1/admin/webhooks").status_code == 401
     assert client.get("/v1/admin/webhooks/deliveries").status_code == 401
@@ -150,13 +149,9 @@ def app_overrides() -> dict[str, Any]:
 def test_a_stream_with_a_webhook_delivers_its_terminal_event_signed(
     client: Any,
     receiver: Receiver,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    team: tuple[Headers, Headers],
 ) -> None:
-    tenant = make_tenant()
-    admin, member = make_user(tenant, role="admin"), make_user(tenant)
-    as_admin, as_member = auth_headers(admin), auth_headers(member)
+    as_admin, as_member = team
     secret = client.put(
         "/v1/admin/webhooks", json={"origins": [receiver.origin]}, headers=as_admin
     ).get_json()["secret"]
@@ -190,14 +185,10 @@ def test_a_private_webhook_url_is_refused_with_400_and_nothing_starts(
     app: Any,
     client: Any,
     receiver: Receiver,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    team: tuple[Headers, Headers],
 ) -> None:
     app.config["WEBHOOK_ALLOW_PRIVATE"] = False
-    tenant = make_tenant()
-    admin, member = make_user(tenant, role="admin"), make_user(tenant)
-    as_admin, as_member = auth_headers(admin), auth_headers(member)
+    as_admin, as_member = team
     client.put("/v1/admin/webhooks", json={"origins": [receiver.origin]}, headers=as_admin)
     body = {
         "model": "fake-model",

@@ -62,3 +62,27 @@ def tampered(token: str, **changes: Any) -> str:
     """The same token with edited claims and the original signature."""
     header, _payload, signature = token.split(".")
     return header + "." + _b64({**claims_of(token), **changes}) + "." + signature
+
+
+def read_only_app_token(user: Any) -> dict[str, str]:
+    """Bearer headers of an hour-long app token of ``user`` with the ``read`` scope only
+    (current app context): it may list models, not chat."""
+    from datetime import timedelta
+
+    from auth.tokens import issue_app_token
+
+    token = issue_app_token(
+        user_id=user.id,
+        tenant_id=user.tenant_id,
+        role=user.role,
+        scopes=["read"],
+        ttl=timedelta(hours=1),
+    )
+    return bearer(token)
+
+
+def assert_pair_refused(client: Any, pair: dict[str, str]) -> None:
+    """Neither half of an access/refresh pair works any more (Flask test client): the access
+    token is refused by ``/v1/auth/me``, the refresh token by ``/v1/auth/refresh``."""
+    assert_auth_error(client.get("/v1/auth/me", headers=bearer(pair["access_token"])))
+    assert_auth_error(client.post("/v1/auth/refresh", headers=bearer(pair["refresh_token"])))
