@@ -1,7 +1,8 @@
-"""The playground at ``/``: plain HTML, CSS and JavaScript (no build step), served by Flask.
+"""The chat page at ``/``: plain HTML, CSS and JavaScript (no build step), served by Flask.
 
 It uses only the public API, as any browser app would: cookie login with CSRF headers,
-``POST /v1/streams`` and ``EventSource`` on ``/v1/events``, the admin list and revoke.
+``/v1/conversations`` (each reply a channel-mode stream) and ``EventSource`` on ``/v1/events``.
+Third-party scripts (Markdown, sanitizer, highlighter) are vendored under ``static/vendor/``.
 """
 
 from __future__ import annotations
@@ -16,15 +17,29 @@ bp = Blueprint(
     static_url_path="/playground",
 )
 
+# The pages hold no secret, but their scripts handle auth cookies: keep them out of frames, and
+# let nothing run or load that the app does not serve itself.
+CSP = (
+    "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def page(template: str, **context: object) -> Response:
+    """A page of the web UI with its security headers (the console renders through this too)."""
+    response = Response(render_template(template, **context), mimetype="text/html")
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
 
 @bp.get("/")
 def playground() -> Response:
-    """The playground page."""
-    response = Response(render_template("playground.html"), mimetype="text/html")
-    # The page holds no secret, but its script handles auth cookies: keep it out of frames.
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
-    return response
+    """The chat page."""
+    return page("playground.html")
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """The site icon, for browsers that ask for it before reading a page's ``<link rel=icon>``."""
+    return bp.send_static_file("favicon.ico")

@@ -74,3 +74,31 @@ class PageServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+
+
+class PageWatch:
+    """What a page logged and what it was refused, for "no console errors" assertions."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.refused: list[str] = []
+        page.on(
+            "console",
+            lambda msg: msg.type in ("error", "warning") and self.errors.append(msg.text),
+        )
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.refused.append(f"{r.status} {r.url}"),
+        )
+
+
+def horizontal_overflow(page: Any) -> int:
+    """How many pixels the page is wider than the viewport (0: no sideways scrolling)."""
+    return int(
+        page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    )
