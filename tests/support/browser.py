@@ -30,8 +30,8 @@ class Account:
     tenant_id: str
 
 
-def log_in(page: Any, base_url: str, account: Account) -> None:
-    """Log in through the playground's form, as a person would."""
+def log_in(page: Any, base_url: str, account: Account, model: str = "fake-model") -> None:
+    """Log in through the chat page's form, as a person would."""
     page.goto(base_url + "/")
     page.locator("#login-view").wait_for(state="visible")
     page.fill("#login-tenant", account.tenant)
@@ -39,7 +39,7 @@ def log_in(page: Any, base_url: str, account: Account) -> None:
     page.fill("#login-password", PASSWORD)
     page.click("#login-submit")
     page.locator("#app-view").wait_for(state="visible")
-    page.locator("#model option[value='fake-model']").wait_for(state="attached")
+    page.locator(f"#model option[value='{model}']").wait_for(state="attached")
 
 
 class PageServer:

@@ -136,6 +136,7 @@
 
   function showHeader(title, saved) {
     $("conv-title").textContent = title;
+    $("conv-title").title = title;
     $("rename").disabled = !saved;
     $("delete").disabled = !saved;
     document.title = title + " · Streamgate chat";
@@ -378,7 +379,8 @@
       if (cur.liveAt === null) cur.liveAt = now;
       else cur.liveTokens += count;
       const seconds = (now - cur.liveAt) / 1000;
-      if (seconds > 0 && cur.liveTokens > 0) $("tps").textContent = (cur.liveTokens / seconds).toFixed(1);
+      // A rate over a few milliseconds says nothing: wait for a tenth of a second of tokens.
+      if (seconds >= 0.1 && cur.liveTokens > 0) $("tps").textContent = (cur.liveTokens / seconds).toFixed(1);
     }
     if (cur.resumed && (data.index ?? 0) + count >= cur.replayUntil) note("");
     cur.text += data.text;
