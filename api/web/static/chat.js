@@ -1,32 +1,23 @@
-// The chat page: conversations stored on the server (`/v1/conversations`), each reply a
-// channel-mode stream read with `EventSource` on `/v1/events?channel=streams/<id>` (the browser
-// resumes a dropped connection with Last-Event-ID). A reply that is still running when the page
-// loads is followed from its log, and a tab also follows `users/<id>`: a reply started on another
-// tab or device is shown with the prompt and settings it was really asked with.
+// The chat page: the session, the conversations in the sidebar (`/v1/conversations`, stored on
+// the server), the settings, sending a message (each reply a channel-mode stream, followed by
+// transcript.js) and the user's channel `users/<id>`: a reply started on another tab or device
+// is shown with the prompt and settings it was really asked with. A reply still running when
+// the page loads is followed again from its log.
 "use strict";
 
 (() => {
   const { $, api, session } = window.Streamgate;
-  const { render, copyButton } = window.SGMarkdown;
-  const TERMINAL = {
-    "stream.completed": "completed",
-    "stream.failed": "failed",
-    "stream.cancelled": "cancelled",
-    "stream.revoked": "revoked",
-  };
+  const T = window.SGTranscript;
   const ATTACH_DELAY_MS = 250; // lets a replayed history settle before attaching to a stream
-  const MAX_REOPENS = 3; // a closed connection is re-opened at most this often, then we stop
-  const NEAR_BOTTOM_PX = 48;
+  const MAX_REOPENS = 3; // a closed user channel is re-opened at most this often, then we stop
 
   const state = {
     me: null,
     conversations: [],
     conv: null, // the open conversation, as GET /v1/conversations/<id> returns it; null: a draft
     loading: Promise.resolve(),
-    current: null, // the reply followed: {id, es, el, text, sentAt, replayUntil, ...}
     mine: new Set(), // streams this tab started
     sending: false,
-    follow: true, // keep the newest text in view until the user scrolls up
     userES: null,
     userLastId: null,
     userReopens: 0,
@@ -51,7 +42,7 @@
 
   function stopped() {
     state.me = null;
-    closeStream();
+    T.closeStream();
     closeUserChannel();
     $("app-view").hidden = true;
   }
@@ -143,43 +134,42 @@
   }
 
   function newConversation() {
-    closeStream();
+    T.closeStream();
     state.conv = null;
     history.replaceState(null, "", location.pathname);
     showHeader("New conversation", false); // the settings stay as they are: a starting point
     $("attach-note").hidden = true;
-    clearTranscript();
-    resetStats();
+    T.clearTranscript();
+    T.resetStats();
     renderList();
     $("prompt").focus();
   }
 
   function openConversation(id) {
     state.loading = (async () => {
-      closeStream();
+      T.closeStream();
       const conv = await api("GET", "/v1/conversations/" + encodeURIComponent(id));
       state.conv = conv;
       history.replaceState(null, "", "#c=" + encodeURIComponent(conv.id));
       showHeader(conv.title, true);
       settingsOf(conv);
       $("attach-note").hidden = true;
-      clearTranscript();
-      resetStats();
+      T.clearTranscript();
+      T.resetStats();
       for (const turn of conv.turns) {
-        addUserMessage(turn.content);
-        const el = addReply(turn.stream_id);
+        T.addUserMessage(turn.content);
+        const el = T.addReply(turn.stream_id);
         const reply = turn.reply || { status: "failed", text: "" };
         if (reply.status === "running") {
           // Still being written (a reload, or sent from elsewhere): follow it from its log.
-          follow(turn.stream_id, el, { replayUntil: reply.usage.completion_tokens, resumed: true });
+          T.follow(turn.stream_id, el, { replayUntil: reply.usage.completion_tokens, resumed: true });
         } else {
-          showReply(el, reply.text || "");
-          endReply(el, reply.status, reply);
+          T.showReply(el, reply.text || "");
+          T.endReply(el, reply.status, reply);
         }
       }
       renderList();
-      state.follow = true;
-      scrollToEnd();
+      T.keepNewestInView();
     })().catch((err) => { $("send-error").textContent = err.message; });
     return state.loading;
   }
@@ -210,246 +200,6 @@
     }
   }
 
-  // --- the transcript --------------------------------------------------------------------------
-
-  function clearTranscript() {
-    $("transcript").replaceChildren($("empty"));
-    $("empty").hidden = false;
-    $("jump").hidden = true;
-  }
-
-  function addUserMessage(text, role = "user") {
-    $("empty").hidden = true;
-    const wrap = document.createElement("div");
-    wrap.className = "msg " + role;
-    const bubble = document.createElement("div");
-    bubble.className = "bubble";
-    bubble.textContent = role === "system" ? "System: " + text : text; // never parsed as HTML
-    wrap.append(bubble);
-    $("transcript").append(wrap);
-  }
-
-  function addReply(streamId) {
-    $("empty").hidden = true;
-    const el = document.createElement("div");
-    el.className = "msg reply";
-    if (streamId) el.dataset.streamId = streamId;
-    const body = document.createElement("div");
-    body.className = "body";
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    el.append(body, meta);
-    el.rawText = "";
-    $("transcript").append(el);
-    return el;
-  }
-
-  function showReply(el, text) {
-    el.rawText = text;
-    render(el.querySelector(".body"), text);
-  }
-
-  // The reply's footer once it ended: why it stopped, and a Copy button for its text.
-  function endReply(el, status, info) {
-    const meta = el.querySelector(".meta");
-    const notes = [];
-    const error = info && info.error;
-    if (status === "completed" && info.finish_reason === "length") {
-      notes.push(["Truncated at max tokens", "flag"]);
-    } else if (status === "failed") {
-      const tooLong = error && error.code === "context_length_exceeded";
-      const why = (error && error.message) || "the generation failed.";
-      notes.push([(tooLong ? "Prompt too long for this model: " : "Failed: ") + why, "flag bad"]);
-    } else if (status === "cancelled") {
-      notes.push(["Stopped", "flag"]);
-    } else if (status === "revoked") {
-      const reason = info && (info.reason || (error && error.message));
-      notes.push(["Revoked by an administrator" + (reason ? ": " + reason : ""), "flag bad"]);
-    } else if (status === "ended") {
-      notes.push([(info && info.message) || "The stream ended.", "flag bad"]);
-    }
-    const nodes = notes.map(([text, cls]) => {
-      const span = document.createElement("span");
-      span.className = cls;
-      span.textContent = text;
-      return span;
-    });
-    el.dataset.status = status;
-    meta.replaceChildren(...nodes);
-    if (el.rawText) meta.append(copyButton(() => el.rawText, "Copy reply"));
-  }
-
-  function nearBottom() {
-    const t = $("transcript");
-    return t.scrollHeight - t.scrollTop - t.clientHeight <= NEAR_BOTTOM_PX;
-  }
-
-  function scrollToEnd() {
-    const t = $("transcript");
-    t.scrollTop = t.scrollHeight;
-    $("jump").hidden = true;
-  }
-
-  function grew() {
-    if (state.follow) scrollToEnd();
-    else $("jump").hidden = false;
-  }
-
-  // --- following one reply ---------------------------------------------------------------------
-
-  function setStatus(status) {
-    $("status").textContent = status;
-    $("status").dataset.status = status;
-  }
-
-  function note(text) { $("conn-note").textContent = text || ""; }
-
-  function resetStats() {
-    setStatus("idle");
-    $("ttft").textContent = "–";
-    $("tokens").textContent = "0";
-    $("tps").textContent = "–";
-    $("stream-id").textContent = "–";
-    $("send-error").textContent = "";
-    note("");
-    running(false);
-  }
-
-  function running(on) {
-    $("send").hidden = on;
-    $("stop").hidden = !on;
-    $("stop").disabled = !on;
-  }
-
-  function closeStream() {
-    const cur = state.current;
-    if (cur && cur.es) cur.es.close();
-    state.current = null;
-    running(false);
-  }
-
-  // Follow the stream `id` into the reply element `el`. Tokens before `replayUntil` are a
-  // replay of what was already written: they are shown, not counted in tokens/s.
-  function follow(id, el, { sentAt = null, replayUntil = 0, resumed = false } = {}) {
-    if (state.current && state.current.es) state.current.es.close();
-    const cur = {
-      id, el, sentAt, replayUntil, resumed, es: null, text: "", tokens: 0, firstAt: null,
-      liveAt: null, liveTokens: 0, lastId: null, done: false, reopens: 0, frame: 0,
-    };
-    state.current = cur;
-    $("stream-id").textContent = id;
-    setStatus("running");
-    note(resumed ? "Resumed: replaying what was already written." : "");
-    running(true);
-    open(cur);
-  }
-
-  function open(cur) {
-    let url = "/v1/events?channel=" + encodeURIComponent("streams/" + cur.id);
-    if (cur.lastId) url += "&last_event_id=" + encodeURIComponent(cur.lastId);
-    const es = new EventSource(url, { withCredentials: true });
-    cur.es = es;
-    const track = (e) => { if (e.lastEventId) cur.lastId = e.lastEventId; };
-    es.addEventListener("stream.started", track);
-    es.addEventListener("ping", track);
-    es.addEventListener("token", (e) => {
-      track(e);
-      if (cur !== state.current) return;
-      onToken(cur, JSON.parse(e.data));
-    });
-    for (const [name, status] of Object.entries(TERMINAL)) {
-      es.addEventListener(name, (e) => { track(e); finish(cur, status, JSON.parse(e.data)); });
-    }
-    es.onopen = () => { if (cur === state.current && !cur.done && !cur.resumed) note("Connected."); };
-    es.onerror = () => onStreamError(cur);
-  }
-
-  function onToken(cur, data) {
-    const now = performance.now();
-    const count = data.count || 1;
-    if (cur.firstAt === null) {
-      cur.firstAt = now;
-      $("ttft").textContent = cur.sentAt === null
-        ? (cur.resumed ? "– (resumed)" : "– (attached)")
-        : `${Math.round(now - cur.sentAt)} ms`;
-    }
-    cur.tokens += count;
-    if ((data.index ?? 0) + count > cur.replayUntil) {
-      // Live tokens only: the clock starts at the first one that was not a replay.
-      if (cur.liveAt === null) cur.liveAt = now;
-      else cur.liveTokens += count;
-      const seconds = (now - cur.liveAt) / 1000;
-      // A rate over a few milliseconds says nothing: wait for a tenth of a second of tokens.
-      if (seconds >= 0.1 && cur.liveTokens > 0) $("tps").textContent = (cur.liveTokens / seconds).toFixed(1);
-    }
-    if (cur.resumed && (data.index ?? 0) + count >= cur.replayUntil) note("");
-    cur.text += data.text;
-    cur.el.rawText = cur.text;
-    $("tokens").textContent = String(cur.tokens);
-    if (!cur.frame) {
-      cur.frame = requestAnimationFrame(() => {
-        cur.frame = 0;
-        render(cur.el.querySelector(".body"), cur.text);
-        grew();
-      });
-    }
-  }
-
-  function finish(cur, status, data) {
-    if (cur.es) cur.es.close(); // terminal: never reconnect
-    if (cur.done) return;
-    cur.done = true;
-    if (cur.frame) cancelAnimationFrame(cur.frame);
-    cur.frame = 0;
-    render(cur.el.querySelector(".body"), cur.text);
-    endReply(cur.el, status, data || {});
-    if (cur !== state.current) return;
-    setStatus(status);
-    running(false);
-    const flag = cur.el.querySelector(".meta .flag");
-    note(status === "completed" ? "" : flag ? flag.textContent : "");
-    grew();
-    refreshUsage();
-    if (state.conv) loadList().catch(() => {});
-  }
-
-  async function onStreamError(cur) {
-    if (cur.done || cur !== state.current) { if (cur.es) cur.es.close(); return; }
-    if (cur.es.readyState === EventSource.CONNECTING) {
-      note("Connection lost; resuming from the last event…"); // the browser sends Last-Event-ID
-      return;
-    }
-    // CLOSED: the server refused the connection (401, 403, 410, 429...). Ask why, never loop.
-    cur.es.close();
-    let record = null;
-    try {
-      record = await api("GET", "/v1/streams/" + encodeURIComponent(cur.id));
-    } catch (err) {
-      finish(cur, "ended", { message: err.message });
-      return;
-    }
-    if (record.status === "revoked") {
-      finish(cur, "revoked", { reason: record.error && record.error.message });
-    } else if (cur.reopens < MAX_REOPENS && !cur.done) {
-      cur.reopens += 1; // e.g. the access cookie had expired and api() just refreshed it
-      open(cur);
-    } else {
-      finish(cur, record.status === "running" ? "ended" : record.status, record);
-    }
-  }
-
-  async function stop() {
-    const cur = state.current;
-    if (!cur || cur.done) return;
-    $("stop").disabled = true;
-    try {
-      await api("DELETE", "/v1/streams/" + encodeURIComponent(cur.id));
-    } catch (err) {
-      $("send-error").textContent = err.message;
-      $("stop").disabled = cur.done;
-    }
-  }
-
   // --- sending ---------------------------------------------------------------------------------
 
   function changedSettings(conv, now) {
@@ -463,7 +213,7 @@
   async function send(event) {
     if (event) event.preventDefault();
     const content = $("prompt").value;
-    if (state.sending || (state.current && !state.current.done) || !content.trim()) return;
+    if (state.sending || (T.current() && !T.current().done) || !content.trim()) return;
     state.sending = true;
     $("send").disabled = true;
     $("send-error").textContent = "";
@@ -481,7 +231,7 @@
           Object.assign(state.conv, await api("PATCH", "/v1/conversations/" + state.conv.id, changes));
         }
       }
-      setStatus("connecting");
+      T.setStatus("connecting");
       const accepted = await api("POST", `/v1/conversations/${state.conv.id}/turns`, {
         content,
         model: settings.model || undefined,
@@ -489,17 +239,16 @@
       state.mine.add(accepted.stream.id);
       $("prompt").value = "";
       $("attach-note").hidden = true;
-      resetStats();
-      addUserMessage(content);
-      const el = addReply(accepted.stream.id);
-      state.follow = true;
-      scrollToEnd();
-      follow(accepted.stream.id, el, { sentAt });
+      T.resetStats();
+      T.addUserMessage(content);
+      const el = T.addReply(accepted.stream.id);
+      T.keepNewestInView();
+      T.follow(accepted.stream.id, el, { sentAt });
       await loadList();
       const saved = state.conversations.find((c) => c.id === state.conv.id);
       if (saved) { state.conv.title = saved.title; showHeader(saved.title, true); }
     } catch (err) {
-      if (!state.current || state.current.done) setStatus("idle");
+      if (!T.current() || T.current().done) T.setStatus("idle");
       $("send-error").textContent = err.message || "Could not send the message.";
     } finally {
       state.sending = false;
@@ -524,7 +273,7 @@
   }
 
   function busy(id) {
-    const cur = state.current;
+    const cur = T.current();
     return state.sending || state.mine.has(id) || (cur && (cur.id === id || !cur.done));
   }
 
@@ -542,31 +291,30 @@
     const record = await api("GET", "/v1/streams/" + encodeURIComponent(id));
     if (busy(id) || record.status !== "running") return;
     // Anywhere else: the prompt and settings it was really asked with, then the live reply.
-    closeStream();
+    T.closeStream();
     state.conv = null;
     history.replaceState(null, "", location.pathname);
     showHeader("A reply started elsewhere", false);
     settingsOf({ ...(record.settings || {}), model: record.model, system_prompt: null });
-    clearTranscript();
-    resetStats();
+    T.clearTranscript();
+    T.resetStats();
     for (const message of record.messages || []) {
       const text = typeof message.content === "string" ? message.content : JSON.stringify(message.content);
       if (message.role === "assistant") {
-        showReply(addReply(null), text);
+        T.showReply(T.addReply(null), text);
       } else {
-        addUserMessage(text, message.role === "system" ? "system" : "user");
+        T.addUserMessage(text, message.role === "system" ? "system" : "user");
         if (message.role === "system") $("system-prompt").value = text;
       }
     }
-    const el = addReply(id);
+    const el = T.addReply(id);
     const attachNote = $("attach-note");
     attachNote.textContent = "Attached to a reply started on another tab or device: its prompt and settings are shown; it replays from the start.";
     attachNote.hidden = false;
     renderList();
     loadList().catch(() => {});
-    state.follow = true;
-    scrollToEnd();
-    follow(id, el, { replayUntil: record.usage.completion_tokens });
+    T.keepNewestInView();
+    T.follow(id, el, { replayUntil: record.usage.completion_tokens });
   }
 
   function openUserChannel() {
@@ -588,7 +336,7 @@
       }, ATTACH_DELAY_MS);
       state.pendingAttach.set(id, timer);
     });
-    for (const name of Object.keys(TERMINAL)) {
+    for (const name of Object.keys(T.TERMINAL)) {
       es.addEventListener(name, (e) => {
         track(e);
         const id = JSON.parse(e.data).stream_id;
@@ -616,15 +364,15 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("prompt-form").addEventListener("submit", send);
     $("prompt").addEventListener("keydown", onComposerKey);
-    $("stop").addEventListener("click", stop);
     $("new-conversation").addEventListener("click", () => { closeSidebarOnPhone(); newConversation(); });
     $("rename").addEventListener("click", renameConversation);
     $("delete").addEventListener("click", deleteConversation);
     $("toggle-sidebar").addEventListener("click", toggleSidebar);
-    $("jump").addEventListener("click", () => { state.follow = true; scrollToEnd(); });
-    $("transcript").addEventListener("scroll", () => {
-      state.follow = nearBottom();
-      if (state.follow) $("jump").hidden = true;
+    T.init({
+      ended: () => {
+        refreshUsage();
+        if (state.conv) loadList().catch(() => {});
+      },
     });
     ctl = session({ started, stopped });
   });
