@@ -241,3 +241,35 @@ def test_limits_apply_and_a_second_message_waits_for_the_running_reply(
         "role": "assistant",
         "content": partial,
     }
+
+
+@pytest.mark.db
+def test_deleting_a_conversation_deletes_its_turns_and_keeps_the_streams(
+    client: Any, people: dict[str, Any]
+) -> None:
+    from api.models import ConversationTurn
+    from core.store import db
+    from streaming.models import StreamRecord
+
+    owner = people["owner"]
+    cid = create(client, owner, model="fake-model")["id"]
+    stream_id = send(client, owner, cid, prompt(tokens=2)).get_json()["stream"]["id"]
+    settled(client, owner, cid)
+    assert client.delete(f"/v1/conversations/{cid}", headers=owner).status_code == 204
+    db.session.remove()
+    assert db.session.query(ConversationTurn).filter_by(conversation_id=cid).count() == 0
+    assert db.session.get(StreamRecord, stream_id) is not None  # the usage record stays
+    assert client.get(f"/v1/streams/{stream_id}", headers=owner).status_code == 200
+
+
+def test_a_retried_send_with_the_same_idempotency_key_starts_nothing_new(
+    client: Any, people: dict[str, Any]
+) -> None:
+    owner = people["owner"]
+    cid = create(client, owner, model="fake-model")["id"]
+    retry = {**owner, "Idempotency-Key": "send-once-1"}
+    first = send(client, retry, cid, prompt(tokens=2))
+    again = send(client, retry, cid, prompt(tokens=2))
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["stream"]["id"] == first.get_json()["stream"]["id"]
+    assert len(settled(client, owner, cid)["turns"]) == 1
