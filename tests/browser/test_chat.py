@@ -66,6 +66,10 @@ def test_a_reply_streams_in_follows_the_text_and_copies_byte_for_byte(
     watch = PageWatch(page)
     log_in(page, live.url, accounts["member"])
     expect(page.locator("#who-email")).to_have_text(accounts["member"].email)
+    # The header wraps on a phone: the whole email and Log out stay on screen.
+    for control in ("#who-email", "#logout"):
+        box = page.locator(control).bounding_box()
+        assert box and 0 <= box["x"] and box["x"] + box["width"] <= viewport["width"], control
     screenshot(page, "empty")
 
     send(page, "Say hello [[fake tokens=24 delay_ms=15]]")
