@@ -58,13 +58,24 @@ def summary(row: Conversation, turn_count: int) -> dict[str, Any]:
 def detail(row: Conversation) -> dict[str, Any]:
     """The conversation with its turns, each with its reply as its stream describes it."""
     out = summary(row, len(row.turns))
-    out["turns"] = [turn_view(turn) for turn in row.turns]
+    replies = _replies(row)
+    out["turns"] = [turn_view(turn, replies.get(turn.stream_id or "")) for turn in row.turns]
     return out
 
 
-def turn_view(turn: ConversationTurn) -> dict[str, Any]:
-    record = db.session.get(StreamRecord, turn.stream_id) if turn.stream_id else None
-    reply = streams.describe(record) if record is not None else None
+def _replies(row: Conversation) -> dict[str, dict[str, Any]]:
+    """Each turn's reply, described by its stream (the records read in one query)."""
+    ids = [turn.stream_id for turn in row.turns if turn.stream_id]
+    if not ids:
+        return {}
+    records = db.session.scalars(select(StreamRecord).where(StreamRecord.id.in_(ids)))
+    return {record.id: streams.describe(record) for record in records}
+
+
+def turn_view(turn: ConversationTurn, reply: dict[str, Any] | None = None) -> dict[str, Any]:
+    if reply is None and turn.stream_id:
+        record = db.session.get(StreamRecord, turn.stream_id)
+        reply = streams.describe(record) if record is not None else None
     return {
         "id": turn.id,
         "position": turn.position,
@@ -106,12 +117,12 @@ def history(row: Conversation) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if row.system_prompt:
         messages.append({"role": "system", "content": row.system_prompt})
+    replies = _replies(row)
     for turn in row.turns:
         messages.append({"role": "user", "content": turn.content})
-        record = db.session.get(StreamRecord, turn.stream_id) if turn.stream_id else None
-        if record is None:
+        reply = replies.get(turn.stream_id or "")
+        if reply is None:
             continue
-        reply = streams.describe(record)
         if reply["status"] not in TERMINAL:
             raise ApiError(
                 409,
