@@ -17,7 +17,9 @@ TEXT = validate.Length(max=200_000)
 class _SettingsFields(Schema):
     """The settings a conversation's replies are generated with (null: the model's default)."""
 
-    model = fields.String(allow_none=True, validate=MODEL, metadata={"example": "fake-model"})
+    model = fields.String(
+        allow_none=True, validate=MODEL, metadata={"example": "smollm2-135m-instruct"}
+    )
     system_prompt = fields.String(
         allow_none=True, validate=TEXT, metadata={"example": "You answer in one sentence."}
     )
