@@ -10,8 +10,6 @@ from api.schemas.streams import StreamAcceptedSchema, StreamErrorSchema
 
 TITLE = [validate.Length(min=1, max=200), NO_CONTROL]
 MODEL = [validate.Length(min=1, max=200), NO_CONTROL]
-# A system prompt or a message may span lines; MAX_PROMPT_CHARS bounds the whole request.
-TEXT = validate.Length(max=200_000)
 
 
 class _SettingsFields(Schema):
@@ -21,7 +19,11 @@ class _SettingsFields(Schema):
         allow_none=True, validate=MODEL, metadata={"example": "smollm2-135m-instruct"}
     )
     system_prompt = fields.String(
-        allow_none=True, validate=TEXT, metadata={"example": "You answer in one sentence."}
+        allow_none=True,
+        metadata={
+            "example": "You answer in one sentence.",
+            "description": "At most MAX_PROMPT_CHARS characters (and it counts in every turn's)",
+        },
     )
     temperature = fields.Float(
         allow_none=True, validate=validate.Range(min=0, max=2), metadata={"example": 0.7}
@@ -49,7 +51,7 @@ class ConversationUpdateSchema(_SettingsFields):
 class TurnCreateSchema(Schema):
     content = fields.String(
         required=True,
-        validate=[validate.Length(min=1), TEXT],
+        validate=validate.Length(min=1),
         metadata={"example": "What should I see first?"},
     )
     model = fields.String(

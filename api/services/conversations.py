@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
 from marshmallow import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -87,7 +88,23 @@ def turn_view(turn: ConversationTurn, reply: dict[str, Any] | None = None) -> di
     }
 
 
+def _checked(fields: dict[str, Any]) -> dict[str, Any]:
+    # A system prompt is sent with every turn: one that could never fit is refused up front.
+    limit = current_app.config["MAX_PROMPT_CHARS"]
+    if len(fields.get("system_prompt") or "") > limit:
+        message = f"The system prompt is too long: at most {limit} characters."
+        raise ApiError(
+            400,
+            message,
+            param="system_prompt",
+            code="context_length_exceeded",
+            errors={"system_prompt": [message]},
+        )
+    return fields
+
+
 def create(ident: Identity, fields: dict[str, Any]) -> Conversation:
+    _checked(fields)
     row = Conversation(tenant_id=ident.tenant_id, user_id=ident.user_id, **fields)
     db.session.add(row)
     db.session.commit()
@@ -95,6 +112,7 @@ def create(ident: Identity, fields: dict[str, Any]) -> Conversation:
 
 
 def update(row: Conversation, fields: dict[str, Any]) -> Conversation:
+    _checked(fields)
     for name, value in fields.items():
         setattr(row, name, value)
     row.updated_at = utcnow()

@@ -198,6 +198,11 @@ def test_a_turn_refused_by_the_streams_rules_leaves_no_turn(
     )
     unknown = send(client, owner, cid, "hello", model="no-such-model")
     assert unknown.status_code == 404 and unknown.get_json()["error_code"] == "model_not_found"
+    long_prompt = {"system_prompt": "x" * (app.config["MAX_PROMPT_CHARS"] + 1)}
+    refused = client.post("/v1/conversations", json=long_prompt, headers=owner)
+    assert refused.status_code == 400 and "system_prompt" in refused.get_json()["errors"]
+    patched = client.patch(f"/v1/conversations/{cid}", json=long_prompt, headers=owner)
+    assert patched.status_code == 400
     no_model = create(client, owner)["id"]
     assert send(client, owner, no_model, "hello").status_code == 422
     for conversation in (cid, no_model):
