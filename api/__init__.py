@@ -140,6 +140,7 @@ def _register_blueprints(app: Flask) -> None:
     from api.routes import (
         admin,
         chat,
+        conversations,
         docs,
         health,
         limits_admin,
@@ -160,6 +161,7 @@ def _register_blueprints(app: Flask) -> None:
         chat.bp,
         models.bp,
         streams.bp,
+        conversations.bp,
         usage.bp,
         admin.bp,
         limits_admin.bp,

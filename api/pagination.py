@@ -10,6 +10,7 @@ from sqlalchemy import Row, Select, func, select
 from core.store import db
 
 T = TypeVar("T")
+MAX_OFFSET = 2**62  # SQLite and PostgreSQL take a signed 64-bit OFFSET
 
 
 class Rows(Generic[T]):
@@ -36,6 +37,8 @@ class Rows(Generic[T]):
         if not isinstance(window, slice) or window.step not in (None, 1):
             raise TypeError("Rows supports contiguous slices only")
         start, stop = window.start or 0, window.stop
+        if start > MAX_OFFSET:  # far past any end, and past what SQL's OFFSET can hold
+            return []
         query = self.query.offset(start)
         if stop is not None:
             query = query.limit(max(0, stop - start))

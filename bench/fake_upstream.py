@@ -20,6 +20,8 @@ Knobs:
                  gets one call, as a model would (then, given the result, it answers in text)
   reasoning      send this many ``reasoning_content`` deltas before the answer
   error_message  the message of the error body ``status`` answers (spaces as ``_``)
+  say            answer with this text instead of the vocabulary, percent-encoded (``%20`` a
+                 space, ``%5D`` a ``]``), streamed four characters a token
 
 The request's own fields are honoured as a model server would: ``n`` choices (choice j's text
 is the token sequence shifted by j), ``logprobs`` (one entry per content token),
@@ -41,6 +43,7 @@ import json
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -103,6 +106,7 @@ class Knobs:
     tool_calls: int = 0
     reasoning: int = 0
     error_message: str = ""
+    say: str = ""
 
     def merged(self, text: str) -> Knobs:
         """These knobs overridden by a ``[[fake k=v ...]]`` directive in ``text``."""
@@ -335,7 +339,7 @@ class FakeUpstream:
                 )
                 finished = True
                 return True
-            count = knobs.tokens
+            count = len(_said(knobs)) if knobs.say else knobs.tokens
             max_tokens = req.get("max_tokens") or req.get("max_completion_tokens")
             finish = "stop"
             if max_tokens is not None and (knobs.infinite or int(max_tokens) < count):
@@ -463,6 +467,7 @@ class FakeUpstream:
             return out
 
         n = _n_of(req)
+        said = _said(knobs)
         try:
             for j in range(n):
                 await send(chunk({"role": "assistant", "content": ""}, index=j))
@@ -484,7 +489,7 @@ class FakeUpstream:
                     return
                 await pause(knobs.delay_ms)
                 for j in range(n):
-                    text = token_text(i + j) + "x" * knobs.pad
+                    text = (said[i] if said else token_text(i + j)) + "x" * knobs.pad
                     extra = {"logprobs": _logprobs(text)} if req.get("logprobs") else {}
                     await send(chunk({"content": text}, index=j, **extra))
             produced = count * n + knobs.reasoning + (len(TOOL_ARGUMENTS) * knobs.tool_calls)
@@ -539,6 +544,12 @@ _MID_STREAM_ERROR = {
         "code": "upstream_error",
     }
 }
+
+
+def _said(knobs: Knobs) -> list[str]:
+    """The ``say`` knob's text in the tokens it is streamed as."""
+    text = urllib.parse.unquote(knobs.say)
+    return [text[k : k + 4] for k in range(0, len(text), 4)]
 
 
 def _n_of(req: dict[str, Any]) -> int:

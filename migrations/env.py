@@ -15,6 +15,7 @@ from flask import current_app
 
 # Every module that defines tables, imported so autogenerate sees all of them. A new models
 # module must be added here, or its tables look "removed" to `flask db migrate`.
+import api.models  # noqa: F401
 import auth.models
 import streaming.models  # noqa: F401
 from core.store import db

@@ -43,6 +43,10 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # The OpenAI `user` field: the caller's own end user (opaque; an app's user id).
     end_user: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Channel mode: the messages and sampling settings the generation was asked for, so a
+    # client attaching to it later (another tab or device) can show what was asked.
+    prompt: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]

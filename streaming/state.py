@@ -24,6 +24,8 @@ log = logging.getLogger("streamgate.state")
 
 LIVE = "sg:live"
 PENDING_RECORDS = "sg:pending-records"
+# The sampling settings a channel-mode record keeps beside its prompt (shown to attaching clients).
+SETTINGS = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
 def live_key(stream_id: str) -> str:
@@ -44,6 +46,9 @@ def create(gen: Generation) -> StreamRecord:
         prompt_tokens=gen.prompt_estimate,
         end_user=gen.end_user,
     )
+    if gen.mode == "channel":
+        record.prompt = gen.messages
+        record.settings = {k: gen.request[k] for k in SETTINGS if gen.request.get(k) is not None}
     db.session.add(record)
     db.session.commit()
     cfg = current_app.config

@@ -29,6 +29,7 @@ from bench.fake_upstream import FakeUpstream
 from tests.support.config import PASSWORD, app_config
 from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
 from tests.support.processes import RedisServer, start_redis, stop_redis
+from tests.support.smollm2 import smollm2  # noqa: F401 (a fixture: the embedded model, once)
 
 LIVE_POOL = pytest.StashKey[LivePool]()
 

@@ -21,10 +21,14 @@ from flask_jwt_extended import (
     set_access_cookies,
     set_refresh_cookies,
     unset_jwt_cookies,
+    verify_jwt_in_request,
 )
+from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_smorest import Blueprint
+from jwt import PyJWTError
 
 from api.schemas.auth import (
+    AuthStatusSchema,
     LoginSchema,
     LogoutSchema,
     MeSchema,
@@ -241,3 +245,21 @@ def get_me() -> dict[str, Any]:
             "expires_at": datetime.fromtimestamp(ident.expires_at, UTC),
         },
     }
+
+
+@bp.route("/status", methods=["GET"])
+@bp.response(200, AuthStatusSchema)
+def get_status() -> dict[str, bool]:
+    """Whether this browser's cookies hold a session: always a 200, never a 401.
+
+    A page that may be opened logged out asks this first, so its first load logs no error.
+    """
+    return {"authenticated": _cookie_valid(refresh=False), "refreshable": _cookie_valid(True)}
+
+
+def _cookie_valid(refresh: bool) -> bool:
+    try:
+        verify_jwt_in_request(refresh=refresh, locations=["cookies"])
+    except (JWTExtendedException, PyJWTError):
+        return False
+    return True

@@ -90,6 +90,16 @@ class TokenInfoSchema(Schema):
     expires_at = fields.DateTime()
 
 
+class AuthStatusSchema(Schema):
+    authenticated = fields.Boolean(
+        required=True, metadata={"description": "This browser's access cookie is valid"}
+    )
+    refreshable = fields.Boolean(
+        required=True,
+        metadata={"description": "Its refresh cookie is valid: POST /v1/auth/refresh renews it"},
+    )
+
+
 class MeSchema(Schema):
     id = fields.String()
     email = fields.String()

@@ -73,6 +73,18 @@ class StreamSchema(Schema):
         allow_none=True,
         metadata={"description": "The tool calls the model made, assembled (channel mode)"},
     )
+    messages = fields.List(
+        fields.Dict(),
+        allow_none=True,
+        metadata={"description": "The messages the generation was asked for (channel mode)"},
+    )
+    settings = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "Its sampling settings as sent (channel mode): max_tokens, "
+            "temperature, top_p, stop, seed"
+        },
+    )
 
 
 class StreamListQuerySchema(Schema):

@@ -130,6 +130,7 @@ def describe(record: StreamRecord, with_text: bool = True) -> dict[str, Any]:
     }
     if with_text:
         out["text"], out["tool_calls"] = _so_far(record)
+        out["messages"], out["settings"] = record.prompt, record.settings
     return out
 
 

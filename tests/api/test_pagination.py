@@ -66,3 +66,9 @@ def test_a_page_reads_only_its_rows(rows: Rows[str], statements: list[str]) -> N
     assert page.page_params.item_count == 5
     reads = [s for s in statements if "count(" not in s.lower()]
     assert len(reads) == 1 and "LIMIT" in reads[0].upper() and "OFFSET" in reads[0].upper()
+
+
+def test_a_page_far_past_the_end_is_empty_not_an_error(rows: Rows[str]) -> None:
+    # 2**58 * 71 does not fit SQLite's 64-bit OFFSET: a fuzzer's page number answered 500.
+    page = PaginationParameters(page=2**58, page_size=71)
+    assert Page(rows, page).items == []

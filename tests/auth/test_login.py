@@ -287,3 +287,22 @@ def test_a_bearer_header_wins_over_a_cookie(client: Any, make_user: Any, tokens_
     me = client.get("/v1/auth/me", headers=bearer(pair["access_token"]))
 
     assert me.get_json()["id"] == other.id
+
+
+def test_status_says_whether_the_cookies_hold_a_session_and_never_answers_401(
+    client: Any, make_user: Any
+) -> None:
+    """A page opened logged out asks this first, so its first load logs no 401."""
+    logged_out = client.get("/v1/auth/status")
+    assert logged_out.status_code == 200
+    assert logged_out.get_json() == {"authenticated": False, "refreshable": False}
+    _cookie_login(client, make_user())
+    assert client.get("/v1/auth/status").get_json() == {
+        "authenticated": True,
+        "refreshable": True,
+    }
+    client.set_cookie("sg_access", "not-a-token")  # an expired or forged access cookie
+    assert client.get("/v1/auth/status").get_json() == {
+        "authenticated": False,
+        "refreshable": True,
+    }

@@ -10,6 +10,7 @@ from playwright.sync_api import expect
 
 from bench.fake_upstream import token_text
 from tests.support.browser import log_in
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 TIMEOUT_MS = 20_000
@@ -26,6 +27,7 @@ def test_a_stream_spanning_token_expiry_completes_without_gap_or_duplicate(
     live: Any, browser: Any, accounts: Any, screenshot: Any
 ) -> None:
     context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.url)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     refreshes: list[int] = []
@@ -35,7 +37,9 @@ def test_a_stream_spanning_token_expiry_completes_without_gap_or_duplicate(
     page.fill("#prompt", f"Long one [[fake tokens={TOKENS} delay_ms=40]]")
     page.click("#send")
     expect(page.locator("#status")).to_have_text("completed")
-    text = page.locator("#output").evaluate("el => el.textContent")
+    reply = page.locator("#transcript .reply").last
+    reply.get_by_role("button", name="Copy reply").click()
+    text = wait_until(lambda: page.evaluate("navigator.clipboard.readText()"))
     assert text == "".join(token_text(i) for i in range(TOKENS))
     expect(page.locator("#tokens")).to_have_text(str(TOKENS))
     assert 200 in refreshes  # the hub closed the connection at exp; the page refreshed and resumed

@@ -8,6 +8,8 @@
   between tests (reset between them).
 - ``hub``: reading ``/v1/events`` (httpx-sse or the Flask test client) and comparing readings.
 - ``tokens``: bearer headers, forged and tampered JWTs, the auth error envelope.
-- ``browser``: Debian's Chromium and logging in through the playground.
+- ``browser``: Debian's Chromium, logging in through the chat page, the two viewports, what a
+  page logged (``PageWatch``) and sideways overflow.
+- ``smollm2``: the embedded model's server, started once per session (a fixture).
 - ``docs``: the runnable examples of ``docs/*.md``.
 """

@@ -30,8 +30,8 @@ class Account:
     tenant_id: str
 
 
-def log_in(page: Any, base_url: str, account: Account) -> None:
-    """Log in through the playground's form, as a person would."""
+def log_in(page: Any, base_url: str, account: Account, model: str = "fake-model") -> None:
+    """Log in through the chat page's form, as a person would."""
     page.goto(base_url + "/")
     page.locator("#login-view").wait_for(state="visible")
     page.fill("#login-tenant", account.tenant)
@@ -39,7 +39,7 @@ def log_in(page: Any, base_url: str, account: Account) -> None:
     page.fill("#login-password", PASSWORD)
     page.click("#login-submit")
     page.locator("#app-view").wait_for(state="visible")
-    page.locator("#model option[value='fake-model']").wait_for(state="attached")
+    page.locator(f"#model option[value='{model}']").wait_for(state="attached")
 
 
 class PageServer:
@@ -76,7 +76,28 @@ class PageServer:
         self.thread.join(10)
 
 
-VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+
+
+class PageWatch:
+    """What a page logged and what it was refused, for "no console errors" assertions."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.refused: list[str] = []
+        page.on(
+            "console",
+            lambda msg: msg.type in ("error", "warning") and self.errors.append(msg.text),
+        )
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and self.refused.append(f"{r.status} {r.url}"),
+        )
+
+
+VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
 
 
 class PageErrors:
