@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Account
+from tests.support.browser import ARTIFACTS, Account
+from tests.support.pages import chromium_browser
 
 # Waits end as soon as the page shows the state; the bound is for a loaded CI machine.
 expect.set_options(timeout=20_000)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
+browser = pytest.fixture(chromium_browser, scope="module", name="browser")
 
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+
+@pytest.fixture()
+def live_overrides() -> dict[str, str]:
+    """The browser tests' server (a module may replace it): a quick EventSource retry hint, so a
+    tab that would reconnect does so at once and "does not reconnect" checks catch it."""
+    return {"SSE_RETRY_MS": "100"}
 
 
 @pytest.fixture()

@@ -24,22 +24,12 @@ from tests.support.browser import (
     horizontal_overflow,
     log_in,
     open_console,
+    send,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 TIMEOUT_MS = 15_000
 SIZES = pytest.mark.parametrize("viewport", list(VIEWPORTS))
-
-
-@pytest.fixture()
-def live_overrides() -> dict[str, str]:
-    # A quick EventSource retry hint: a tab that would reconnect does so at once.
-    return {"SSE_RETRY_MS": "100"}
-
-
-def send(page: Any, prompt: str) -> None:
-    page.fill("#prompt", prompt)
-    page.click("#send")
 
 
 def member_page(browser: Any, live: Any, account: Account, viewport: str) -> tuple[Any, Any]:

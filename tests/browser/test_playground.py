@@ -14,22 +14,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.support.browser import log_in
+from tests.support.browser import log_in, send
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 TIMEOUT_MS = 15_000
-
-
-@pytest.fixture()
-def live_overrides() -> dict[str, str]:
-    # A quick EventSource retry hint: a tab that would reconnect does so at once, so the
-    # "does not reconnect" checks below have something to catch.
-    return {"SSE_RETRY_MS": "100"}
-
-
-def send(page: Any, prompt: str) -> None:
-    page.fill("#prompt", prompt)
-    page.click("#send")
 
 
 def status(page: Any) -> Any:

@@ -76,6 +76,12 @@ class PageServer:
         self.thread.join(10)
 
 
+def send(page: Any, prompt: str) -> None:
+    """Type a prompt in the chat page and press Send."""
+    page.fill("#prompt", prompt)
+    page.click("#send")
+
+
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 

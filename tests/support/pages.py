@@ -1,4 +1,4 @@
-"""Fixture functions for browser tests outside ``tests/browser`` (whose conftest has its own):
+"""Fixture functions for browser tests (``tests/browser/conftest.py`` registers the browser):
 Debian's Chromium and a second loopback origin to serve pages from.
 
 A module registers one with ``pytest.fixture``, e.g.

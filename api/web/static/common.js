@@ -134,5 +134,5 @@ window.Streamgate = (() => {
     return { signedOut };
   }
 
-  return { $, api, HttpError, refresh, session };
+  return { $, api, HttpError, cookie, refresh, session };
 })();

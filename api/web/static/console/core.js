@@ -20,26 +20,9 @@ export function messageOf(body) {
   return (body.message || "") + (detail && body.code === 422 ? ` (${detail})` : "");
 }
 
-export function cookie(name) {
-  const match = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
-  return match ? decodeURIComponent(match[1]) : "";
-}
-
-let refreshing = null; // one refresh at a time, shared by every request that needs it
-
-export function refresh() {
-  if (!refreshing) {
-    refreshing = fetch("/v1/auth/refresh", {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "X-CSRF-TOKEN": cookie("csrf_refresh_token") },
-    })
-      .then((r) => r.ok)
-      .catch(() => false)
-      .finally(() => { refreshing = null; });
-  }
-  return refreshing;
-}
+// The cookie reader and the one-at-a-time token refresh are the chat page's (common.js, loaded
+// before this module), so both pages refresh a session the same way.
+export const { cookie, refresh } = window.Streamgate;
 
 // One request; resolves with {data, headers}. A 401 is retried once after a refresh.
 export async function request(method, url, body, retried = false) {
