@@ -65,6 +65,8 @@ class Generation:
     request: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None  # channel mode: POST the terminal event there
     end_user: str | None = None  # the OpenAI `user` field, recorded on the stream
+    upstream: str | None = None  # the model server serving it (streaming.failover sets it)
+    upstream_attempts: int = 0
 
 
 def completion_id(stream_id: str) -> str:

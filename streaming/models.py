@@ -43,6 +43,9 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     revoke_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # The OpenAI `user` field: the caller's own end user (opaque; an app's user id).
     end_user: Mapped[str | None] = mapped_column(String(256), default=None)
+    # The model server (LLM_UPSTREAMS name) that served it, and how many were tried to get there.
+    upstream: Mapped[str | None] = mapped_column(String(64), default=None)
+    upstream_attempts: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]

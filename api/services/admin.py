@@ -12,16 +12,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func, select
 
 from api.pagination import Rows
+from api.services.generations import refuse_unserved_models
 from auth import service
 from auth.access import Identity, may_act_on
 from auth.models import AppToken, AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
-from core.store import db, utcnow
-from streaming import revocation, state
+from core.store import db, get_redis, utcnow
+from streaming import revocation, state, upstreams
 from streaming.models import StreamRecord
 from streaming.revocation import REVOCABLE
 from streaming.subscriptions import subscriber_counts
@@ -263,6 +265,7 @@ def get_tenant(ident: Identity, tenant_id: str) -> Tenant:
 def create_tenant(ident: Identity, slug: str, name: str, models: list[str] | None) -> Tenant:
     """A new tenant (its first admin is then created with POST /v1/admin/users)."""
     require_operator(ident)
+    refuse_unserved_models(models)
     return service.create_tenant(slug, name, ident.user_id, allowed_models=models)
 
 
@@ -271,6 +274,7 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     tenant = get_tenant(ident, tenant_id)
     reason = changes.get("reason")
     if "allowed_models" in changes:
+        refuse_unserved_models(changes["allowed_models"])
         tenant = service.set_tenant_models(
             tenant.id, changes["allowed_models"], ident.user_id, reason
         )
@@ -281,6 +285,15 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     elif changes.get("disabled") is False:
         tenant = service.enable_tenant(tenant.id, ident.user_id, reason)
     return tenant
+
+
+# --- model servers ------------------------------------------------------------------------------
+
+
+def upstreams_status(ident: Identity) -> list[dict[str, Any]]:
+    """Every model server with its shared state (operators)."""
+    require_operator(ident)
+    return upstreams.status(get_redis(), upstreams.router(current_app))
 
 
 # --- usage ------------------------------------------------------------------------------------
