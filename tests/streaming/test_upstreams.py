@@ -246,3 +246,20 @@ def test_when_every_candidate_is_cooling_down_the_request_still_tries_one(redis:
     upstreams.failed(redis, rt, slot, "connect")
     again = upstreams.take(redis, rt, [rt.upstreams["a"]], "str_2")
     assert again.upstream.name == "a" and again.how == upstreams.DESPERATE
+
+
+def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    import re
+
+    from tests.support.config import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Model servers") :]
+    example = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    assert example, "README's Model servers section lost its YAML example"
+    path = tmp_path / "upstreams.yaml"
+    path.write_text(example.group(1))
+    entries = parse_upstreams(str(path), {"OPENAI_API_KEY": "sk-test"})
+    assert [e["name"] for e in entries] == ["gpu-a", "gpu-b", "embed-host", "hosted"]
+    assert entries[3]["models"] == {"llama-3.1-8b": "gpt-4o-mini"}
+    assert entries[3]["api_key"] == "sk-test"
