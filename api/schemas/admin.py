@@ -89,6 +89,12 @@ class AdminStreamSchema(Schema):
     subscribers = fields.Integer(metadata={"description": "Open hub connections, all nodes"})
     revoked_by = fields.String(allow_none=True)
     revoke_reason = fields.String(allow_none=True)
+    upstream = fields.String(
+        allow_none=True, metadata={"description": "The model server that served it (when ended)"}
+    )
+    upstream_attempts = fields.Integer(
+        allow_none=True, metadata={"description": "Model servers tried to get its first chunk"}
+    )
 
 
 # --- users ------------------------------------------------------------------------------------

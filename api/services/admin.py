@@ -155,6 +155,8 @@ def stream_detail(ident: Identity, stream_id: str) -> dict[str, Any]:
         "subscribers": subscriber_counts([record.id])[record.id],
         "revoked_by": live.get("revoked_by") or record.revoked_by,
         "revoke_reason": live.get("revoke_reason") or record.revoke_reason,
+        "upstream": record.upstream,
+        "upstream_attempts": record.upstream_attempts,
     }
 
 

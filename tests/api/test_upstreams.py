@@ -100,6 +100,16 @@ def test_a_first_choice_that_answers_503_is_replaced_by_the_next_before_any_toke
     assert (record.status, record.upstream, record.upstream_attempts) == ("completed", "b", 2)
 
 
+def test_an_operator_sees_which_server_served_a_stream(
+    client: Any, member: dict[str, str], operator: dict[str, str], fakes: Any
+) -> None:
+    fakes[0].reset(status=502)
+    stream_id = stream(client, member, "tokens=2").headers["X-Stream-Id"]
+    finished_record(stream_id)
+    detail = client.get(f"/v1/admin/streams/{stream_id}", headers=operator).get_json()
+    assert (detail["upstream"], detail["upstream_attempts"]) == ("b", 2)
+
+
 def test_a_refused_connection_fails_over_in_channel_mode_too(
     client: Any, member: dict[str, str], fakes: tuple[FakeUpstream, FakeUpstream], app: Any
 ) -> None:
