@@ -264,8 +264,14 @@ def take(client: redis.Redis, rt: Router, candidates: list[Upstream], stream_id:
 
 
 def release(client: redis.Redis, slot: Slot, stream_id: str) -> None:
-    """Give the attempt's lease back."""
-    client.zrem(lease_key(slot.upstream.name), stream_id)
+    """Give the attempt's lease back (and the probe, if it ended without a verdict)."""
+    if slot.how != PROBE:
+        client.zrem(lease_key(slot.upstream.name), stream_id)
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(lease_key(slot.upstream.name), stream_id)
+    pipe.delete(probe_key(slot.upstream.name))  # a client that left proves nothing: probe again
+    pipe.execute()
 
 
 def succeeded(client: redis.Redis, slot: Slot) -> None:

@@ -263,3 +263,20 @@ def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
     assert [e["name"] for e in entries] == ["gpu-a", "gpu-b", "embed-host", "hosted"]
     assert entries[3]["models"] == {"llama-3.1-8b": "gpt-4o-mini"}
     assert entries[3]["api_key"] == "sk-test"
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe(redis: Any) -> None:
+    # The probing client hung up before the server answered: another request must be able to
+    # probe at once, not after the probe key's expiry (the longest wait).
+    rt = _router(A, LLM_COOLDOWN_S=0.01, LLM_COOLDOWN_FAILURES=1)
+    slot = upstreams.take(redis, rt, [rt.upstreams["a"]], "str_1")
+    upstreams.failed(redis, rt, slot, "connect")
+    upstreams.release(redis, slot, "str_1")
+    deadline = time.monotonic() + 5
+    while (probe := upstreams.take(redis, rt, [rt.upstreams["a"]], "str_2")).how != upstreams.PROBE:
+        upstreams.release(redis, probe, "str_2")
+        assert time.monotonic() < deadline, "no probe after the cooldown"
+        time.sleep(0.02)
+    upstreams.release(redis, probe, "str_2")  # no success, no failure
+    again = upstreams.take(redis, rt, [rt.upstreams["a"]], "str_3")
+    assert again.how == upstreams.PROBE
