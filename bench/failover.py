@@ -1,9 +1,10 @@
 """What several model servers cost a client: failover waits, and the healthy path (a script).
 
-One gunicorn (gevent workers) per configuration, the same Redis, the fake model on loopback. For
-each configuration ``--requests`` direct-mode streams run one after another (the time to the
-first token, measured by the client) and then ``--burst`` streams 16 at a time (the gateway
-workers' CPU per request, from /proc):
+One gunicorn (one gevent worker) per configuration, all running at once on the same Redis and
+fake model, on loopback. ``--requests`` rounds of direct-mode streams, one per configuration in
+turn (time to the first token as the client sees it, and its difference to ``one`` in the same
+round), then ``--burst`` streams 8 at a time per configuration (the worker's CPU per request,
+from /proc):
 
 - ``one``: ``LLM_BASE_URL`` alone (the floor);
 - ``two``: ``LLM_UPSTREAMS`` with two healthy servers, equal weights (the healthy path);
@@ -69,26 +70,16 @@ def first_token_ms(url: str, headers: dict[str, str]) -> float:
     return (first - started) * 1000
 
 
-def measure(stack: _Stack, headers: dict[str, str], requests: int, burst: int) -> dict[str, Any]:
-    url = stack.gateway_url
-    for _ in range(4):  # warm the workers' pools
-        first_token_ms(url, headers)
-    ttft = [first_token_ms(url, headers) for _ in range(requests)]
-    pids = stack.worker_pids()
-    cpu_before = procstat.cpu_seconds(pids)
-    with ThreadPoolExecutor(16) as pool:
+def cpu_per_request(url: str, pids: list[int], headers: dict[str, str], burst: int) -> float:
+    """Gateway workers' CPU milliseconds per request over ``burst`` streams, 8 at a time."""
+    before = procstat.cpu_seconds(pids)
+    with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: first_token_ms(url, headers), range(burst)))
-    cpu = procstat.cpu_seconds(pids) - cpu_before
-    return {
-        "ttft_ms_p50": round(statistics.median(ttft), 2),
-        "ttft_ms_p90": round(sorted(ttft)[int(len(ttft) * 0.9) - 1], 2),
-        "ttft_ms_first": round(ttft[0], 2),
-        "cpu_ms_per_request": round(cpu * 1000 / burst, 3),
-    }
+    return round((procstat.cpu_seconds(pids) - before) * 1000 / burst, 3)
 
 
 def run(requests: int, burst: int, read_timeout: float) -> dict[str, Any]:
-    stack = _Stack()
+    stack = _Stack(workers=1)
     results: dict[str, Any] = {}
     try:
         stack.start_redis()
@@ -101,52 +92,56 @@ def run(requests: int, burst: int, read_timeout: float) -> dict[str, Any]:
         httpx.post(hanging.removesuffix("/v1") + "/_reset", json={"hang": True}, timeout=5)
         closed = f"http://127.0.0.1:{free_port()}/v1"
 
-        def upstreams(first: str) -> str:
+        def upstreams(config: str, first: str) -> str:
+            # Names per configuration: their shared state in Redis is their own.
             return json.dumps(
                 [
-                    {"name": "first", "base_url": first, "models": ["fake-model"], "weight": 100},
-                    {"name": "second", "base_url": healthy, "models": ["fake-model"]},
+                    {"name": config, "base_url": first, "models": ["fake-model"], "weight": 100},
+                    {"name": config + "-2", "base_url": healthy, "models": ["fake-model"]},
                 ]
             )
 
         never = {"LLM_COOLDOWN_FAILURES": "1000000000"}
+        two = [{"name": n, "base_url": healthy, "models": ["fake-model"]} for n in ("a", "b")]
         configs: dict[str, dict[str, str]] = {
             "one": {},
-            "two": {
-                "LLM_UPSTREAMS": json.dumps(
-                    [
-                        {"name": "a", "base_url": healthy, "models": ["fake-model"]},
-                        {"name": "b", "base_url": healthy, "models": ["fake-model"]},
-                    ]
-                )
-            },
-            "refused": {"LLM_UPSTREAMS": upstreams(closed), **never},
+            "two": {"LLM_UPSTREAMS": json.dumps(two)},
+            "refused": {"LLM_UPSTREAMS": upstreams("refused", closed), **never},
             "timeout": {
-                "LLM_UPSTREAMS": upstreams(hanging),
+                "LLM_UPSTREAMS": upstreams("timeout", hanging),
                 "LLM_READ_TIMEOUT_S": str(read_timeout),
                 **never,
             },
-            "refused+cooldown": {"LLM_UPSTREAMS": upstreams(closed)},
+            "refused+cooldown": {"LLM_UPSTREAMS": upstreams("cooldown", closed)},
         }
+        gateways: dict[str, tuple[str, list[int]]] = {}
         for name, extra in configs.items():
             # No load shedding: on a shared machine a late event loop would refuse requests.
             stack.extra = {"LLM_BASE_URL": healthy, "OVERLOAD_LAG_MS": "0", **extra}
-            stack.redis_client().flushall()
-            stack.restart_gateway() if stack.gateway is not None else stack.start_gateway()
-            n_burst = burst if name != "timeout" else 0
-            if name == "timeout":  # every request waits the read timeout: sequential only
-                url = stack.gateway_url
-                first_token_ms(url, headers)
-                ttft = [first_token_ms(url, headers) for _ in range(min(requests, 10))]
-                results[name] = {"ttft_ms_p50": round(statistics.median(ttft), 2)}
-            else:
-                results[name] = measure(stack, headers, requests, n_burst)
+            stack.start_gateway()
+            gateways[name] = (stack.gateway_url, stack.worker_pids())
+            for _ in range(4):  # warm its pools (and let the cooldown configuration cool down)
+                first_token_ms(stack.gateway_url, headers)
+        # Time to first token, the configurations interleaved request by request: whatever else
+        # the machine does slows them alike, and each round's difference to "one" is paired.
+        samples: dict[str, list[float]] = {name: [] for name in configs}
+        for i in range(requests):
+            for name, (url, _) in gateways.items():
+                if name != "timeout" or i < 10:  # each of those waits the read timeout
+                    samples[name].append(first_token_ms(url, headers))
+        floor = samples["one"]
+        for name, values in samples.items():
+            diffs = [v - f for v, f in zip(values, floor, strict=False)]
+            results[name] = {
+                "ttft_ms_p50": round(statistics.median(values), 2),
+                "extra_wait_ms_p50_paired": round(statistics.median(diffs), 2),
+            }
+            if name != "timeout":
+                url, pids = gateways[name]
+                results[name]["cpu_ms_per_request"] = cpu_per_request(url, pids, headers, burst)
             print(name, results[name], flush=True)
     finally:
         stack.close()
-    floor = results["one"]["ttft_ms_p50"]
-    for name in ("refused", "timeout", "refused+cooldown", "two"):
-        results[name]["extra_wait_ms_p50"] = round(results[name]["ttft_ms_p50"] - floor, 2)
     return results
 
 
