@@ -3,8 +3,8 @@
 One gunicorn (one gevent worker) per configuration, all running at once on the same Redis and
 fake model, on loopback. ``--requests`` rounds of direct-mode streams, one per configuration in
 turn (time to the first token as the client sees it, and its difference to ``one`` in the same
-round), then ``--burst`` streams 8 at a time per configuration (the worker's CPU per request,
-from /proc):
+round), then ``--burst`` streams 8 at a time per configuration, in six interleaved slices (the
+worker's CPU per request, from /proc):
 
 - ``one``: ``LLM_BASE_URL`` alone (the floor);
 - ``two``: ``LLM_UPSTREAMS`` with two healthy servers, equal weights (the healthy path);
@@ -125,10 +125,19 @@ def run(requests: int, burst: int, read_timeout: float) -> dict[str, Any]:
         # Time to first token, the configurations interleaved request by request: whatever else
         # the machine does slows them alike, and each round's difference to "one" is paired.
         samples: dict[str, list[float]] = {name: [] for name in configs}
+        names = list(gateways)
         for i in range(requests):
-            for name, (url, _) in gateways.items():
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # no first or last
                 if name != "timeout" or i < 10:  # each of those waits the read timeout
-                    samples[name].append(first_token_ms(url, headers))
+                    samples[name].append(first_token_ms(gateways[name][0], headers))
+        # CPU per request, the configurations again interleaved (``rounds`` slices each).
+        cpu: dict[str, float] = dict.fromkeys(configs, 0.0)
+        rounds = 6
+        for i in range(rounds):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                url, pids = gateways[name]
+                if name != "timeout":
+                    cpu[name] += cpu_per_request(url, pids, headers, burst // rounds) / rounds
         floor = samples["one"]
         for name, values in samples.items():
             diffs = [v - f for v, f in zip(values, floor, strict=False)]
@@ -137,8 +146,7 @@ def run(requests: int, burst: int, read_timeout: float) -> dict[str, Any]:
                 "extra_wait_ms_p50_paired": round(statistics.median(diffs), 2),
             }
             if name != "timeout":
-                url, pids = gateways[name]
-                results[name]["cpu_ms_per_request"] = cpu_per_request(url, pids, headers, burst)
+                results[name]["cpu_ms_per_request"] = round(cpu[name], 3)
             print(name, results[name], flush=True)
     finally:
         stack.close()
