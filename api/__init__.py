@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.config import load_config
+from api.config import load_config, resolve_upstreams
 from api.errors import error_response, register_error_handlers
 from api.extensions import api, migrate
 from api.logs import configure_logging
@@ -36,6 +36,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(ROOT / "instance"))
     app.config.update(load_config(testing=bool(overrides.get("TESTING"))))
     app.config.update(overrides)
+    if "LLM_UPSTREAMS" in overrides:
+        resolve_upstreams(app.config, models_given="LLM_MODELS" in overrides)
     _derive_settings(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
@@ -49,6 +51,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _register_blueprints(app)
     _register_request_hooks(app)
     _register_cli(app)
+    if not app.config["TESTING"]:
+        from api.services.generations import check_served_models
+
+        check_served_models(app)
     return app
 
 
@@ -115,7 +121,8 @@ def _init_extensions(app: Flask) -> None:
     from api.cors import init_cors
     from auth.tokens import init_jwt
     from streaming import limits
-    from streaming.providers import build_provider
+    from streaming.upstreams import EXTENSION as UPSTREAMS
+    from streaming.upstreams import build_router
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
@@ -132,7 +139,7 @@ def _init_extensions(app: Flask) -> None:
         cfg["REDIS_URL"], cfg["REDIS_RUNS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
     )
     app.extensions["streamgate.metrics"] = Metrics()
-    app.extensions["streamgate.llm"] = build_provider(app.config)
+    app.extensions[UPSTREAMS] = build_router(app.config)  # one connection pool per model server
     limits.install(app)  # reached as streaming.limits.admission_control(app)
 
 

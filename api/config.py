@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from api.upstream_config import settle_upstreams
+
 
 class ConfigError(RuntimeError):
     """Raised at start-up when configuration is missing or malformed."""
@@ -88,6 +90,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("REDIS_FAIL_OPEN_RATE_LIMITS", "false", _bool, "When Redis is down, let request-rate limits pass (every other check still fails closed)."),
     Var("LLM_BASE_URL", "http://127.0.0.1:8081/v1", str, "OpenAI-compatible model server (vLLM, Ollama, llama.cpp, OpenAI)."),
     Var("LLM_API_KEY", "not-needed", str, "API key sent to the model server.", secret=True),
+    Var("LLM_UPSTREAMS", "", str, "Several model servers: inline JSON or the path of a YAML/JSON file listing `{name, base_url, api_key?, models, weight?, max_concurrent?}` (see \"Model servers\"); replaces `LLM_BASE_URL`/`LLM_API_KEY` when set.", secret=True),
+    Var("LLM_COOLDOWN_FAILURES", "3", int, "Consecutive failures that take a model server out of rotation (on every worker and node)."),
+    Var("LLM_COOLDOWN_S", "30", float, "How long a failing model server stays out of rotation before one probe request, seconds."),
     Var("LLM_CONTINUOUS_USAGE_STATS", "false", _bool, "Ask the model server for usage on every streamed chunk (vLLM's `continuous_usage_stats`), so a generation stopped early is charged its prompt's real size; leave off for servers that refuse unknown `stream_options`."),
     Var("LLM_MODELS", "smollm2-135m-instruct", _csv, "Comma-separated models a new tenant may use by default."),
     Var("LLM_CONNECT_TIMEOUT_S", "5", float, "Connect timeout to the model server, seconds."),
@@ -155,6 +160,10 @@ def load_config(environ: Mapping[str, str] | None = None, *, testing: bool = Fal
             values[var.name] = var.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{var.name}: {exc}") from exc
+    try:
+        settle_upstreams(values, env, models_given="LLM_MODELS" in env)
+    except ValueError as exc:
+        raise ConfigError(f"LLM_UPSTREAMS: {exc}") from exc
     if missing:
         raise ConfigError(
             "missing required environment variable(s): "
@@ -165,6 +174,14 @@ def load_config(environ: Mapping[str, str] | None = None, *, testing: bool = Fal
     if secret is not None and len(secret) < 32:
         raise ConfigError("JWT_SECRET_KEY: must be at least 32 characters")
     return values
+
+
+def resolve_upstreams(values: dict[str, Any], models_given: bool) -> None:
+    """Parse an ``LLM_UPSTREAMS`` given as text after ``load_config`` (``create_app(config)``)."""
+    try:
+        settle_upstreams(values, os.environ, models_given)
+    except ValueError as exc:
+        raise ConfigError(f"LLM_UPSTREAMS: {exc}") from exc
 
 
 def markdown_table() -> str:

@@ -27,9 +27,10 @@ The request's own fields are honoured as a model server would: ``n`` choices (ch
 is the token sequence shifted by j), ``logprobs`` (one entry per content token),
 ``stream_options.include_usage``, ``max_tokens``. Every chunk carries a ``system_fingerprint``.
 
-Counters (``stats()`` or ``GET /_stats``): requests, active, completed, disconnects (client went
-away before the response was complete), and the last request body (``stats.last_body``, parsed,
-and ``stats.last_raw``, its bytes).
+Counters (``stats()`` or ``GET /_stats``): requests, active, peak (most open at once), completed,
+disconnects (client went away before the response was complete), models (requests by the model
+they named), and the last request body (``stats.last_body``, parsed, and ``stats.last_raw``, its
+bytes). ``POST /_reset`` with a JSON object of knobs does ``reset()`` from another process.
 
 Run alone for benchmarks: ``python -m bench.fake_upstream --port 8090 --tokens 200 --delay-ms 20``.
 """
@@ -138,6 +139,8 @@ class Stats:
     active: int = 0
     completed: int = 0
     disconnects: int = 0
+    peak: int = 0  # most requests open at once
+    models: dict[str, int] = field(default_factory=dict)  # chat requests by the model they named
     last_body: dict[str, Any] = field(default_factory=dict)
     last_raw: bytes = b""
 
@@ -217,6 +220,8 @@ class FakeUpstream:
                 "active": self.stats.active,
                 "completed": self.stats.completed,
                 "disconnects": self.stats.disconnects,
+                "peak": self.stats.peak,
+                "models": dict(self.stats.models),
             }
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
@@ -290,6 +295,10 @@ class FakeUpstream:
         if method == "GET" and path == "/_stats":
             await self._send_json(writer, 200, self.snapshot())
             return True
+        if method == "POST" and path == "/_reset":  # reset() from another process
+            self.reset(**json.loads(body or b"{}"))
+            await self._send_json(writer, 200, self.snapshot())
+            return True
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(json.loads(body or b"{}"), body, reader, writer)
         await self._send_json(writer, 404, {"error": {"message": "not found", "type": "not_found"}})
@@ -314,6 +323,9 @@ class FakeUpstream:
             stats = self.stats
             stats.requests += 1
             stats.active += 1
+            stats.peak = max(stats.peak, stats.active)
+            name = str(req.get("model"))
+            stats.models[name] = stats.models.get(name, 0) + 1
             stats.last_body = req
             stats.last_raw = raw
         finished = False

@@ -7,8 +7,8 @@ the URL and the demo credentials are printed again, below the start-up logs.
 ``python -m scripts.run_local flask ARGS...`` runs one ``flask`` command with the same environment
 (``make migrate``, ``make migration``).
 
-The embedded model (``llm``) is skipped when ``LLM_BASE_URL`` is set, and the private Redis
-(``redis``) when ``REDIS_URL`` is set: the app then uses the servers those point at.
+The embedded model (``llm``) is skipped when ``LLM_BASE_URL`` or ``LLM_UPSTREAMS`` is set, and the
+private Redis (``redis``) when ``REDIS_URL`` is set: the app then uses the servers those point at.
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def main(argv: list[str]) -> int:
         processes.insert(0, "redis")
     else:
         step(f"REDIS_URL is set: using {os.environ['REDIS_URL']}, not starting redis")
-    if "LLM_BASE_URL" not in os.environ:
+    if os.environ.get("LLM_UPSTREAMS"):
+        step("LLM_UPSTREAMS is set: using those model servers, not starting llm")
+    elif "LLM_BASE_URL" not in os.environ:
         processes.insert(-1, "llm")
     else:
         step(f"LLM_BASE_URL is set: using {os.environ['LLM_BASE_URL']}, not starting llm")

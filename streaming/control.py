@@ -427,6 +427,6 @@ def stop_services(app: Flask) -> None:
         current.stop()
     close_event_log(app)
     stop_load_monitor(app)
-    provider = app.extensions.get("streamgate.llm")
-    if provider is not None:
-        provider.close()
+    upstreams = app.extensions.get("streamgate.upstreams")
+    if upstreams is not None:
+        upstreams.close()

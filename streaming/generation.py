@@ -73,6 +73,8 @@ class Generation:
     # An operator's stream stays off its tenant's admin channel: tenant admins never see
     # an operator's streams (``auth.access.may_read``).
     operator_owned: bool = False
+    upstream: str | None = None  # the model server serving it (streaming.failover sets it)
+    upstream_attempts: int = 0
 
 
 def completion_id(stream_id: str) -> str:

@@ -18,7 +18,7 @@ from flask import Flask
 
 from auth.tokens import revoked_among
 from core.store import REDIS_EXTENSION, use_runs_pool
-from streaming import control, state
+from streaming import control, state, upstreams
 from streaming.control import ControlMessage, Dispatcher, Handler, Subscriber
 from streaming.generation import Generation, Outcome, outcome_payload, stopped_outcome
 from streaming.limits import admission_control
@@ -140,6 +140,9 @@ def tick(app: Flask, ops: dict[str, Handler], orphan_sink: OrphanSink) -> None:
                 run.stop(stopped_outcome("max_duration"))
             elif run.gen.admission is not None:
                 admission.renew(run.gen.admission)
+        held = [(run.gen.upstream, run.gen.stream_id) for run in runs if run.gen.upstream]
+        if held:
+            upstreams.renew(client, upstreams.router(app), held)
     reap(app, orphan_sink)
     state.flush_pending_records()
 

@@ -99,6 +99,40 @@ class Metrics:
             **reg,
         )
 
+        self.upstream_requests = Counter(
+            "streamgate_upstream_requests_total",
+            "Attempts sent to each model server (a failover counts on both)",
+            ["upstream"],
+            **reg,
+        )
+        self.upstream_failures = Counter(
+            "streamgate_upstream_failures_total",
+            "Failures of each model server by kind (connect, timeout, status_5xx, rate_limited, "
+            "status_401, status_403, status_408, dropped)",
+            ["upstream", "kind"],
+            **reg,
+        )
+        self.upstream_failovers = Counter(
+            "streamgate_upstream_failovers_total",
+            "Requests moved to the next model server after this one failed before its first chunk",
+            ["upstream"],
+            **reg,
+        )
+        self.upstream_in_flight = Gauge(
+            "streamgate_upstream_in_flight",
+            "Requests open to each model server from this process",
+            ["upstream"],
+            **reg,
+            **gauge_mode,
+        )
+        self.upstream_ttft = Histogram(
+            "streamgate_upstream_time_to_first_token_seconds",
+            "Run start (failovers included) to the first token, by the model server that sent it",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            **reg,
+        )
+
     def report_load(self, lag_s: float, capacity: float) -> None:
         """The load monitor's sample (streaming.load), for /metrics."""
         self.loop_lag.set(lag_s)

@@ -47,6 +47,9 @@ class StreamRecord(db.Model):  # type: ignore[name-defined,misc]
     # client attaching to it later (another tab or device) can show what was asked.
     prompt: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The model server (LLM_UPSTREAMS name) that served it, and how many were tried to get there.
+    upstream: Mapped[str | None] = mapped_column(String(64), default=None)
+    upstream_attempts: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]

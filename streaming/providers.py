@@ -23,6 +23,7 @@ import openai
 import orjson
 from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from streaming import sse
 
@@ -417,8 +418,12 @@ def sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"\n".join(data)
 
 
-def build_provider(config: Mapping[str, Any]) -> Provider:
-    """One ChatOpenAI (and its openai SDK client) for the app; nothing connects until used."""
+def build_provider(
+    config: Mapping[str, Any], base_url: str | None = None, api_key: str | None = None
+) -> Provider:
+    """One ChatOpenAI (and its openai SDK client, so one connection pool) for one model server,
+    by default ``LLM_BASE_URL``; nothing connects until used."""
+    base_url = base_url or config["LLM_BASE_URL"]
     timeout = httpx.Timeout(
         connect=config["LLM_CONNECT_TIMEOUT_S"],
         read=config["LLM_READ_TIMEOUT_S"],
@@ -426,8 +431,8 @@ def build_provider(config: Mapping[str, Any]) -> Provider:
         pool=10.0,
     )
     llm = _ChatOpenAI(
-        base_url=config["LLM_BASE_URL"],
-        api_key=config["LLM_API_KEY"],
+        base_url=base_url,
+        api_key=SecretStr(api_key or config["LLM_API_KEY"]),
         model=(config["LLM_MODELS"] or ["default"])[0],
         timeout=timeout,
         max_retries=config["LLM_MAX_RETRIES"],
@@ -443,4 +448,4 @@ def build_provider(config: Mapping[str, Any]) -> Provider:
         usage_options["continuous_usage_stats"] = True
     llm.usage_options = usage_options
     llm.client = _PlainChunks(llm.root_client)
-    return Provider(llm=llm, base_url=config["LLM_BASE_URL"], usage_options=usage_options)
+    return Provider(llm=llm, base_url=base_url, usage_options=usage_options)

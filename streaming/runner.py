@@ -27,11 +27,12 @@ import redis
 from flask import Flask
 
 from core.store import use_runs_pool
-from streaming import greenlets, state, webhooks
+from streaming import failover, greenlets, state, webhooks
 from streaming.generation import Generation, Outcome, completion_id
 from streaming.limits import admission_control, prompts
 from streaming.log import with_redis_retry
-from streaming.providers import Chunk, Provider
+from streaming.providers import Chunk
+from streaming.upstreams import NoUpstream
 
 log = logging.getLogger("streamgate.runner")
 
@@ -92,6 +93,13 @@ def classify(exc: BaseException) -> Outcome:
             error_code="upstream_error",
             http_status=502,
             error_message="The model server reported an error: " + str(exc.message)[:300],
+        )
+    if isinstance(exc, NoUpstream):
+        return Outcome(
+            "failed",
+            error_code="upstreams_busy" if exc.busy else "model_unavailable",
+            http_status=503,
+            error_message=exc.message,
         )
     if isinstance(exc, redis.RedisError):  # past REDIS_RETRY_S: not a passing pool wait
         return Outcome(
@@ -218,7 +226,6 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     """Drive one generation to its end and release everything it held. Never raises."""
     gen = handle.gen
     metrics = app.extensions["streamgate.metrics"]
-    provider: Provider = app.extensions["streamgate.llm"]
     handle.attach_current()
     registry(app).add(handle)
     metrics.active_streams.labels(gen.mode).inc()
@@ -239,11 +246,14 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
             sink.started()
             if gen.mode == "direct":
                 usage = bool((gen.request.get("stream_options") or {}).get("include_usage"))
-                upstream = provider.passthrough(
-                    gen.request, completion_id(gen.stream_id), gen.model, usage, prompt_tokens
+                chunk_id, estimate = completion_id(gen.stream_id), prompt_tokens
+                upstream = failover.open_stream(
+                    app,
+                    gen,
+                    lambda p, req: p.passthrough(req, chunk_id, gen.model, usage, estimate),
                 )
             else:
-                upstream = provider.stream(gen.request)
+                upstream = failover.open_stream(app, gen, lambda p, req: p.stream(req))
             index = 0
             for chunk in upstream:
                 if handle.stopped is not None:

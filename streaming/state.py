@@ -169,6 +169,8 @@ def _final_fields(
         "revoke_reason": outcome.reason if outcome.status == "revoked" else None,
         "text": text,
         "tool_calls": tool_calls,
+        "upstream": gen.upstream,
+        "upstream_attempts": gen.upstream_attempts or None,
     }
 
 

@@ -24,6 +24,7 @@ from api.schemas.admin import (
     TenantSchema,
     TenantUpdateSchema,
     TokenRevokedSchema,
+    UpstreamSchema,
     UsageQuerySchema,
     UsageRowSchema,
     UserCreateSchema,
@@ -208,6 +209,17 @@ def get_tenant(tenant_id: str) -> Any:
 def update_tenant(body: dict[str, Any], tenant_id: str) -> Any:
     """Set a tenant's model allow-list; disable it (revoking everything of it) or re-enable it."""
     return service.update_tenant(current_identity(), tenant_id, body)
+
+
+# --- model servers ----------------------------------------------------------------------------
+
+
+@bp.get("/admin/upstreams")
+@operators_only
+@bp.response(200, UpstreamSchema(many=True))
+def list_upstreams() -> Any:
+    """The model servers: models, weight, health, requests in flight, failures (operators)."""
+    return service.upstreams_status(current_identity())
 
 
 # --- usage and audit --------------------------------------------------------------------------

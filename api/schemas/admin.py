@@ -90,6 +90,12 @@ class AdminStreamSchema(Schema):
     subscribers = fields.Integer(metadata={"description": "Open hub connections, all nodes"})
     revoked_by = fields.String(allow_none=True)
     revoke_reason = fields.String(allow_none=True)
+    upstream = fields.String(
+        allow_none=True, metadata={"description": "The model server that served it (when ended)"}
+    )
+    upstream_attempts = fields.Integer(
+        allow_none=True, metadata={"description": "Model servers tried to get its first chunk"}
+    )
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -190,6 +196,34 @@ class TenantUpdateSchema(ReasonSchema):
     def _something(self, data: dict[str, Any], **_: Any) -> None:
         if "allowed_models" not in data and "disabled" not in data:
             raise ValidationError("Give allowed_models or disabled.", "_schema")
+
+
+# --- model servers ---------------------------------------------------------------------------
+
+
+class UpstreamSchema(Schema):
+    name = fields.String()
+    base_url = fields.String(metadata={"description": "Never the API key"})
+    models = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        allow_none=True,
+        metadata={"description": "Public name -> the server's own; null: any model, as named"},
+    )
+    weight = fields.Integer()
+    max_concurrent = fields.Integer(allow_none=True)
+    state = fields.String(
+        metadata={
+            "description": "`healthy`, `cooling_down`, or `probing` (cooldown over, one "
+            "request tests it)"
+        }
+    )
+    cooling_until = fields.Float(allow_none=True, metadata={"description": "Unix time"})
+    in_flight = fields.Integer(metadata={"description": "Requests open to it on every node"})
+    consecutive_failures = fields.Integer()
+    failures = fields.Integer(metadata={"description": "Failures counted (never reset)"})
+    last_failure_at = fields.Float(allow_none=True, metadata={"description": "Unix time"})
+    last_failure_kind = fields.String(allow_none=True)
 
 
 # --- usage and audit --------------------------------------------------------------------------

@@ -12,17 +12,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from api.pagination import Rows
+from api.services.generations import refuse_unserved_models
 from api.services.usage import period, usage_rows
 from auth import service
 from auth.access import Identity, may_act_on
 from auth.models import AuditEvent, Tenant, User, get_for_tenant
 from auth.tokens import auth_error
 from core.errors import ApiError
-from core.store import db
-from streaming import limits, revocation, state
+from core.store import db, get_redis
+from streaming import limits, revocation, state, upstreams
 from streaming.models import StreamRecord
 from streaming.revocation import REVOCABLE
 from streaming.subscriptions import subscriber_counts
@@ -150,6 +152,8 @@ def stream_detail(ident: Identity, stream_id: str) -> dict[str, Any]:
         "subscribers": subscriber_counts([record.id])[record.id],
         "revoked_by": live.get("revoked_by") or record.revoked_by,
         "revoke_reason": live.get("revoke_reason") or record.revoke_reason,
+        "upstream": record.upstream,
+        "upstream_attempts": record.upstream_attempts,
     }
 
 
@@ -260,6 +264,7 @@ def get_tenant(ident: Identity, tenant_id: str) -> Tenant:
 def create_tenant(ident: Identity, slug: str, name: str, models: list[str] | None) -> Tenant:
     """A new tenant (its first admin is then created with POST /v1/admin/users)."""
     require_operator(ident)
+    refuse_unserved_models(models)
     return service.create_tenant(slug, name, ident.user_id, allowed_models=models)
 
 
@@ -268,6 +273,7 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     tenant = get_tenant(ident, tenant_id)
     reason = changes.get("reason")
     if "allowed_models" in changes:
+        refuse_unserved_models(changes["allowed_models"])
         tenant = service.set_tenant_models(
             tenant.id, changes["allowed_models"], ident.user_id, reason
         )
@@ -278,6 +284,15 @@ def update_tenant(ident: Identity, tenant_id: str, changes: dict[str, Any]) -> T
     elif changes.get("disabled") is False:
         tenant = service.enable_tenant(tenant.id, ident.user_id, reason)
     return tenant
+
+
+# --- model servers ------------------------------------------------------------------------------
+
+
+def upstreams_status(ident: Identity) -> list[dict[str, Any]]:
+    """Every model server with its shared state (operators)."""
+    require_operator(ident)
+    return upstreams.status(get_redis(), upstreams.router(current_app))
 
 
 # --- usage ------------------------------------------------------------------------------------

@@ -5,10 +5,14 @@ Shared by direct mode (``/v1/chat/completions``) and channel mode (``/v1/streams
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
+from api.config import ConfigError
 from api.limits import admit, ratelimit_headers
 from auth.access import Identity
 from auth.models import AppToken, Tenant
@@ -17,6 +21,9 @@ from core.store import db, new_id
 from streaming import state
 from streaming.generation import Generation
 from streaming.limits import admission_control
+from streaming.upstreams import router
+
+log = logging.getLogger("streamgate.models")
 
 
 def allowed_models(tenant_id: str, app_token_jti: str | None = None) -> list[str]:
@@ -26,10 +33,57 @@ def allowed_models(tenant_id: str, app_token_jti: str | None = None) -> list[str
     if tenant is None or tenant.disabled:
         raise ApiError(403, "This tenant is disabled.", code="tenant_disabled")
     models = list(tenant.allowed_models or current_app.config["LLM_MODELS"])
+    served = router(current_app).public_models()
+    if served is not None:
+        models = [m for m in models if m in served]
     token = db.session.get(AppToken, app_token_jti) if app_token_jti else None
     if token is not None and token.models is not None:
         models = [m for m in models if m in token.models]
     return models
+
+
+def unserved_models(models: list[str]) -> list[str]:
+    """The models of ``models`` that no upstream serves (none with a single ``LLM_BASE_URL``)."""
+    served = router(current_app).public_models()
+    return [] if served is None else [m for m in models if m not in served]
+
+
+def refuse_unserved_models(models: list[str] | None) -> None:
+    """422 when an allow-list being written names a model that no upstream serves."""
+    missing = unserved_models(models or [])
+    if missing:
+        raise ApiError(
+            422,
+            f"No model server serves '{missing[0]}' (see LLM_UPSTREAMS).",
+            code="model_not_served",
+            errors={"allowed_models": [f"'{m}' is served by no upstream." for m in missing]},
+        )
+
+
+def check_served_models(app: Flask) -> None:
+    """Refuse to start when a tenant's allow-list names a model that no upstream serves.
+
+    Checked where the database is reachable (a worker's start); when it is not, or has no
+    tables yet, the check is skipped with a warning (admin writes are checked anyway).
+    """
+    served = router(app).public_models()
+    if served is None:
+        return
+    with app.app_context():
+        try:
+            rows = db.session.execute(select(Tenant.slug, Tenant.allowed_models)).all()
+        except SQLAlchemyError:
+            log.warning("tenant model allow-lists not checked against LLM_UPSTREAMS: no database")
+            return
+        finally:
+            db.session.remove()
+    for slug, models in rows:
+        for model in models or ():
+            if model not in served:
+                raise ConfigError(
+                    f"LLM_UPSTREAMS: tenant {slug!r} allows model {model!r}, which no upstream "
+                    "serves (serve it, or change the tenant's allowed_models first)"
+                )
 
 
 def prompt_chars(messages: list[dict[str, Any]]) -> int:

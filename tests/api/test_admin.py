@@ -89,6 +89,7 @@ ROUTES = [
     ("PATCH", "/v1/admin/tenants/ten_aaaaaaaaaaaaaaaaaaaa"),
     ("GET", "/v1/admin/usage"),
     ("GET", "/v1/admin/audit"),
+    ("GET", "/v1/admin/upstreams"),
 ]
 
 
@@ -130,7 +131,10 @@ def test_every_admin_route_answers_403_to_a_member(
     assert response.get_json()["error_code"] == "insufficient_scope"
 
 
-@pytest.mark.parametrize(("method", "path"), [r for r in ROUTES if "/tenants" in r[1]])
+OPERATOR_ROUTES = [r for r in ROUTES if "/tenants" in r[1] or "/upstreams" in r[1]]
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATOR_ROUTES)
 def test_tenant_routes_are_for_operators_only(
     client: Any, world: dict[str, Any], method: str, path: str
 ) -> None:

@@ -168,3 +168,18 @@ def process_talking_to(pids: list[int], port: int) -> int | None:
         if _socket_inodes(pid) & remote:
             return pid
     return None
+
+
+def connections_on(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections each of ``pids`` holds on its local ``port`` (the
+    clients a server listening there is serving right now)."""
+    local = f":{port:04X}"
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except FileNotFoundError:
+            continue
+        inodes |= {cols[9] for cols in rows if cols[1].endswith(local) and cols[3] == "01"}
+    return {pid: len(_socket_inodes(pid) & inodes) for pid in pids}
