@@ -20,6 +20,8 @@ Knobs:
                  gets one call, as a model would (then, given the result, it answers in text)
   reasoning      send this many ``reasoning_content`` deltas before the answer
   error_message  the message of the error body ``status`` answers (spaces as ``_``)
+  stamp          remember the wall-clock time each content token was written (``GET /_stamps``:
+                 the last stamped request's list; the bench's fan-out lag from the upstream chunk)
 
 The request's own fields are honoured as a model server would: ``n`` choices (choice j's text
 is the token sequence shifted by j), ``logprobs`` (one entry per content token),
@@ -103,6 +105,7 @@ class Knobs:
     tool_calls: int = 0
     reasoning: int = 0
     error_message: str = ""
+    stamp: bool = False
 
     def merged(self, text: str) -> Knobs:
         """These knobs overridden by a ``[[fake k=v ...]]`` directive in ``text``."""
@@ -136,6 +139,7 @@ class Stats:
     disconnects: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
     last_raw: bytes = b""
+    stamps: list[float] = field(default_factory=list)  # the last ``stamp`` request's token times
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -285,6 +289,9 @@ class FakeUpstream:
             return True
         if method == "GET" and path == "/_stats":
             await self._send_json(writer, 200, self.snapshot())
+            return True
+        if method == "GET" and path == "/_stamps":
+            await self._send_json(writer, 200, {"stamps": self.stats.stamps})
             return True
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(json.loads(body or b"{}"), body, reader, writer)
@@ -463,6 +470,9 @@ class FakeUpstream:
             return out
 
         n = _n_of(req)
+        stamps: list[float] = []
+        if knobs.stamp:
+            self.stats.stamps = stamps
         try:
             for j in range(n):
                 await send(chunk({"role": "assistant", "content": ""}, index=j))
@@ -483,6 +493,8 @@ class FakeUpstream:
                     await writer.drain()
                     return
                 await pause(knobs.delay_ms)
+                if knobs.stamp:
+                    stamps.append(time.time())
                 for j in range(n):
                     text = token_text(i + j) + "x" * knobs.pad
                     extra = {"logprobs": _logprobs(text)} if req.get("logprobs") else {}
