@@ -299,10 +299,12 @@ async def exchange(
     on_event: OnEvent | None = None,
     on_comment: Callable[[float], None] | None = None,
     kernel_stamps: bool = False,
+    source: str | None = None,
 ) -> _Protocol:
     """Open a connection to ``url`` (scheme://host:port), send one request, return its protocol.
 
     ``kernel_stamps``: stamp what is read with the kernel's receive time (``_KernelStamped``).
+    ``source``: the local address to connect from (another loopback address has its own ports).
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -326,7 +328,12 @@ async def exchange(
         stamped = _Protocol(on_event, on_comment)
         stamped.connection_made(_KernelStamped(sock, stamped))  # type: ignore[arg-type]
         return stamped
-    _, proto = await loop.create_connection(lambda: _Protocol(on_event, on_comment), host, port)
+    _, proto = await loop.create_connection(
+        lambda: _Protocol(on_event, on_comment),
+        host,
+        port,
+        local_addr=(source, 0) if source else None,
+    )
     assert proto.transport is not None
     proto.transport.write(request)
     return proto
@@ -600,6 +607,7 @@ async def subscribe(
     method: str = "GET",
     json_body: Any = None,
     kernel_stamps: bool = False,
+    source: str | None = None,
 ) -> Subscriber:
     """Open an SSE response and wait for its first byte; raise on non-200.
 
@@ -634,6 +642,7 @@ async def subscribe(
         on_event=on_event,
         on_comment=mark_open,
         kernel_stamps=kernel_stamps,
+        source=source,
     )
     proto = sub.proto
     try:

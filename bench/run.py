@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import peer, report
+from bench import peer, report, sizing  # noqa: F401 - sizing registers its scenarios
 from bench.scenarios import PROFILES, REGISTRY, Ctx, Target, wait_for_quiet
 from bench.spy import Spy
 from bench.stack import ROOT, Stack
@@ -49,10 +49,12 @@ ORDER = (
     "profile.direct",
     "profile.channel",
     "channel.idle",
+    "channel.capacity",
     "channel.fanout",
     "channel.revoke",
     "saturation.direct",
     "saturation.channel",
+    "sizing.workers",
 )
 
 

@@ -50,6 +50,13 @@ class Profile:
     profile_seconds: float = 10.0
     connect_parallel: int = 100
     saturation_levels: tuple[int, ...] = (200, 400, 800)
+    sizing_workers: tuple[int, ...] = (1, 2, 3)  # gateway processes compared by sizing.workers
+    sizing_streams: int = 150
+    sizing_subscribers: int = 2000
+    sizing_hold_s: float = 21.0  # the keeper renews every subscription twice (10 s interval)
+    capacity_step: int = 10000  # channel.capacity adds idle subscribers this many at a time
+    capacity_max: int = 60000
+    capacity_per_holder: int = 15000  # per bench.hold process (its open-file limit)
     budget_s: float = 1800.0
     quiet_wait_s: float = 120.0  # before each scenario, wait up to this for other jobs to go quiet
 
@@ -71,6 +78,10 @@ PROFILES = {
         revoke_streams=5,
         profile_seconds=5.0,
         saturation_levels=(200, 400),
+        sizing_streams=40,
+        sizing_subscribers=300,
+        capacity_step=1000,
+        capacity_max=2000,
         budget_s=240.0,
         quiet_wait_s=0.0,
     ),
@@ -94,6 +105,12 @@ PROFILES = {
         profile_seconds=1.0,
         connect_parallel=5,
         saturation_levels=(4,),
+        sizing_workers=(1, 2),
+        sizing_streams=4,
+        sizing_subscribers=5,
+        sizing_hold_s=1.0,
+        capacity_step=5,
+        capacity_max=10,
         budget_s=150.0,
         quiet_wait_s=0.0,
     ),
