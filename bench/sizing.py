@@ -87,6 +87,8 @@ async def _throughput(ctx: Ctx, target: Target) -> dict[str, Any]:
         return run_one(target, i % conc, tokens, 0, prof.stream_timeout_s)
 
     before = commandstats(ctx)
+    redis_pids = ctx.stack.redis.pids() if ctx.stack.redis else []
+    redis_cpu0 = procstat.cpu_seconds(redis_pids)
     out = await measured(
         ctx,
         target,
@@ -94,6 +96,7 @@ async def _throughput(ctx: Ctx, target: Target) -> dict[str, Any]:
             make, concurrency=conc, total=prof.sizing_streams, ramp_s=0.2, deadline_s=120
         ),
     )
+    redis_cpu = procstat.cpu_seconds(redis_pids) - redis_cpu0
     ops = ops_delta(before, commandstats(ctx))
     streams = out["ok"]
     return {
@@ -106,6 +109,10 @@ async def _throughput(ctx: Ctx, target: Target) -> dict[str, Any]:
         "cores_busy": out["cpu"]["cores_busy"],
         "redis_ops_per_token": _per(ops, out["tokens"]),
         "redis_ops_per_stream": _per(ops, streams)["per_unit"],
+        # Redis is one thread: its CPU per token is what sizes a shard.
+        "redis_cpu_us_per_token": round(redis_cpu / out["tokens"] * 1e6, 2)
+        if out["tokens"]
+        else None,
         "other_processes_cores": out["machine"]["other_processes_cores"],
     }
 
