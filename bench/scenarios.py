@@ -55,7 +55,7 @@ class Profile:
     sizing_subscribers: int = 2000
     sizing_hold_s: float = 21.0  # the keeper renews every subscription twice (10 s interval)
     capacity_step: int = 10000  # channel.capacity adds idle subscribers this many at a time
-    capacity_max: int = 60000
+    capacity_max: int = 45000  # past two workers' open-file limit here (2 x 20,000)
     capacity_per_holder: int = 15000  # per bench.hold process (its open-file limit)
     budget_s: float = 1800.0
     quiet_wait_s: float = 120.0  # before each scenario, wait up to this for other jobs to go quiet
