@@ -9,6 +9,12 @@ every subscriber, also holds it framed once as an HTTP/1.1 chunk and, for a subs
 greenlet is parked with nothing pending, makes one non-blocking ``send`` of those shared bytes:
 no greenlet wakes.
 
+Events that arrive while the dispatcher is busy are batched: a live event is only added to the
+subscriber's pending bytes, and all pending bytes go out in one ``send`` per subscriber once the
+dispatcher waits for its next message (the event loop's next turn). An idle hub sends each event
+at once; a hub that falls behind (its pub/sub socket already holds several events) makes one
+write per subscriber for all of them, as the greenlets' own batching did.
+
 Only what cannot block or end the response goes this way. When the socket cannot take the whole
 chunk now (a slow reader), the rest of it is queued, the greenlet wakes, finishes that chunk with
 an ordinary (timed) write and from then on writes as before until it is idle again. Terminal
@@ -26,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from streaming.control import Subscriber
-from streaming.greenlets import under_gevent
+from streaming.greenlets import soon, under_gevent
 from streaming.log import EventId
 
 # Framings the direct path knows: SERVER_PROTOCOL -> whether the body is HTTP/1.1 chunked.
@@ -40,7 +46,16 @@ class LiveSubscriber(Subscriber):
     the greenlet reads them back after each wait, to skip replayed ids and to name pings.
     """
 
-    __slots__ = ("sock", "raw", "chunked", "direct", "terminal", "last_seen", "last_str")
+    __slots__ = (
+        "sock",
+        "raw",
+        "chunked",
+        "direct",
+        "terminal",
+        "last_seen",
+        "last_str",
+        "pending",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +66,7 @@ class LiveSubscriber(Subscriber):
         self.terminal: frozenset[str] = frozenset()
         self.last_seen: EventId | None = None
         self.last_str: str | None = None
+        self.pending: list[bytes] | None = None  # live events not yet sent (``flush``)
 
     def attach(self, sock: Any, protocol: str, terminal: frozenset[str]) -> bool:
         """Let the dispatcher write to ``sock`` while the greenlet waits; False when it may not."""
@@ -63,13 +79,17 @@ class LiveSubscriber(Subscriber):
 
     def wait(self, timeout: float) -> list[Any]:
         """The greenlet's wait: hand the socket to the dispatcher while nothing is pending, take
-        it back on waking, finish a chunk the dispatcher could only half send; what is pending."""
+        it back on waking, finish what the dispatcher could not send; what is pending."""
         if self.raw is not None and not self.items and self.closed is None:
             self.direct = True
         try:
             batch = self.take(timeout)
         finally:
             self.direct = False
+        if self.pending is not None:  # sent before anything queued after them
+            data, self.pending = b"".join(self.pending), None
+            if self.closed is None:
+                self.sock.sendall(data)
         if batch and isinstance(batch[0], bytes):
             self.sock.sendall(batch[0])  # the socket's send timeout drops a reader that stalls
             del batch[0]
@@ -79,21 +99,46 @@ class LiveSubscriber(Subscriber):
         if self.direct and self.closed is None:
             parsed, entry_id, event, frame, in_chunk = item
             if self.last_seen is not None and parsed <= self.last_seen:
-                return  # already replayed
+                return  # already sent (or replayed)
             if event not in self.terminal:
-                data = in_chunk if self.chunked else frame
-                try:
-                    sent = self.raw.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    sent = 0  # gone: the greenlet's own write meets the error and ends it
-                if sent:
-                    self.last_seen, self.last_str = parsed, entry_id
-                if sent == len(data):
-                    return
-                self.direct = False
-                if sent:
-                    super().offer(data[sent:])  # the rest of this event, written as is
-                    return
+                self.last_seen, self.last_str = parsed, entry_id
+                if self.pending is None:
+                    self.pending = []
+                    _schedule(self)
+                self.pending.append(in_chunk if self.chunked else frame)
+                return
+            self.flush()  # what came before it goes first
         super().offer(item)
+
+    def flush(self) -> None:
+        """Send the pending events without blocking; what the socket cannot take now goes to the
+        greenlet, which is woken and writes it (then everything after it) itself."""
+        if self.pending is None:
+            return
+        data, self.pending = b"".join(self.pending), None
+        if self.closed is not None:
+            return
+        try:
+            sent = self.raw.send(data) if self.direct else 0
+        except OSError:  # would block (BlockingIOError), or gone: the greenlet's write tells
+            sent = 0
+        if sent < len(data):
+            self.direct = False
+            super().offer(data[sent:])
+
+
+_due: list[LiveSubscriber] = []
+
+
+def _schedule(sub: LiveSubscriber) -> None:
+    if not _due:
+        soon(flush_due)
+    _due.append(sub)
+
+
+def flush_due() -> None:
+    """Send every subscriber's pending events (the loop's next turn after the dispatcher's)."""
+    due = _due[:]
+    del _due[:]
+    for sub in due:
+        sub.flush()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from streaming import sse
-from streaming.fanout import LiveSubscriber
+from streaming.fanout import LiveSubscriber, flush_due
 from streaming.generation import TERMINAL_EVENTS
 from streaming.log import parse_id
 
@@ -66,6 +66,7 @@ def test_a_live_event_is_one_chunk_on_the_socket_and_wakes_nobody(
     sub.direct = True
     event = _item("5-0", '{"text":" line\\n","index":0}')
     sub.offer(event)
+    flush_due()  # the event loop's next turn, under gevent
     assert _read(client, len(event[4])) == event[4]
     assert not sub.items and not sub.wakeup.is_set()
     assert (sub.last_seen, sub.last_str) == ((5, 0), "5-0")
@@ -75,16 +76,34 @@ def test_a_live_event_is_one_chunk_on_the_socket_and_wakes_nobody(
     sub.chunked = False  # an HTTP/1.0 response: the frame alone
     plain = _item("6-0", "plain")
     sub.offer(plain)
+    flush_due()
     assert _read(client, len(plain[3])) == plain[3]
+
+
+def test_events_that_arrive_together_go_out_in_one_write(
+    pair: tuple[LiveSubscriber, socket.socket],
+) -> None:
+    sub, client = pair
+    sub.direct = True
+    first, second = _item("10-0", "a"), _item("11-0", "b")
+    sub.offer(first)
+    sub.offer(second)
+    assert sub.pending == [first[4], second[4]]
+    flush_due()
+    assert sub.pending is None
+    assert _read(client, len(first[4]) + len(second[4])) == first[4] + second[4]
 
 
 def test_what_ends_the_response_goes_to_the_subscribers_own_greenlet(
     pair: tuple[LiveSubscriber, socket.socket],
 ) -> None:
-    sub, _ = pair
+    sub, client = pair
     sub.direct = True
+    before = _item("6-0", "last words")
     done = _item("7-0", "{}", event="stream.completed")
-    sub.offer(done)
+    sub.offer(before)
+    sub.offer(done)  # what was pending goes out first, then the greenlet gets the end
+    assert _read(client, len(before[4])) == before[4]
     assert list(sub.items) == [done] and sub.wakeup.is_set()
 
 
@@ -96,6 +115,7 @@ def test_a_half_sent_chunk_is_finished_before_anything_after_it(
     big = _item("8-0", "x" * 300_000)  # far more than the socket buffers take at once
     after = _item("9-0", "after")
     sub.offer(big)
+    flush_due()
     assert sub.direct is False and isinstance(sub.items[0], bytes)
     assert sub.last_str == "8-0"  # its head is on the wire: never sent again
     sub.offer(after)  # queued behind the rest, for the greenlet
