@@ -113,6 +113,10 @@ async def _throughput(ctx: Ctx, target: Target) -> dict[str, Any]:
         "redis_cpu_us_per_token": round(redis_cpu / out["tokens"] * 1e6, 2)
         if out["tokens"]
         else None,
+        "events_per_token": round(ops.get("xadd", 0) / out["tokens"], 4) if out["tokens"] else None,
+        "redis_cpu_us_per_event": round(redis_cpu / ops["xadd"] * 1e6, 1)
+        if ops.get("xadd")
+        else None,
         "other_processes_cores": out["machine"]["other_processes_cores"],
     }
 
@@ -182,7 +186,8 @@ async def sizing_workers(ctx: Ctx) -> dict[str, Any]:
                 "elapsed_s": round(time.monotonic() - started, 1),
             }
     finally:
-        _restart(ctx, original)
+        if ctx.stack.workers != original:
+            _restart(ctx, original)
     base = runs.get(str(prof.sizing_workers[0])) or {}
     for run in runs.values():
         if "throughput" in run and "throughput" in base:
