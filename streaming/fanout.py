@@ -24,7 +24,8 @@ holds because both run on the worker's one event loop and the direct path never 
 The chunk framing is HTTP/1.1's: a response without ``Content-Length`` to an HTTP/1.1 request is
 chunked (gunicorn's rule; ``sse.http_chunk`` frames it), an HTTP/1.0 response is the bare
 bytes. Any other protocol, no gevent or no raw socket (in-process tests, another server): this
-path is off and the subscriber behaves as before.
+path is off and the subscriber behaves as before. gunicorn's ``--protocol uwsgi`` (bodies never
+chunked) cannot be seen from the app: such a deployment sets ``HUB_DIRECT_WRITES=false``.
 """
 
 from __future__ import annotations
