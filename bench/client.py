@@ -84,7 +84,10 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        now, wall = time.perf_counter(), time.time()
+        self.feed(data, time.perf_counter(), time.time())
+
+    def feed(self, data: bytes, now: float, wall: float) -> None:
+        """Bytes read at ``now`` (perf_counter) and ``wall`` (the wall clock)."""
         if not self._head_done:
             self._buf += data
             end = self._buf.find(b"\r\n\r\n")
@@ -217,6 +220,65 @@ class _Protocol(asyncio.Protocol):
         self.transport.abort()
 
 
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; Python 3.11's socket module lacks the name): each
+# read also returns the time the kernel received its newest bytes, as a struct timespec.
+SO_TIMESTAMPNS = 35
+
+
+class _KernelStamped:
+    """A connection read with ``recvmsg``: every read is stamped with the kernel's receive time.
+
+    The fan-out measures delivery to the subscriber's socket, not to this process: with a
+    thousand connections on a shared machine the load client itself falls behind, and stamping
+    bytes when Python gets to them would charge its backlog to the gateway. When one read holds
+    several events, all get the newest bytes' time, which can only overstate their lag.
+    Implements the few transport calls ``_Protocol`` makes.
+    """
+
+    def __init__(self, sock: socket.socket, proto: _Protocol) -> None:
+        self.sock = sock
+        self.proto = proto
+        self.loop = asyncio.get_running_loop()
+        self.closing = False
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(262144, 64)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.close(exc)
+            return
+        if not data:
+            self.proto.eof_received()
+            self.close()
+            return
+        now, wall = time.perf_counter(), time.time()
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                sec, nsec = struct.unpack("qq", raw[:16])
+                stamped = sec + nsec / 1e9
+                now, wall = now - (wall - stamped), stamped
+        self.proto.feed(data, now, wall)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self, exc: Exception | None = None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.proto.connection_lost(exc)
+
+    abort = close
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
 def _request_bytes(
     host: str, port: int, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> bytes:
@@ -236,8 +298,14 @@ async def exchange(
     json_body: Any = None,
     on_event: OnEvent | None = None,
     on_comment: Callable[[float], None] | None = None,
+    kernel_stamps: bool = False,
+    source: str | None = None,
 ) -> _Protocol:
-    """Open a connection to ``url`` (scheme://host:port), send one request, return its protocol."""
+    """Open a connection to ``url`` (scheme://host:port), send one request, return its protocol.
+
+    ``kernel_stamps``: stamp what is read with the kernel's receive time (``_KernelStamped``).
+    ``source``: the local address to connect from (another loopback address has its own ports).
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     hdrs = dict(headers or {})
@@ -246,11 +314,28 @@ async def exchange(
         body = json.dumps(json_body).encode()
         hdrs.setdefault("Content-Type", "application/json")
     loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(lambda: _Protocol(on_event, on_comment), host, port)
-    assert proto.transport is not None
-    proto.transport.write(
-        _request_bytes(host, port, method, parts.path.rstrip("/") + path, hdrs, body)
+    request = _request_bytes(host, port, method, parts.path.rstrip("/") + path, hdrs, body)
+    if kernel_stamps:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, request)
+        except BaseException:
+            sock.close()
+            raise
+        stamped = _Protocol(on_event, on_comment)
+        stamped.connection_made(_KernelStamped(sock, stamped))  # type: ignore[arg-type]
+        return stamped
+    _, proto = await loop.create_connection(
+        lambda: _Protocol(on_event, on_comment),
+        host,
+        port,
+        local_addr=(source, 0) if source else None,
     )
+    assert proto.transport is not None
+    proto.transport.write(request)
     return proto
 
 
@@ -496,9 +581,8 @@ class Subscriber:
     opened: float = 0.0  # perf_counter when the first byte (comment or event) arrived
     opened_wall: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
-    token_recv: list[tuple[str | None, float, float]] = field(
-        default_factory=list
-    )  # (id, now, wall)
+    # (id, perf_counter, wall clock when received, wall clock when this client parsed it)
+    token_recv: list[tuple[str | None, float, float, float]] = field(default_factory=list)
     terminal: str | None = None
     terminal_at: float = 0.0
     error: str | None = None
@@ -522,6 +606,8 @@ async def subscribe(
     timeout: float = 30.0,
     method: str = "GET",
     json_body: Any = None,
+    kernel_stamps: bool = False,
+    source: str | None = None,
 ) -> Subscriber:
     """Open an SSE response and wait for its first byte; raise on non-200.
 
@@ -541,7 +627,7 @@ async def subscribe(
         mark_open(now)
         sub.events[name] = sub.events.get(name, 0) + 1
         if name == "token" and keep_tokens:
-            sub.token_recv.append((entry, now, wall))
+            sub.token_recv.append((entry, now, wall, time.time()))
         elif name in TERMINAL:
             sub.terminal, sub.terminal_at = name, now
         elif name == "message" and data.startswith('{"error"') and sub.terminal is None:
@@ -555,6 +641,8 @@ async def subscribe(
         json_body=json_body,
         on_event=on_event,
         on_comment=mark_open,
+        kernel_stamps=kernel_stamps,
+        source=source,
     )
     proto = sub.proto
     try:

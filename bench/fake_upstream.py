@@ -22,6 +22,8 @@ Knobs:
   error_message  the message of the error body ``status`` answers (spaces as ``_``)
   say            answer with this text instead of the vocabulary, percent-encoded (``%20`` a
                  space, ``%5D`` a ``]``), streamed four characters a token
+  stamp          remember the wall-clock time each content token was written (``GET /_stamps``:
+                 the last stamped request's list; the bench's fan-out lag from the upstream chunk)
 
 The request's own fields are honoured as a model server would: ``n`` choices (choice j's text
 is the token sequence shifted by j), ``logprobs`` (one entry per content token),
@@ -108,6 +110,7 @@ class Knobs:
     reasoning: int = 0
     error_message: str = ""
     say: str = ""
+    stamp: bool = False
 
     def merged(self, text: str) -> Knobs:
         """These knobs overridden by a ``[[fake k=v ...]]`` directive in ``text``."""
@@ -143,6 +146,7 @@ class Stats:
     models: dict[str, int] = field(default_factory=dict)  # chat requests by the model they named
     last_body: dict[str, Any] = field(default_factory=dict)
     last_raw: bytes = b""
+    stamps: list[float] = field(default_factory=list)  # the last ``stamp`` request's token times
 
 
 def prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -298,6 +302,9 @@ class FakeUpstream:
         if method == "POST" and path == "/_reset":  # reset() from another process
             self.reset(**json.loads(body or b"{}"))
             await self._send_json(writer, 200, self.snapshot())
+            return True
+        if method == "GET" and path == "/_stamps":
+            await self._send_json(writer, 200, {"stamps": self.stats.stamps})
             return True
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(json.loads(body or b"{}"), body, reader, writer)
@@ -480,6 +487,9 @@ class FakeUpstream:
 
         n = _n_of(req)
         said = _said(knobs)
+        stamps: list[float] = []
+        if knobs.stamp:
+            self.stats.stamps = stamps
         try:
             for j in range(n):
                 await send(chunk({"role": "assistant", "content": ""}, index=j))
@@ -500,6 +510,8 @@ class FakeUpstream:
                     await writer.drain()
                     return
                 await pause(knobs.delay_ms)
+                if knobs.stamp:
+                    stamps.append(time.time())
                 for j in range(n):
                     text = (said[i] if said else token_text(i + j)) + "x" * knobs.pad
                     extra = {"logprobs": _logprobs(text)} if req.get("logprobs") else {}

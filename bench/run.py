@@ -32,8 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench import peer, report
+from bench import peer, report, sizing  # noqa: F401 - sizing registers its scenarios
 from bench.scenarios import PROFILES, REGISTRY, Ctx, Target, wait_for_quiet
+from bench.spy import Spy
 from bench.stack import ROOT, Stack
 
 ORDER = (
@@ -48,10 +49,12 @@ ORDER = (
     "profile.direct",
     "profile.channel",
     "channel.idle",
+    "channel.capacity",
     "channel.fanout",
     "channel.revoke",
     "saturation.direct",
     "saturation.channel",
+    "sizing.workers",
 )
 
 
@@ -109,7 +112,9 @@ async def warm_up(target: Target) -> None:
     await asyncio.gather(*(run_one(target, i, 20, 0, 30) for i in range(8)))
 
 
-async def run_all(ctx: Ctx, names: list[str], stop_peer_after: str | None) -> None:
+async def run_all(
+    ctx: Ctx, names: list[str], stop_peer_after: str | None, spy: bool = False
+) -> None:
     warmed: set[str] = set()
     for name in names:
         if ctx.remaining() <= 0:
@@ -132,7 +137,15 @@ async def run_all(ctx: Ctx, names: list[str], stop_peer_after: str | None) -> No
             if target is not None and not target.skip and target_name not in warmed:
                 await asyncio.wait_for(warm_up(target), 60)
                 warmed.add(target_name)
-            result = await REGISTRY[name](ctx)
+            spied = Spy(
+                ctx.py_spy if spy else None, ctx.stack.worker_pids(), ctx.stack.workdir, name
+            )
+            try:
+                result = await REGISTRY[name](ctx)
+            finally:
+                profiled = spied.stop() if spied.procs else None
+            if profiled is not None:
+                result["py_spy"] = profiled
         except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others
             result = {
                 "status": "error",
@@ -254,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         help="directory for the gateway's SQLite file (default: the run's temp dir on disk; "
         "/dev/shm shows what the database's fsyncs cost)",
     )
+    parser.add_argument(
+        "--spy",
+        action="store_true",
+        help="py-spy on every gateway worker during each scenario (a diagnostic: it perturbs "
+        "what it measures; the summary goes into the results as py_spy)",
+    )
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     args = parser.parse_args(argv)
 
@@ -339,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             peer=next((p for p in stack.procs if p.name == "peer"), None),
         )
         last_peer = next((n for n in reversed(names) if n.endswith(".peer")), None)
-        asyncio.run(run_all(ctx, names, last_peer))
+        asyncio.run(run_all(ctx, names, last_peer, spy=args.spy))
     except KeyboardInterrupt:
         print("interrupted; stopping everything this run started", flush=True)
         meta["interrupted"] = True

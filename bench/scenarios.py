@@ -8,6 +8,7 @@ returns ``{"status": "error", ...}`` and the run goes on.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -49,6 +50,13 @@ class Profile:
     profile_seconds: float = 10.0
     connect_parallel: int = 100
     saturation_levels: tuple[int, ...] = (200, 400, 800)
+    sizing_workers: tuple[int, ...] = (1, 2, 3)  # gateway processes compared by sizing.workers
+    sizing_streams: int = 150
+    sizing_subscribers: int = 2000
+    sizing_hold_s: float = 21.0  # the keeper renews every subscription twice (10 s interval)
+    capacity_step: int = 10000  # channel.capacity adds idle subscribers this many at a time
+    capacity_max: int = 45000  # past two workers' open-file limit here (2 x 20,000)
+    capacity_per_holder: int = 15000  # per bench.hold process (its open-file limit)
     budget_s: float = 1800.0
     quiet_wait_s: float = 120.0  # before each scenario, wait up to this for other jobs to go quiet
 
@@ -70,6 +78,10 @@ PROFILES = {
         revoke_streams=5,
         profile_seconds=5.0,
         saturation_levels=(200, 400),
+        sizing_streams=40,
+        sizing_subscribers=300,
+        capacity_step=1000,
+        capacity_max=2000,
         budget_s=240.0,
         quiet_wait_s=0.0,
     ),
@@ -93,6 +105,12 @@ PROFILES = {
         profile_seconds=1.0,
         connect_parallel=5,
         saturation_levels=(4,),
+        sizing_workers=(2,),  # one restart: the harness runs, the ratios are the full run's
+        sizing_streams=4,
+        sizing_subscribers=5,
+        sizing_hold_s=1.0,
+        capacity_step=5,
+        capacity_max=10,
         budget_s=150.0,
         quiet_wait_s=0.0,
     ),
@@ -673,7 +691,7 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
         "/v1/streams",
         headers=owner.headers,
         json_body=chat_payload(
-            prof.fanout_tokens, prof.delay_ms, stream=None, first_delay_ms=first_delay_ms
+            prof.fanout_tokens, prof.delay_ms, stream=None, first_delay_ms=first_delay_ms, stamp=1
         ),
     )
     if status != 202 or not isinstance(body, dict):
@@ -688,6 +706,7 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
                 v.headers,
                 keep_tokens=True,
                 timeout=60,
+                kernel_stamps=True,
             )
             for v in viewers
         ],
@@ -701,6 +720,14 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
             key = f"{type(item).__name__}: {item}"[:120]
             failures[key] = failures.get(key, 0) + 1
     budget = first_delay_ms / 1000 + prof.fanout_tokens * prof.delay_ms / 1000 + 30
+    pids = ctx.stack.gateway_pids()
+    cpu0, ours0, busy0 = (
+        procstat.cpu_seconds(pids),
+        procstat.cpu_seconds(ctx.our_pids()),
+        procstat.machine_busy_seconds(),
+    )
+    cost = client.ClientCost().start()
+    t_follow = time.perf_counter()
     try:
         await asyncio.wait_for(
             asyncio.gather(*(asyncio.shield(s.proto.done) for s in subs if s.proto)), budget
@@ -708,31 +735,40 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
     except TimeoutError:
         pass
     finally:
+        await cost.stop()
+        gateway_cpu = procstat.cpu_seconds(pids) - cpu0
+        follow_s = time.perf_counter() - t_follow
+        others = procstat.machine_busy_seconds() - busy0
+        others -= procstat.cpu_seconds(ctx.our_pids()) - ours0
         for sub in subs:
             sub.close()
-    lags: list[float] = []
+    first_token = await _first_token_of_entries(ctx, channel)
+    lags: list[float] = []  # from the upstream's write of the event's first token
+    hub_lags: list[float] = []  # from the event's append to the log (its entry id's time)
+    seen_lags: list[float] = []  # from the append to the load client reading it
     replayed = 0
     first_recv: dict[str, float] = {}
     for sub in subs:
-        for entry, _now, wall in sub.token_recv:
+        for entry, _now, wall, read_wall in sub.token_recv:
             ms = client.entry_ms(entry)
-            if ms is None:
+            if ms is None or entry is None:
                 continue
             if ms < sub.opened_wall * 1000:
-                replayed += (
-                    1  # written before this subscriber connected: a replay, not delivery lag
-                )
+                replayed += 1  # written before this subscriber connected: a replay, not a lag
                 continue
-            lags.append(wall * 1000 - ms)
-            if entry is not None:
-                first_recv[entry] = min(first_recv.get(entry, wall), wall)
+            hub_lags.append(wall * 1000 - ms)
+            seen_lags.append(read_wall * 1000 - ms)
+            if entry in first_token:
+                lags.append((wall - first_token[entry]) * 1000)
+            first_recv[entry] = min(first_recv.get(entry, wall), wall)
     spread = [
         wall * 1000 - first_recv[e] * 1000
         for s in subs
-        for e, _n, wall in s.token_recv
+        for e, _n, wall, _r in s.token_recv
         if e in first_recv
     ]
     tokens_each = [s.events.get("token", 0) for s in subs]
+    deliveries = sum(tokens_each)
     return {
         "status": "ok",
         "subscribers": len(subs),
@@ -740,14 +776,57 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
         "connect_s": round(connect_s, 2),
         "token_events_per_subscriber": pct(tokens_each, 1, 1),
         "completed": sum(1 for s in subs if s.terminal == "stream.completed"),
-        "lag_ms": pct(lags, 1, 2),
-        "lag_cdf_ms": cdf(lags),
+        # The issue's measure: from the upstream writing the event's first token to the bytes
+        # reaching the subscriber's socket (the kernel's receive time): coalescing, the runner,
+        # the log and the hub. Without the upstream's stamps, from the append instead.
+        "lag_ms": pct(lags or hub_lags, 1, 2),
+        "lag_from": "upstream chunk" if lags else "log append",
+        "lag_cdf_ms": cdf(lags or hub_lags),
+        "lag_from_append_ms": pct(hub_lags, 1, 2),
+        "lag_to_client_read_ms": pct(seen_lags, 1, 2),
         "spread_ms": pct(spread, 1, 2),
         "replayed_events": replayed,
-        "method": "lag = subscriber receive wall clock - the ms timestamp in the Redis entry id "
-        "(Redis's clock at XADD, same host); spread = receive time - first receive of that "
-        "entry by any subscriber",
+        "deliveries": deliveries,
+        # CPU from the first token held back to the last subscriber closing (the idle wait for
+        # the first token included): what one delivery costs the gateway, and the load client's
+        # own lag (a saturated client would inflate every lag above).
+        "gateway_cpu_s": round(gateway_cpu, 3),
+        "gateway_us_per_delivery": round(gateway_cpu / deliveries * 1e6, 2) if deliveries else None,
+        "client": {"cpu_s": round(cost.cpu_s, 3), "loop_lag_ms": pct(cost.loop_lag_ms, 1, 2)},
+        "machine": {"other_processes_cores": round(others / follow_s, 2) if follow_s else None},
+        "method": "receive = the kernel's receive time of the bytes on the subscriber's socket "
+        "(SO_TIMESTAMPNS); lag = receive - the fake upstream's wall clock when it wrote the "
+        "event's first token; lag_from_append = receive - the ms in the Redis entry id (Redis's "
+        "clock at XADD, same host); lag_to_client_read = when the load client parsed it - that "
+        "ms; spread = receive - first receive of that entry by any subscriber",
     }
+
+
+async def _first_token_of_entries(ctx: Ctx, channel: str) -> dict[str, float]:
+    """Each token entry of ``channel``'s log -> when the upstream wrote its first token.
+
+    The log is read through the app's own ``EventLog`` (whatever its key names); the upstream's
+    stamps come from the fake upstream (``stamp`` knob). Empty when either is missing.
+    """
+    from streaming.log import event_log
+
+    _, _, body = await client.request_json(
+        f"http://127.0.0.1:{ctx.stack.upstream_port}", "GET", "/_stamps"
+    )
+    stamps = body.get("stamps") if isinstance(body, dict) else None
+    if not stamps:
+        return {}
+    entries = await asyncio.to_thread(event_log(ctx.stack.app).replay, channel, None)
+    out: dict[str, float] = {}
+    length = 0
+    for entry_id, event, data in entries:
+        if event != "token":
+            continue
+        index = client.tokens_in_text(length)  # tokens wholly before this event's text
+        if index < len(stamps):
+            out[entry_id] = stamps[index]
+        length += len(json.loads(data).get("text", ""))
+    return out
 
 
 # --- revocation latency ---------------------------------------------------------------------------

@@ -346,7 +346,9 @@ class Dispatcher:
         if parsed is None:
             return
         frame = sse.frame(payload, event=event, id=entry_id)
-        item = (parsed, entry_id, event, frame)
+        # Framed once for every subscriber: as an SSE event, and as the HTTP/1.1 chunk carrying
+        # it (what a subscriber's socket is sent directly, streaming.fanout).
+        item = (parsed, entry_id, event, frame, sse.http_chunk(frame))
         with self.lock:
             state = self.channels.get(channel)
             subs = list(state.subs) if state is not None else []

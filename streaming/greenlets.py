@@ -38,6 +38,13 @@ def call_later(delay: float, fn: Callable[[], Any]) -> None:
     timer.start()
 
 
+def soon(fn: Callable[[], Any]) -> None:
+    """Call ``fn`` on the event loop's next turn: after the running greenlet next waits, before
+    the loop polls for I/O. Only under gevent (in-process there is no loop to hand it to)."""
+    if under_gevent():
+        gevent.get_hub().loop.run_callback(fn)
+
+
 def current() -> Any:
     """The greenlet running this code if it is a gevent ``Greenlet`` (else None)."""
     here = gevent.getcurrent()

@@ -36,6 +36,7 @@ from core.errors import ApiError
 from core.store import db
 from streaming import greenlets, sse, state, subscriptions
 from streaming.control import CLOSE, Dispatcher, Subscriber, services_of
+from streaming.fanout import LiveSubscriber
 from streaming.generation import TERMINAL_EVENTS
 from streaming.log import REPLAY_PAGE, event_log, parse_id
 from streaming.models import StreamRecord
@@ -113,7 +114,7 @@ class EventHub(ServerSentEventsBlueprint):
         if live.get("status") == "revoked":
             raise ApiError(410, "This stream was revoked.", code="stream_revoked")
         conn_id = subscriptions.claim(app, ident.user_id, channel)
-        sub = Subscriber(
+        sub = LiveSubscriber(
             channel, ident.user_id, ident.jti, ident.tenant_id, QUEUE_BOUND, claims, conn_id
         )
         release = _Release(app, dispatcher, sub)
@@ -173,6 +174,9 @@ class EventHub(ServerSentEventsBlueprint):
             sock.settimeout(cfg["SSE_SEND_TIMEOUT_S"])  # a client that stops reading is dropped
             _abort_when_unacknowledged(sock, float(cfg["SSE_HEARTBEAT_S"]))
             release.watcher = greenlets.watch_hangup(sock, lambda: sub.close("client_gone"))
+            if cfg["HUB_DIRECT_WRITES"]:
+                terminal = TERMINAL_EVENTS if kind == "streams" else frozenset()
+                sub.attach(sock, str(request.environ.get("SERVER_PROTOCOL")), terminal)
         app.extensions["streamgate.metrics"].active_subscribers.inc()
         release.counted = True
         body = _events(app, sub, ident, kind, events.pages(channel, last, backlog), last, grace)
@@ -305,7 +309,7 @@ def _abort_when_unacknowledged(sock: Any, seconds: float) -> None:
 
 def _events(
     app: Flask,
-    sub: Subscriber,
+    sub: LiveSubscriber,
     ident: Identity,
     kind: str,
     backlog: Iterator[list[tuple[str, str, str]]],
@@ -315,15 +319,15 @@ def _events(
     """The subscriber's event stream: first flush, replay, then live events and pings.
 
     A waiting subscriber blocks on its wake-up flag (no CPU, no Redis call): the dispatcher fills
-    it, the keeper renews its subscription entry and re-checks its token in batch for the worker.
-    Whatever is pending goes out in one write. ``grace``: the stream already ended, follow only
-    that long for its terminal event.
+    it (or writes a live event to the socket itself, ``streaming.fanout``), the keeper renews its
+    subscription entry and re-checks its token in batch for the worker. Whatever is pending goes
+    out in one write. ``grace``: the stream already ended, follow only that long for its terminal
+    event.
     """
     cfg = app.config
     heartbeat = float(cfg["SSE_HEARTBEAT_S"])
     terminal = TERMINAL_EVENTS if kind == "streams" else frozenset()
-    last_seen = parse_id(last)
-    last_str = last
+    sub.last_seen, sub.last_str = parse_id(last), last
     yield sse.retry_hint(cfg["SSE_RETRY_MS"]) + sse.comment("connected")
     chunk: list[bytes] = []
     size = 0
@@ -332,7 +336,7 @@ def _events(
             frame = sse.frame(data, event=event, id=entry_id)
             chunk.append(frame)
             size += len(frame)
-            last_seen, last_str = parse_id(entry_id), entry_id
+            sub.last_seen, sub.last_str = parse_id(entry_id), entry_id
             if event in terminal:
                 yield b"".join(chunk)
                 return
@@ -349,12 +353,12 @@ def _events(
             if deadline == ident.expires_at:
                 yield sse.comment("token expired")  # never outlive the token
             return
-        batch = sub.take(min(heartbeat, remaining))
+        batch = sub.wait(min(heartbeat, remaining))
         if not batch:
             if sub.closed is not None or deadline - time.time() <= 0:
                 continue  # the loop's head (or the CLOSE item) ends it
             yield sse.json_frame(
-                {"type": "ping", "time": round(time.time(), 3)}, event="ping", id=last_str
+                {"type": "ping", "time": round(time.time(), 3)}, event="ping", id=sub.last_str
             )
             continue
         frames: list[bytes] = []
@@ -363,10 +367,10 @@ def _events(
             if item is CLOSE:
                 end = True
                 break
-            parsed, entry_id, event, frame = item
-            if last_seen is not None and parsed <= last_seen:
-                continue  # already replayed
-            last_seen, last_str = parsed, entry_id
+            parsed, entry_id, event, frame, _ = item
+            if sub.last_seen is not None and parsed <= sub.last_seen:
+                continue  # already sent
+            sub.last_seen, sub.last_str = parsed, entry_id
             frames.append(frame)
             if event in terminal:
                 end = True

@@ -105,6 +105,12 @@ def json_frame_template(
     return render
 
 
+def http_chunk(frame: bytes) -> bytes:
+    """``frame`` as one HTTP/1.1 chunk: its length in hex, CRLF, the bytes, CRLF (RFC 9112 7.1;
+    what the server writes for one body item of a chunked response)."""
+    return b"%X\r\n%s\r\n" % (len(frame), frame)
+
+
 def done() -> bytes:
     """``data: [DONE]``: the event that ends an OpenAI-compatible stream."""
     return _DONE
