@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import redis
 from flask import Flask
 
-from core.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION, TRANSIENT_ERRORS, is_cluster, writer_client
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def with_redis_retry(fn: Callable[[], T], seconds: float) -> T:
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except TRANSIENT_ERRORS:
             if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
@@ -150,15 +150,8 @@ class _Writer:
     MAX_BATCH = 512
 
     def __init__(self, client: redis.Redis, script: Any, retry_s: float) -> None:
-        pool = client.connection_pool
-        self.client = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool(
-                connection_class=pool.connection_class,
-                max_connections=1,
-                timeout=None,
-                **pool.connection_kwargs,
-            )
-        )
+        self.client = writer_client(client)
+        self.cluster = is_cluster(self.client)
         self.script = script
         self.retry_s = retry_s
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -203,8 +196,19 @@ class _Writer:
         def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for item in appends:
-                self.script(keys=item.keys, args=item.args, client=pipe)
-            return list(pipe.execute(raise_on_error=False))
+                if self.cluster:  # a Cluster pipeline takes EVALSHA by name only, routed by key
+                    pipe.execute_command("EVALSHA", self.script.sha, 2, *item.keys, *item.args)
+                else:
+                    self.script(keys=item.keys, args=item.args, client=pipe)
+            results = list(pipe.execute(raise_on_error=False))
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+                self.client.script_load(self.script.script)  # a promoted replica, a restart
+                raise redis.ConnectionError("append script reloaded")
+            if any(isinstance(r, TRANSIENT_ERRORS) for r in results):
+                # A failover under way (CLUSTERDOWN, MOVED to a dead node, READONLY): the whole
+                # batch again; the dedupe key skips what was written.
+                raise redis.ConnectionError(next(r for r in results if isinstance(r, Exception)))
+            return results
 
         try:
             results: list[Any] = with_redis_retry(send, self.retry_s) if appends else []
