@@ -211,16 +211,8 @@ def writer_client(client: redis.Redis) -> redis.Redis:
         kwargs = dict(cluster.nodes_manager.connection_kwargs)
         for name in ("max_connections", "timeout", "connection_pool_class", "host", "port", "db"):
             kwargs.pop(name, None)
-        return cast(
-            redis.Redis,
-            RedisCluster(
-                url=f"redis://{seed.host}:{seed.port}",  # a pool class is honoured with a URL
-                connection_pool_class=redis.BlockingConnectionPool,
-                max_connections=1,
-                timeout=None,
-                **kwargs,
-            ),
-        )
+        # Its one thread sends one pipeline at a time to one node: one connection per node.
+        return cast(redis.Redis, RedisCluster(url=f"redis://{seed.host}:{seed.port}", **kwargs))
     if isinstance(pool, SentinelConnectionPool):
         return cast(
             redis.Redis,

@@ -15,7 +15,8 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 
-from scripts.redis_cluster import LocalCluster
+from bench.stack import Stack
+from scripts.redis_cluster import LocalCluster, start_cluster
 from tests.support.config import app_config
 from tests.support.live import LiveCluster
 
@@ -64,3 +65,28 @@ def leftovers(redis: Any) -> dict[str, int]:
     )
     subscriptions = sum(redis.zcount(key, now, "+inf") for key in redis.scan_iter("sg:subs:*"))
     return {"live": int(redis.zcard("sg:live")), "leases": leases, "subscriptions": subscriptions}
+
+
+class ClusterStack(Stack):
+    """The bench stack (fake upstream, gunicorn) on a local Redis Cluster instead of one Redis.
+
+    The gateway and the in-process app read ``REDIS_CLUSTER=true`` from the environment.
+    """
+
+    local: LocalCluster | None = None
+
+    def start_redis(self) -> None:
+        self.local = start_cluster(node_timeout_ms=1000)  # a failover in about 2 s
+        self.redis_port = self.local.ports[0]
+
+    def redis_client(self) -> Any:
+        assert self.local is not None
+        port = self.local.alive()[0]  # the seed may be the master that was killed
+        return RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.local is not None:
+                self.local.stop()
