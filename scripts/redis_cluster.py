@@ -133,10 +133,15 @@ class LocalCluster:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def pause(self, port: int, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) one node: a replica paused this way misses its master's writes."""
+        self.procs[port].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop every node by its PID and remove the working directory."""
         for proc in self.procs.values():
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a paused node must be able to exit
                 proc.terminate()
         for proc in self.procs.values():
             try:
