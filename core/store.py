@@ -1,6 +1,8 @@
 """Shared handles for every layer: the SQLAlchemy ``db``, the app's Redis client, ids and time.
 
 Both handles are unbound at import time; ``api.create_app`` binds them. Nothing here connects.
+Redis is one server, a Redis Cluster or a Sentinel-watched master (``RedisTarget``): every client
+(the two bounded pools, the log writer's, the hub reader's) is built here for any of the three.
 """
 
 from __future__ import annotations
