@@ -99,6 +99,7 @@ def test_a_master_killed_mid_soak_loses_no_stream(monkeypatch: pytest.MonkeyPatc
             "streams_completed": tally.streams_completed,
             "subscriptions_followed": tally.followed,
             "resumes": tally.resumes,
+            "owner_reconnects": tally.owner_reconnects,
             "statuses": tally.statuses,
             "refused": tally.refused,
             "killed_master": record["killed"],
