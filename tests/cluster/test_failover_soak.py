@@ -10,8 +10,8 @@ Asserted afterwards, as a user would see it:
 - every generation that got its 202 completed, and its owner read the whole text;
 - every follower's reassembled text equals the stream's text, no event id twice;
 - no 5xx but the documented ``503`` window (``limits_unavailable``, ``redis_unavailable``,
-  ``hub_unavailable``, each with ``Retry-After``, waited out and retried by the clients); its
-  length is printed;
+  ``hub_unavailable``, waited out and retried by the clients); how long after the kill the last
+  refusal came is printed;
 - nothing left: no live generation, lease or open subscription;
 - revocation works again: a user revoked after the failover is refused at once, and the
   revocation state was re-seeded from SQL (the gateway saw the failover).
