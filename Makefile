@@ -11,18 +11,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.streamgate-installed
 # -qq: errors only (a machine's pip config may warn once per package about its local indexes).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
-# `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak test runs only in `make soak`.
+# `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak tests run only in `make soak` and
+# `make soak-cluster` (the Redis Cluster failover soak).
 # Two pytest-xdist workers, each taking whole files (a file's tests share one live server).
-PYTEST_ARGS ?= -m 'not soak' -n 2 --dist loadfile
+PYTEST_ARGS ?= -m 'not soak and not failover' -n 2 --dist loadfile
 # The soak prints its figures (one `soak: {...}` line); -s lets them reach the log.
 SOAK_ARGS ?= -s
 export PYTHONPATH := $(CURDIR)
 
 # Debian packages, each installed only when its program is missing.
 APT_RUN := redis-server=redis-server
-APT_TEST := $(APT_RUN) chromium=chromium /usr/lib/postgresql/*/bin/initdb=postgresql
+# redis-cli (Debian's redis-tools) creates the local Redis Cluster of the tests and `make cluster`.
+APT_CLUSTER := $(APT_RUN) redis-cli=redis-tools
+APT_TEST := $(APT_CLUSTER) chromium=chromium /usr/lib/postgresql/*/bin/initdb=postgresql
 
-.PHONY: help setup run test bench lint migrate migration openapi soak
+.PHONY: help setup run test bench lint migrate migration openapi soak soak-cluster cluster
 
 help:
 	@echo "make run        set up, migrate, seed the demo and serve http://127.0.0.1:8000 (Ctrl-C stops)"
@@ -33,6 +36,8 @@ help:
 	@echo "make openapi    regenerate openapi.yaml from the schemas"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make soak       the long, bounded load test"
+	@echo "make soak-cluster  a bounded soak on a local Redis Cluster while one master is killed"
+	@echo "make cluster    start a local 6-node Redis Cluster (3 masters, 3 replicas); Ctrl-C stops it"
 
 $(PY):
 	@echo "==> creating the virtualenv $(VENV) (python3 -m venv)"
@@ -101,3 +106,12 @@ soak: $(STAMP)
 	@bash scripts/apt_ensure.sh $(APT_RUN)
 	@echo "==> python -m pytest -m soak"
 	@SOAK=1 $(PY) -m pytest -m soak $(SOAK_ARGS)
+
+soak-cluster: $(STAMP)
+	@bash scripts/apt_ensure.sh $(APT_CLUSTER)
+	@echo "==> python -m pytest -m failover (a Redis Cluster master killed mid-soak)"
+	@$(PY) -m pytest -m failover tests/cluster $(SOAK_ARGS)
+
+cluster: setup
+	@bash scripts/apt_ensure.sh $(APT_CLUSTER)
+	@$(PY) -m scripts.redis_cluster

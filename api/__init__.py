@@ -22,7 +22,7 @@ from api.config import load_config, resolve_upstreams
 from api.errors import error_response, register_error_handlers
 from api.extensions import api, migrate
 from api.logs import configure_logging
-from core.store import REDIS_EXTENSION, RUNS_REDIS_EXTENSION, db, redis_client
+from core.store import REDIS_EXTENSION, RUNS_REDIS_EXTENSION, RedisTarget, db, redis_client
 from streaming.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,14 +129,16 @@ def _init_extensions(app: Flask) -> None:
     api.init_app(app)
     init_jwt(app, error_response)
     init_cors(app)
-    # Two bounded pools per process: requests (subscribers included) and generations. The log
-    # writer of channel mode has one connection of its own (streaming.log).
+    # Two bounded pools per process (per Redis node on a Cluster): requests (subscribers
+    # included) and generations. The log writer of channel mode has one connection of its own
+    # (streaming.log), the hub reader one more (streaming.control).
     cfg = app.config
+    target = RedisTarget.from_config(cfg)
     app.extensions[REDIS_EXTENSION] = redis_client(
-        cfg["REDIS_URL"], cfg["REDIS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
+        target, cfg["REDIS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
     )
     app.extensions[RUNS_REDIS_EXTENSION] = redis_client(
-        cfg["REDIS_URL"], cfg["REDIS_RUNS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
+        target, cfg["REDIS_RUNS_POOL_SIZE"], cfg["REDIS_POOL_WAIT_S"]
     )
     app.extensions["streamgate.metrics"] = Metrics()
     app.extensions[UPSTREAMS] = build_router(app.config)  # one connection pool per model server

@@ -32,6 +32,16 @@ def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _hostports(raw: str) -> list[tuple[str, int]]:
+    pairs = []
+    for part in _csv(raw):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        pairs.append((host, int(port)))
+    return pairs
+
+
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
 
 
@@ -80,6 +90,9 @@ VARIABLES: tuple[Var, ...] = (
     # --- backing services -----------------------------------------------------------------
     Var("DATABASE_URL", "sqlite:///instance/streamgate.db", str, "SQLAlchemy URL of the durable store (SQLite or `postgresql+psycopg://...`)."),
     Var("REDIS_URL", "redis://127.0.0.1:6390/0", str, "Redis for limits, revocation, live state and the event log."),
+    Var("REDIS_CLUSTER", "false", _bool, "Redis is a Redis Cluster: `REDIS_URL` names any node (the seed); keys carry hash tags so each script stays on one slot."),
+    Var("REDIS_SENTINELS", "", _hostports, "Comma-separated `host:port` of Redis Sentinels; when set, the master is found through them (`REDIS_URL` then gives only the database and password)."),
+    Var("REDIS_SENTINEL_MASTER", "mymaster", str, "The master's name the Sentinels watch (with `REDIS_SENTINELS`)."),
     Var("REDIS_RETRY_S", "5", float, "How long a running generation waits out a Redis outage (e.g. a restart) before it fails, seconds."),
     Var("REDIS_POOL_SIZE", "64", int, "Redis connections per worker for requests and subscribers (the pool's wait past `REDIS_POOL_WAIT_S` is answered `503 overloaded`)."),
     Var("REDIS_RUNS_POOL_SIZE", "16", int, "Redis connections per worker for running generations (admission release, live state; their events go through the log writer's own connection)."),

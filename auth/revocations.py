@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import or_, select
 
 from auth.models import AppToken, AuthSession, RevokedToken, Tenant, User
-from core.store import db, get_redis, utcnow
+from core.store import db, get_redis, is_cluster, topology_epoch, utcnow
 
 log = logging.getLogger("streamgate.auth")
 DISABLED_CUTOFF_MS = 2**62  # "every token is before this": the account is disabled
@@ -28,6 +28,8 @@ _TENANT_KEY = "sg:rv:tenant:{}"
 _VERSION_KEY = "sg:rv:ver:{}"
 _SESSION_KEY = "sg:rv:sid:{}"
 SEEDED_KEY = "sg:rv:seeded"
+EPOCH_KEY = "sg:rv:epoch:{}"  # claimed by the one worker that re-seeds after a failover
+_epoch: list[str | None] = [None]  # the topology epoch this process saw last
 _lock = threading.Lock()  # gevent-patched under gunicorn: one re-seed per worker at a time
 
 
@@ -108,10 +110,20 @@ def _revoked(payload: dict[str, Any], values: list[Any]) -> bool:
 
 
 def _fetch(payloads: list[dict[str, Any]]) -> list[list[Any]]:
-    pipe = get_redis().pipeline(transaction=False)
+    client = get_redis()
+    pipe = client.pipeline(transaction=False)
+    if not is_cluster(client):
+        for payload in payloads:
+            pipe.mget(*_revocation_keys(payload))
+        return list(pipe.execute())
+    # On a Cluster the keys live on several slots: one GET each, still one round trip (the
+    # pipeline writes to every node it needs before it reads any answer).
+    width = len(_revocation_keys({}))
     for payload in payloads:
-        pipe.mget(*_revocation_keys(payload))
-    return list(pipe.execute())
+        for key in _revocation_keys(payload):
+            pipe.get(key)
+    flat = list(pipe.execute())
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
 
 
 def revoked_among(payloads: list[dict[str, Any]]) -> list[bool]:
@@ -178,15 +190,35 @@ def _revoked_in_sql(payload: dict[str, Any]) -> bool:
     )
 
 
-def reseed() -> int:
+def reseed_after_failover() -> bool:
+    """Re-seed from SQL once per Redis failover (the keeper asks on every tick).
+
+    A revocation acknowledged by a master just before it died may not have reached the replica
+    that took its place (replication is asynchronous); the seeded sentinel survives such a
+    failover, so it cannot tell. The topology epoch does: when it moves, one worker (``SET NX``
+    per epoch) copies SQL into Redis again. Returns True when this call re-seeded.
+    """
+    client = get_redis()
+    epoch = topology_epoch(client)
+    previous, _epoch[0] = _epoch[0], epoch
+    if previous is None or previous == epoch:
+        return False
+    if not client.set(EPOCH_KEY.format(epoch), "1", nx=True, ex=3600):
+        return False  # another worker re-seeds for this epoch
+    log.warning("Redis failover seen (%s -> %s): re-seeding revocations", previous, epoch)
+    reseed(force=True)
+    return True
+
+
+def reseed(*, force: bool = False) -> int:
     """Copy every live revocation from SQL into Redis, then set the sentinel; returns the count.
 
     Cutoffs and versions are raised, never lowered, so a re-seed racing a new revocation cannot
-    undo it.
+    undo it. ``force``: even when the sentinel says Redis has it all (after a failover).
     """
     with _lock:
         redis = get_redis()
-        if redis.exists(SEEDED_KEY):
+        if not force and redis.exists(SEEDED_KEY):
             return 0  # another greenlet or worker has just done it
         now = utcnow()
         count = 0

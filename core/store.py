@@ -1,17 +1,27 @@
 """Shared handles for every layer: the SQLAlchemy ``db``, the app's Redis client, ids and time.
 
 Both handles are unbound at import time; ``api.create_app`` binds them. Nothing here connects.
+Redis is one server, a Redis Cluster or a Sentinel-watched master (``RedisTarget``): every client
+(the two bounded pools, the log writer's, the hub reader's) is built here for any of the three.
 """
 
 from __future__ import annotations
 
+import random
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 from flask import current_app, g, has_app_context
 from flask_sqlalchemy import SQLAlchemy
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 from sqlalchemy import DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
@@ -57,22 +67,182 @@ class BoundedPool(redis.BlockingConnectionPool):
             raise
 
 
-def redis_client(url: str, size: int, wait_s: float) -> redis.Redis:
-    """A client on a ``BoundedPool`` of ``size`` connections; callers wait up to ``wait_s``.
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Redis is: one server (``url``), a Cluster (``url`` is any node, the seed) or a
+    Sentinel-watched master (``sentinels`` and ``master``; ``url`` then gives only the database,
+    password and TLS)."""
+
+    url: str
+    cluster: bool = False
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> RedisTarget:
+        """The target named by ``REDIS_URL``, ``REDIS_CLUSTER`` and ``REDIS_SENTINELS``."""
+        return cls(
+            cfg["REDIS_URL"],
+            bool(cfg.get("REDIS_CLUSTER", False)),
+            tuple(cfg.get("REDIS_SENTINELS") or ()),
+            str(cfg.get("REDIS_SENTINEL_MASTER") or ""),
+        )
+
+
+class _BoundedSentinelPool(SentinelConnectionPool, BoundedPool):
+    """Sentinel's pool (it asks the sentinels where the master is) with ``BoundedPool``'s wait."""
+
+
+def make_client(target: RedisTarget, **kwargs: Any) -> redis.Redis:
+    """A client for ``target``; ``kwargs`` go to each connection pool (one per node on a Cluster).
+
+    A Cluster client is typed as ``redis.Redis``: every command Streamgate sends exists on both,
+    and each is routed to the node owning its key's slot (scripts and multi-key commands keep
+    their keys in one slot, see docs/operations.md).
+    """
+    if target.cluster:
+        client: Any = RedisCluster.from_url(target.url, **kwargs)
+        return cast(redis.Redis, client)
+    if target.sentinels:
+        options = redis.connection.parse_url(target.url)
+        options.pop("host", None)
+        options.pop("port", None)
+        sentinel = Sentinel(
+            list(target.sentinels),
+            socket_timeout=kwargs.get("socket_timeout", 5),
+            socket_connect_timeout=kwargs.get("socket_connect_timeout", 2),
+        )
+        return cast(redis.Redis, sentinel.master_for(target.master, **{**options, **kwargs}))
+    pool_class = kwargs.pop("connection_pool_class", redis.ConnectionPool)
+    return redis.Redis(connection_pool=pool_class.from_url(target.url, **kwargs))
+
+
+def redis_client(target: RedisTarget, size: int, wait_s: float) -> redis.Redis:
+    """A client whose pool holds at most ``size`` connections (per node on a Cluster); callers
+    wait up to ``wait_s`` for one.
 
     Under gevent a burst of greenlets waits for one of a bounded set of connections instead of
     opening one each (the default pool grows per concurrent caller, then fails past its limit).
     """
+    if target.sentinels:
+        pool_class: type[redis.ConnectionPool] = _BoundedSentinelPool
+    else:
+        pool_class = BoundedPool
+    return make_client(
+        target,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        max_connections=size,
+        timeout=wait_s,
+        connection_pool_class=pool_class,
+    )
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client (or one of its pipelines)."""
+    return isinstance(client, RedisCluster)
+
+
+# Errors a failover or a restart produces for a while, after which the same call succeeds.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    redis.ReadOnlyError,
+)
+
+
+class _AnyNodeConnection(redis.Connection):
+    """A connection to whichever node of a Cluster answers first, from its current topology.
+
+    The hub reader's: a plain ``PUBLISH`` reaches every node of a Cluster, so any one hears
+    the control bus and every channel; when that node dies, the reconnect finds another.
+    """
+
+    def __init__(self, *, cluster: RedisCluster, **kwargs: Any) -> None:
+        self.cluster = cluster
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+
+    def _connect(self) -> Any:
+        try:
+            self.cluster.nodes_manager.initialize()  # the topology now, not at start-up
+        except redis.RedisError:
+            pass  # the cached one may still name a live node
+        nodes = self.cluster.get_nodes()
+        random.shuffle(nodes)  # spread the workers' readers over the nodes
+        error: OSError = OSError("no Redis Cluster node known")
+        for node in nodes:
+            self.host, self.port = node.host, node.port
+            try:
+                return super()._connect()  # type: ignore[no-untyped-call]
+            except OSError as exc:
+                error = exc
+        raise error
+
+
+def reader_client(target: RedisTarget, client_name: str) -> redis.Redis:
+    """The hub reader's client: one pub/sub connection, no read timeout, never retried
+    silently (a reconnect must be seen: what was published meanwhile was missed)."""
+    options: dict[str, Any] = {
+        "socket_timeout": None,
+        "socket_connect_timeout": 2,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": client_name,
+    }
+    if target.cluster:
+        seed: Any = RedisCluster.from_url(target.url, socket_connect_timeout=2, socket_timeout=5)
+        options.update(redis.connection.parse_url(target.url))
+        for name in ("host", "port", "db"):
+            options.pop(name, None)
+        pool = redis.ConnectionPool(connection_class=_AnyNodeConnection, cluster=seed, **options)
+        return redis.Redis(connection_pool=pool)
+    return make_client(target, **options)
+
+
+def writer_client(client: redis.Redis) -> redis.Redis:
+    """A client to the same Redis as ``client`` on one connection of its own (per node on a
+    Cluster) that callers wait for without a bound: the event log's writer."""
+    pool: Any = client.connection_pool if not is_cluster(client) else None
+    if pool is None:
+        cluster: Any = client
+        seed = cluster.get_default_node()
+        kwargs = dict(cluster.nodes_manager.connection_kwargs)
+        for name in ("max_connections", "timeout", "connection_pool_class", "host", "port", "db"):
+            kwargs.pop(name, None)
+        # Its one thread sends one pipeline at a time to one node: one connection per node.
+        return cast(redis.Redis, RedisCluster(url=f"redis://{seed.host}:{seed.port}", **kwargs))
+    if isinstance(pool, SentinelConnectionPool):
+        return cast(
+            redis.Redis,
+            pool.sentinel_manager.master_for(
+                pool.service_name,
+                connection_pool_class=_BoundedSentinelPool,
+                max_connections=1,
+                timeout=None,
+            ),
+        )
     return redis.Redis(
-        connection_pool=BoundedPool.from_url(
-            url,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=30,
-            max_connections=size,
-            timeout=wait_s,
+        connection_pool=redis.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=1,
+            timeout=None,
+            **pool.connection_kwargs,
         )
     )
+
+
+def topology_epoch(client: redis.Redis) -> str:
+    """Changes whenever a replica may have been promoted (its master's unreplicated writes lost):
+    a Cluster's current epoch, else the master's replication id (new after a promotion or a
+    restart)."""
+    if is_cluster(client):
+        info: Any = client.execute_command("CLUSTER INFO")
+        return f"cluster:{info['cluster_current_epoch']}"
+    return "replid:" + str(client.info("replication")["master_replid"])
 
 
 def get_redis() -> redis.Redis:

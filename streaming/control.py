@@ -27,9 +27,8 @@ from typing import Any
 
 import redis
 from flask import Flask
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from core.store import RedisTarget, reader_client
 from streaming import sse
 from streaming.load import stop_load_monitor
 from streaming.log import EVENT_TOPIC_PREFIX, close_event_log, parse_id, topic
@@ -85,7 +84,8 @@ def send(client: redis.Redis, message: ControlMessage, ttl_s: int) -> None:
     pipe = client.pipeline(transaction=False)
     if message.stream_id is not None:
         pipe.set(flag_key(message.stream_id), encoded, ex=ttl_s)
-    pipe.publish(CONTROL_TOPIC, encoded)
+    # By name: a Cluster pipeline refuses .publish() (it goes to any node and is broadcast).
+    pipe.execute_command("PUBLISH", CONTROL_TOPIC, encoded)
     pipe.execute()
 
 
@@ -209,16 +209,11 @@ class Dispatcher:
         self.pubsub: Any = None
         self.running = True
         self.healthy = threading.Event()
-        url = app.config["REDIS_URL"]
         # Its own connection without a read timeout (it waits for messages indefinitely) and
-        # without retries (a reconnect must be seen, not papered over).
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=None,
-            socket_connect_timeout=2,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"sg-hub:{os.getpid()}",
+        # without retries (a reconnect must be seen, not papered over). On a Cluster: to any
+        # node (plain PUBLISH reaches them all), another one after that node fails.
+        self.client = reader_client(
+            RedisTarget.from_config(app.config), client_name=f"sg-hub:{os.getpid()}"
         )
 
     # --- subscriptions --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask
 
+from auth.revocations import reseed_after_failover
 from auth.tokens import revoked_among
 from core.store import REDIS_EXTENSION, use_runs_pool
 from streaming import control, state, upstreams
@@ -145,6 +146,7 @@ def tick(app: Flask, ops: dict[str, Handler], orphan_sink: OrphanSink) -> None:
             upstreams.renew(client, upstreams.router(app), held)
     reap(app, orphan_sink)
     state.flush_pending_records()
+    reseed_after_failover()
 
 
 def _act_on_flag(ops: dict[str, Handler], flag: bytes | str) -> None:

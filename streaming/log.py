@@ -17,12 +17,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from flask import Flask
 
-from core.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION, TRANSIENT_ERRORS, is_cluster, writer_client
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def with_redis_retry(fn: Callable[[], T], seconds: float) -> T:
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except TRANSIENT_ERRORS:
             if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
@@ -135,6 +135,8 @@ class _Append:
 
 
 _STOP = object()
+# A slot served elsewhere now (a failover, a migration): sent again after a topology refresh.
+_MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError)
 
 
 class _Writer:
@@ -150,15 +152,8 @@ class _Writer:
     MAX_BATCH = 512
 
     def __init__(self, client: redis.Redis, script: Any, retry_s: float) -> None:
-        pool = client.connection_pool
-        self.client = redis.Redis(
-            connection_pool=redis.BlockingConnectionPool(
-                connection_class=pool.connection_class,
-                max_connections=1,
-                timeout=None,
-                **pool.connection_kwargs,
-            )
-        )
+        self.client = writer_client(client)
+        self.cluster = is_cluster(self.client)
         self.script = script
         self.retry_s = retry_s
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -200,19 +195,41 @@ class _Writer:
         for item in appends:  # numbered in sending order: a retry's duplicates are recognised
             item.args[6] = next(self.numbers)
 
-        def send() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for item in appends:
-                self.script(keys=item.keys, args=item.args, client=pipe)
-            return list(pipe.execute(raise_on_error=False))
+        written: dict[int, Any] = {}
+        pending = appends
+
+        def send() -> None:
+            # Each node's appends in a pipeline of their own: one node failing over holds up
+            # only the channels it serves. What fails for a while (a failover's CLUSTERDOWN,
+            # a dead node, READONLY, a script cache emptied by a promotion) is sent again; the
+            # dedupe key skips what was written.
+            nonlocal pending
+            again: list[_Append] = []
+            error: BaseException | None = None
+            for group in self._by_node(pending):
+                try:
+                    results = self._send(group)
+                except TRANSIENT_ERRORS as exc:
+                    again, error = again + group, exc
+                    continue
+                for item, result in zip(group, results, strict=True):
+                    if isinstance(result, (*_MOVED, *TRANSIENT_ERRORS)):
+                        again.append(item)
+                        error = cast(BaseException, result)
+                    else:
+                        written[id(item)] = result
+            pending = again
+            if again:
+                raise redis.ConnectionError(f"{len(again)} appends to send again: {error}")
 
         try:
-            results: list[Any] = with_redis_retry(send, self.retry_s) if appends else []
+            if appends:
+                with_redis_retry(send, self.retry_s)
         except Exception as exc:  # noqa: BLE001 - every waiter hears of it
             log.error("event log unreachable for %.1f s: %s", self.retry_s, exc)
-            failed = AppendFailed(f"The event log could not be written: {exc}")
-            results = [failed] * len(appends)
-        for item, result in zip(appends, results, strict=True):
+        failed = AppendFailed("The event log could not be written: Redis unreachable.")
+        for item in appends:
+            result = written.get(id(item), failed)
             if isinstance(result, BaseException):
                 item.error = result
                 if item.on_error is not None:
@@ -222,6 +239,41 @@ class _Writer:
         for item in batch:
             if item.done is not None:
                 item.done.set()
+
+    def _by_node(self, appends: list[_Append]) -> list[list[_Append]]:
+        if not self.cluster:
+            return [appends] if appends else []
+        groups: dict[str, list[_Append]] = {}
+        cluster: Any = self.client
+        for item in appends:
+            groups.setdefault(cluster.get_node_from_key(item.keys[0]).name, []).append(item)
+        return list(groups.values())
+
+    def _send(self, appends: list[_Append]) -> list[Any]:
+        """One pipeline to the node serving these appends (a plain one: it loads the script
+        where the node lacks it, e.g. a replica just promoted)."""
+        client: Any = self.client
+        if self.cluster:
+            client = client.get_redis_connection(client.get_node_from_key(appends[0].keys[0]))
+        pipe = client.pipeline(transaction=False)
+        for item in appends:
+            self.script(keys=item.keys, args=item.args, client=pipe)
+        try:
+            results = list(pipe.execute(raise_on_error=False))
+        except TRANSIENT_ERRORS:
+            self._refresh()
+            raise
+        if any(isinstance(r, _MOVED) for r in results):
+            self._refresh()
+        return results
+
+    def _refresh(self) -> None:
+        """A Cluster's slots may have a new master: ask the cluster again."""
+        if self.cluster:
+            try:
+                cast(Any, self.client).nodes_manager.initialize()
+            except redis.RedisError:
+                log.debug("cluster topology refresh failed; retried with the appends")
 
 
 class EventLog:

@@ -43,6 +43,18 @@ def test_app_refuses_a_short_jwt_secret_key(clean_env: pytest.MonkeyPatch) -> No
         create_app()
 
 
+@pytest.mark.parametrize("sentinels", ["sentinel-1", "h:0", "h:70000", ":26379", "h:port"])
+def test_app_refuses_a_sentinel_that_is_not_host_port(
+    clean_env: pytest.MonkeyPatch, sentinels: str
+) -> None:
+    from api import create_app
+
+    clean_env.setenv("JWT_SECRET_KEY", "x" * 40)
+    clean_env.setenv("REDIS_SENTINELS", f"127.0.0.1:26379,{sentinels}")
+    with pytest.raises(ConfigError, match="REDIS_SENTINELS: .* is not host:port"):
+        create_app()
+
+
 def test_app_starts_from_the_environment_alone(clean_env: pytest.MonkeyPatch) -> None:
     from api import create_app
 

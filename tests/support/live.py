@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from tests.support.config import ROOT, app_config, live_env
 from tests.support.processes import RedisServer, free_port, stop_process, worker_pids
@@ -144,9 +146,18 @@ def metric_sum(url: str, name: str) -> float:
 def hub_readers(redis: Any, pids: list[int]) -> list[str]:
     """The pub/sub connections (``sg-hub:<pid>``) of these worker processes, one per connection."""
     names = {f"sg-hub:{pid}" for pid in pids}
-    return sorted(
-        c["name"] for c in redis.client_list(_type="pubsub") if c.get("name", "") in names
-    )
+    return sorted(c["name"] for c in _pubsub_clients(redis) if c.get("name", "") in names)
+
+
+def _pubsub_clients(redis: Any) -> list[dict[str, Any]]:
+    """Pub/sub connections of a Redis, or of every reachable node of a Redis Cluster."""
+    if not isinstance(redis, RedisCluster):
+        return list(redis.client_list(_type="pubsub"))
+    found: list[dict[str, Any]] = []
+    for node in redis.get_nodes():
+        with contextlib.suppress(RedisError):
+            found += redis.client_list(_type="pubsub", target_nodes=node)
+    return found
 
 
 class LiveCluster:
