@@ -1,6 +1,6 @@
 """The chat page in a real browser: a revoked user, /docs.
 
-Streaming, stop, Markdown, conversations and attach are in test_chat.py; a second tab attaching
+Streaming, stop, Markdown, conversations and attach are in test_chat_page.py; a second tab attaching
 and an admin's revoke from the console reaching both tabs, in test_console.py.
 
 Every test drives Debian's Chromium through Playwright against real gunicorn gevent workers and

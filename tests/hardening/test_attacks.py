@@ -17,7 +17,9 @@ from auth.tokens import issue_user_tokens, revoke_jti
 from tests.support.config import TEST_SECRET
 
 PUBLIC_BLUEPRINTS = ("static", "docs.", "web.", "health.", "metrics.")
-PUBLIC_RULES = {"/v1/auth/login"}
+# /v1/auth/status answers every caller 200 (whether a session is there, never whose): the pages
+# ask it first so a logged-out visit logs no 401.
+PUBLIC_RULES = {"/v1/auth/login", "/v1/auth/status"}
 
 
 def _b64(obj: dict[str, Any]) -> str:

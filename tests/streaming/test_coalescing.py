@@ -124,7 +124,10 @@ def test_lifecycle_events_also_reach_the_users_channel(app: Any) -> None:
     sink, channel = _sink(app)
     sink.token("x", 0)
     _finish(sink, 1)
-    rows = event_log(app).replay("users/usr_x", None)
+    # The run waits for its own terminal event; the lifecycle copies follow on the log writer.
+    rows = wait_until(
+        lambda: (found := event_log(app).replay("users/usr_x", None)) and len(found) >= 2 and found
+    )
     assert [event for _, event, _ in rows] == ["stream.started", "stream.completed"]
     started = json.loads(rows[0][2])
     assert (
