@@ -23,7 +23,14 @@ import pytest
 from bench.fake_upstream import expected_text
 from tests.support.cluster import leftovers
 from tests.support.hub import assert_continuous, read_hub, start_stream, stream_body, text_of
-from tests.support.multinode import READ_TIMEOUT_S, Nodes, holders_of, start_channel, subscribe
+from tests.support.multinode import (
+    READ_TIMEOUT_S,
+    Nodes,
+    admin_revoke,
+    holders_of,
+    start_channel,
+    subscribe,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.cluster]
@@ -59,13 +66,7 @@ def test_a_revoke_sent_to_b_stops_a_generation_running_on_a(
     wait_until(lambda: fake_upstream.snapshot()["active"] == 1)
 
     sent = time.monotonic()
-    with nodes.b.client() as client:
-        response = client.post(
-            f"/v1/admin/streams/{stream_id}/revoke",
-            json={"reason": "runaway"},
-            headers=people["admin_h"],
-        )
-    assert response.status_code == 202, response.text
+    admin_revoke(nodes.b, stream_id, people)
     assert fake_upstream.wait_for(lambda s: s["disconnects"] == 1 and s["active"] == 0, timeout=15)
     closed_after = time.monotonic() - sent
     subscriber.finish()

@@ -17,6 +17,7 @@ from tests.support.live import LiveCluster, LiveServer
 from tests.support.multinode import (
     READ_TIMEOUT_S,
     Nodes,
+    admin_revoke,
     holders_of,
     make_people,
     start_channel,
@@ -55,13 +56,7 @@ def test_a_revoke_sent_to_node_b_stops_a_stream_running_on_node_a(
     assert subscriber.got_token.wait(READ_TIMEOUT_S)
     assert holders_of(redis, stream_id)  # it is live (and holds its leases)
 
-    with nodes.b.client() as client:
-        response = client.post(
-            f"/v1/admin/streams/{stream_id}/revoke",
-            json={"reason": "runaway"},
-            headers=people["admin_h"],
-        )
-    assert response.status_code == 202, response.text
+    response = admin_revoke(nodes.b, stream_id, people)
     assert response.json()["status"] == "revoked"
 
     subscriber.finish()

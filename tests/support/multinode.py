@@ -144,6 +144,18 @@ def start_direct(node: LiveServer, headers: dict[str, str]) -> Reader:
     return Reader(node.url, "POST", "/v1/chat/completions", headers, body=body).start()
 
 
+def admin_revoke(node: LiveServer, stream_id: str, people: dict[str, Any]) -> Any:
+    """``people``'s admin revokes ``stream_id`` through ``node`` (reason "runaway"); a 202."""
+    with node.client() as client:
+        response = client.post(
+            f"/v1/admin/streams/{stream_id}/revoke",
+            json={"reason": "runaway"},
+            headers=people["admin_h"],
+        )
+    assert response.status_code == 202, response.text
+    return response
+
+
 def holders_of(redis: Any, stream_id: str) -> list[str]:
     """Every sorted set that still has the stream as a member (live set, concurrency leases)."""
     found = []

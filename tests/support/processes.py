@@ -141,9 +141,10 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _established_to(port: int) -> set[str]:
-    """Inodes of established TCP connections (IPv4 and IPv6) whose remote end is ``port``."""
-    remote = f":{port:04X}"
+def _established_to(port: int, end: int = 2) -> set[str]:
+    """Inodes of established TCP connections (IPv4 and IPv6) whose remote end (``end=2``; the
+    local end with ``end=1``) is ``port``."""
+    suffix = f":{port:04X}"
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -151,7 +152,7 @@ def _established_to(port: int) -> set[str]:
                 rows = [line.split() for line in f.readlines()[1:]]
         except FileNotFoundError:
             continue
-        inodes |= {cols[9] for cols in rows if cols[2].endswith(remote) and cols[3] == "01"}
+        inodes |= {cols[9] for cols in rows if cols[end].endswith(suffix) and cols[3] == "01"}
     return inodes
 
 
@@ -173,13 +174,5 @@ def process_talking_to(pids: list[int], port: int) -> int | None:
 def connections_on(pids: list[int], port: int) -> dict[int, int]:
     """How many established TCP connections each of ``pids`` holds on its local ``port`` (the
     clients a server listening there is serving right now)."""
-    local = f":{port:04X}"
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = [line.split() for line in f.readlines()[1:]]
-        except FileNotFoundError:
-            continue
-        inodes |= {cols[9] for cols in rows if cols[1].endswith(local) and cols[3] == "01"}
-    return {pid: len(_socket_inodes(pid) & inodes) for pid in pids}
+    local = _established_to(port, end=1)
+    return {pid: len(_socket_inodes(pid) & local) for pid in pids}
