@@ -85,6 +85,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("LOGIN_ACCOUNT_RPM", "10", int, "Login attempts (successful ones too) per account per minute."),
     Var("LOGIN_ADDRESS_RPM", "60", int, "Login attempts (successful ones too) per client address per minute."),
     Var("LOGIN_HASH_CONCURRENCY", "2", int, "Password hashes running at once per worker (in a thread pool, off the event loop)."),
+    Var("PASSWORD_HASH_TIME_COST", "3", int, "argon2id passes for new password hashes (RFC 9106 low-memory profile: 3); a stored hash made with other parameters is re-hashed at its next login."),
+    Var("PASSWORD_HASH_MEMORY_KIB", "65536", int, "argon2id memory for new password hashes, KiB (RFC 9106 low-memory profile: 64 MiB)."),
+    Var("PASSWORD_HASH_PARALLELISM", "4", int, "argon2id lanes for new password hashes."),
     Var("CORS_ORIGINS", "", _origins, "Comma-separated origins (`https://app.example.com`) whose pages may call `/v1/` with a bearer token; empty = same-origin only. Never with cookies."),
     Var("EVENT_TICKET_TTL_S", "60", int, "Lifetime of a one-time `EventSource` ticket, seconds."),
     # --- backing services -----------------------------------------------------------------

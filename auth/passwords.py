@@ -28,9 +28,10 @@ from core.store import get_redis, setting
 
 T = TypeVar("T")
 
-# RFC 9106 "low memory" profile (argon2id, t=3, m=64 MiB, p=4): argon2-cffi's default.
-_hasher = PasswordHasher()
-_dummy_hash: str | None = None
+# RFC 9106 "low memory" profile (argon2id, t=3, m=64 MiB, p=4) by default: the PASSWORD_HASH_*
+# settings. One hasher (and one dummy hash for unknown accounts) per distinct profile.
+_hashers: dict[tuple[int, int, int], PasswordHasher] = {}
+_dummy_hashes: dict[tuple[int, int, int], str] = {}
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # bounds the work one login request can ask of the KDF
@@ -83,24 +84,40 @@ def _in_background(work: Callable[[], T]) -> T:
     return work()
 
 
+def _profile() -> tuple[int, int, int]:
+    """The app's (time cost, memory KiB, lanes); the RFC 9106 default outside an app."""
+    if not has_app_context():
+        return (3, 65536, 4)
+    return (
+        int(setting("PASSWORD_HASH_TIME_COST")),
+        int(setting("PASSWORD_HASH_MEMORY_KIB")),
+        int(setting("PASSWORD_HASH_PARALLELISM")),
+    )
+
+
+def _hasher(profile: tuple[int, int, int]) -> PasswordHasher:
+    hasher = _hashers.get(profile)
+    if hasher is None:
+        time_cost, memory_kib, lanes = profile
+        hasher = _hashers[profile] = PasswordHasher(time_cost, memory_kib, lanes)
+    return hasher
+
+
 def hash_password(password: str) -> str:
     """An argon2id hash of ``password``, ready to store (computed off the event loop)."""
-    return off_loop(lambda: _hasher.hash(password))
+    hasher = _hasher(_profile())
+    return off_loop(lambda: hasher.hash(password))
 
 
-def _dummy() -> str:
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = _hasher.hash("streamgate-no-such-account")
-    return _dummy_hash
-
-
-def _verify(password_hash: str | None, password: str) -> bool:
+def _verify(profile: tuple[int, int, int], password_hash: str | None, password: str) -> bool:
+    hasher = _hasher(profile)
     try:
-        if password_hash is None:
-            _hasher.verify(_dummy(), password)
+        if password_hash is None:  # an unknown account costs the same work as a known one
+            if profile not in _dummy_hashes:
+                _dummy_hashes[profile] = hasher.hash("streamgate-no-such-account")
+            hasher.verify(_dummy_hashes[profile], password)
             return False
-        return _hasher.verify(password_hash, password)
+        return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -110,13 +127,14 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
     The hash runs off the event loop (``off_loop``).
     """
-    return off_loop(lambda: _verify(password_hash, password))
+    profile = _profile()
+    return off_loop(lambda: _verify(profile, password_hash, password))
 
 
 def needs_rehash(password_hash: str) -> bool:
     """True when a stored hash was made with weaker parameters than today's."""
     try:
-        return _hasher.check_needs_rehash(password_hash)
+        return _hasher(_profile()).check_needs_rehash(password_hash)
     except InvalidHashError:
         return True
 

@@ -26,7 +26,7 @@ import redis as redis_lib
 import sqlalchemy
 
 from bench.fake_upstream import FakeUpstream
-from tests.support.config import PASSWORD, app_config
+from tests.support.config import PASSWORD, TEST_HASHING, app_config
 from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
 from tests.support.processes import RedisServer, start_redis, stop_redis
 from tests.support.smollm2 import smollm2  # noqa: F401 (a fixture: the embedded model, once)
@@ -199,7 +199,8 @@ def make_user(make_tenant: Callable[..., Any]) -> Callable[..., Any]:
     from auth.models import User
     from core.store import db
 
-    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # fast in tests only
+    time_cost, memory_kib, lanes = (int(v) for v in TEST_HASHING.values())
+    hasher = PasswordHasher(time_cost, memory_kib, lanes)  # the apps' test profile: cheap
     password_hash = hasher.hash(PASSWORD)
 
     def make(

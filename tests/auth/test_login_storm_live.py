@@ -24,7 +24,7 @@ import pytest
 from bench.fake_upstream import expected_text
 from tests.api.chat_helpers import chat_body
 from tests.support.accounts import UNLIMITED_LOGINS
-from tests.support.config import PASSWORD
+from tests.support.config import PASSWORD, PRODUCTION_HASHING
 from tests.support.live import LiveServer
 from tests.support.tokens import tenant_of
 from tests.support.waiting import wait_until
@@ -37,7 +37,7 @@ TOKENS = 50
 @pytest.fixture()
 def live_overrides() -> dict[str, str]:
     # The worst case for the event loop: every login valid and admitted (no rate limit).
-    return UNLIMITED_LOGINS
+    return {**UNLIMITED_LOGINS, **PRODUCTION_HASHING}  # the storm is of real argon2id hashes
 
 
 def stream_once(live: LiveServer, headers: dict[str, str]) -> tuple[str, float]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.config import PASSWORD
+from tests.support.config import PASSWORD, PRODUCTION_HASHING
 
 MAX = 5  # LOGIN_MAX_FAILURES default: per (account, address) pair
 ACCOUNT_MAX = 10  # LOGIN_MAX_ACCOUNT_FAILURES here (default 50)
@@ -28,6 +28,26 @@ def test_hashes_are_argon2id_salted_and_verify() -> None:
     assert not needs_rehash(first)
 
 
+@pytest.mark.parametrize(
+    ("app_overrides", "params"),
+    [
+        ({"PASSWORD_HASH_TIME_COST": 2, "PASSWORD_HASH_MEMORY_KIB": 2048}, "m=2048,t=2,p=1"),
+        ({name: int(value) for name, value in PRODUCTION_HASHING.items()}, "m=65536,t=3,p=4"),
+    ],
+)
+def test_new_hashes_use_the_configured_profile(app: Any, params: str) -> None:
+    from auth.passwords import hash_password, needs_rehash
+
+    with app.app_context():
+        stored = hash_password("s3cret-pass")
+        assert f"${params}$" in stored  # what the stored hash says it was made with
+        assert not needs_rehash(stored)
+        assert needs_rehash(stored.replace(params, "m=1024,t=1,p=1"))
+
+
+@pytest.mark.parametrize(
+    "app_overrides", [{name: int(value) for name, value in PRODUCTION_HASHING.items()}]
+)
 def test_a_weak_stored_hash_is_upgraded_at_login(make_user: Any, login: Any) -> None:
     from auth.passwords import needs_rehash, verify_password
     from core.store import db
@@ -176,6 +196,11 @@ def test_under_gevent_a_hash_runs_in_another_os_thread_and_the_loop_keeps_turnin
 
     from tests.support.config import ROOT, app_config
 
+    # The production argon2id profile: a hash long enough for the loop to turn meanwhile.
+    hashing = {name: int(value) for name, value in PRODUCTION_HASHING.items()}
+    config = app_config(
+        redis_server.url, f"sqlite:///{tmp_path}/x.db", "http://127.0.0.1:9/v1", **hashing
+    )
     script = textwrap.dedent(
         f"""
         from gevent import monkey
@@ -186,7 +211,7 @@ def test_under_gevent_a_hash_runs_in_another_os_thread_and_the_loop_keeps_turnin
         from auth.passwords import hash_password, off_loop, verify_password
 
         real_ident = monkey.get_original("threading", "get_ident")
-        app = create_app({app_config(redis_server.url, f"sqlite:///{tmp_path}/x.db", "http://127.0.0.1:9/v1")!r})
+        app = create_app({config!r})
         ticks = []
 
         def ticker():

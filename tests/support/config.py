@@ -9,6 +9,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery staple"
+# The tests' users are hashed with this argon2id profile (tests/conftest.py ``make_user``) and the
+# apps hash with it too, so a test login verifies a cheap hash and re-hashes nothing. A test about
+# hashing itself asks for PRODUCTION_HASHING (RFC 9106 low-memory, the app's default).
+TEST_HASHING = {
+    "PASSWORD_HASH_TIME_COST": "1",
+    "PASSWORD_HASH_MEMORY_KIB": "1024",
+    "PASSWORD_HASH_PARALLELISM": "1",
+}
+PRODUCTION_HASHING = {
+    "PASSWORD_HASH_TIME_COST": "3",
+    "PASSWORD_HASH_MEMORY_KIB": "65536",
+    "PASSWORD_HASH_PARALLELISM": "4",
+}
 
 
 def app_config(redis_url: str, db_url: str, llm_url: str, **extra: Any) -> dict[str, Any]:
@@ -22,6 +35,7 @@ def app_config(redis_url: str, db_url: str, llm_url: str, **extra: Any) -> dict[
         "LLM_MODELS": ["fake-model"],
         "JWT_COOKIE_SECURE": False,
         "LOG_LEVEL": "WARNING",
+        **{name: int(value) for name, value in TEST_HASHING.items()},
         **extra,
     }
 
@@ -38,6 +52,7 @@ def live_env(redis_url: str, db_url: str, llm_url: str, **extra: str) -> dict[st
         JWT_COOKIE_SECURE="false",
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(ROOT),
+        **TEST_HASHING,
     )
     # The event-loop-lag door sheds load by how late the loop runs, which on a shared CI machine
     # depends on what else runs there: a live test that is not about the door must not see its
