@@ -230,12 +230,12 @@ class ChatRequestSchema(Schema):
         limit = setting("MAX_MESSAGES")
         if isinstance(data, dict) and isinstance(data.get("messages"), list):
             if len(data["messages"]) > limit:
-                raise ApiError(
+                raise ApiError.for_param(
                     400,
                     f"Too many messages: at most {limit}.",
-                    param="messages",
-                    code="too_many_messages",
-                    errors={"messages": ["Too many messages."]},
+                    "messages",
+                    "too_many_messages",
+                    "Too many messages.",
                 )
         return data
 
