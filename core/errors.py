@@ -35,3 +35,8 @@ class ApiError(HTTPException):
         self.param = param
         # On the OpenAI routes, an error object answered as is (a model server's own refusal).
         self.openai_error = openai_error
+
+    @classmethod
+    def for_param(cls, status: int, message: str, param: str, code: str, detail: str) -> ApiError:
+        """An error about one parameter: OpenAI's ``param`` and ``code``, ``detail`` under it."""
+        return cls(status, message, param=param, code=code, errors={param: [detail]})

@@ -297,13 +297,17 @@ class Dispatcher:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _close_pubsub(self) -> None:
+        """Close the current subscription connection, if any (caller holds the lock)."""
+        if self.pubsub is not None:
+            try:
+                self.pubsub.close()
+            except Exception:  # noqa: BLE001, S110 - it is being replaced or stopped either way
+                pass
+
     def _connect(self) -> None:
         with self.lock:
-            if self.pubsub is not None:
-                try:
-                    self.pubsub.close()
-                except Exception:  # noqa: BLE001, S110 - it is being replaced either way
-                    pass
+            self._close_pubsub()
             self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
             names = [topic(c) for c in self.channels]
             self.pending = dict.fromkeys([CONTROL_TOPIC, *names], 1)
@@ -366,11 +370,7 @@ class Dispatcher:
     def stop(self) -> None:
         self.running = False
         with self.lock:
-            if self.pubsub is not None:
-                try:
-                    self.pubsub.close()
-                except Exception:  # noqa: BLE001, S110 - it is being replaced either way
-                    pass
+            self._close_pubsub()
         self.client.close()
 
 

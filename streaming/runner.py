@@ -54,22 +54,17 @@ class Sink(Protocol):
 # --- upstream failures --------------------------------------------------------------------------
 
 
+def _failed(code: str, http_status: int, message: str) -> Outcome:
+    """A failure the client is told about: its code, its HTTP status, its message."""
+    return Outcome("failed", error_code=code, http_status=http_status, error_message=message)
+
+
 def classify(exc: BaseException) -> Outcome:
     """Map a provider exception to what the client is told (OpenAI-style codes)."""
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-        return Outcome(
-            "failed",
-            error_code="upstream_timeout",
-            http_status=504,
-            error_message="The model server did not answer in time.",
-        )
+        return _failed("upstream_timeout", 504, "The model server did not answer in time.")
     if isinstance(exc, openai.APIConnectionError | httpx.ConnectError):
-        return Outcome(
-            "failed",
-            error_code="upstream_unavailable",
-            http_status=502,
-            error_message="The model server could not be reached.",
-        )
+        return _failed("upstream_unavailable", 502, "The model server could not be reached.")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if 400 <= status < 500 and status not in (401, 403, 429):
@@ -81,46 +76,22 @@ def classify(exc: BaseException) -> Outcome:
                 status,
             )
         code = "upstream_rate_limited" if status == 429 else "upstream_error"
-        return Outcome(
-            "failed",
-            error_code=code,
-            http_status=503 if status in (429, 503) else 502,
-            error_message=f"The model server answered {status}.",
+        return _failed(
+            code, 503 if status in (429, 503) else 502, f"The model server answered {status}."
         )
     if isinstance(exc, openai.APIError):
-        return Outcome(
-            "failed",
-            error_code="upstream_error",
-            http_status=502,
-            error_message="The model server reported an error: " + str(exc.message)[:300],
+        return _failed(
+            "upstream_error", 502, "The model server reported an error: " + str(exc.message)[:300]
         )
     if isinstance(exc, NoUpstream):
-        return Outcome(
-            "failed",
-            error_code="upstreams_busy" if exc.busy else "model_unavailable",
-            http_status=503,
-            error_message=exc.message,
-        )
+        return _failed("upstreams_busy" if exc.busy else "model_unavailable", 503, exc.message)
     if isinstance(exc, redis.RedisError):  # past REDIS_RETRY_S: not a passing pool wait
-        return Outcome(
-            "failed",
-            error_code="redis_unavailable",
-            http_status=503,
-            error_message="Redis could not be reached; the generation was stopped.",
+        return _failed(
+            "redis_unavailable", 503, "Redis could not be reached; the generation was stopped."
         )
     if isinstance(exc, httpx.HTTPError):
-        return Outcome(
-            "failed",
-            error_code="upstream_disconnected",
-            http_status=502,
-            error_message="The model server dropped the connection.",
-        )
-    return Outcome(
-        "failed",
-        error_code="internal_error",
-        http_status=500,
-        error_message="The generation failed unexpectedly.",
-    )
+        return _failed("upstream_disconnected", 502, "The model server dropped the connection.")
+    return _failed("internal_error", 500, "The generation failed unexpectedly.")
 
 
 def _refused_by_upstream(status: int, exc: openai.APIStatusError) -> Outcome:

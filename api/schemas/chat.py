@@ -105,19 +105,20 @@ def _part_problem(part: Any) -> str | None:
     return None
 
 
-class FunctionCallSchema(Schema):
+class PassThroughSchema(Schema):
+    """Base of the OpenAI objects: keys Streamgate does not know are kept, not refused."""
+
     class Meta:
         unknown = INCLUDE
 
+
+class FunctionCallSchema(PassThroughSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=256))
     arguments = fields.String(required=True)
 
 
-class ToolCallSchema(Schema):
+class ToolCallSchema(PassThroughSchema):
     """An assistant message's ``tool_calls`` entry (as the model produced it)."""
-
-    class Meta:
-        unknown = INCLUDE
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=256))
     type = fields.String(load_default="function")
@@ -170,10 +171,7 @@ class MessageSchema(Schema):
             )
 
 
-class StreamOptionsSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class StreamOptionsSchema(PassThroughSchema):
     include_usage = fields.Boolean(load_default=False)
 
 
@@ -230,12 +228,12 @@ class ChatRequestSchema(Schema):
         limit = setting("MAX_MESSAGES")
         if isinstance(data, dict) and isinstance(data.get("messages"), list):
             if len(data["messages"]) > limit:
-                raise ApiError(
+                raise ApiError.for_param(
                     400,
                     f"Too many messages: at most {limit}.",
-                    param="messages",
-                    code="too_many_messages",
-                    errors={"messages": ["Too many messages."]},
+                    "messages",
+                    "too_many_messages",
+                    "Too many messages.",
                 )
         return data
 
@@ -287,19 +285,13 @@ def flatten_errors(messages: dict[Any, Any], prefix: str = "") -> dict[str, Any]
     return flat
 
 
-class UsageSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class UsageSchema(PassThroughSchema):
     prompt_tokens = fields.Integer()
     completion_tokens = fields.Integer()
     total_tokens = fields.Integer()
 
 
-class ChatMessageOutSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class ChatMessageOutSchema(PassThroughSchema):
     role = fields.String()
     content = fields.String(allow_none=True)
     tool_calls = fields.List(fields.Nested(ToolCallSchema))
@@ -309,21 +301,15 @@ class ChatMessageOutSchema(Schema):
     )
 
 
-class ChoiceSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class ChoiceSchema(PassThroughSchema):
     index = fields.Integer()
     message = fields.Nested(ChatMessageOutSchema)
     finish_reason = fields.String(allow_none=True)
     logprobs = fields.Dict(allow_none=True)
 
 
-class ChatCompletionSchema(Schema):
+class ChatCompletionSchema(PassThroughSchema):
     """A ``chat.completion`` (``stream: false``): the model server's, our ``id`` and ``model``."""
-
-    class Meta:
-        unknown = INCLUDE
 
     id = fields.String()
     object = fields.String()

@@ -7,9 +7,9 @@ The hub (``GET /v1/events``) sends named events whose JSON ``data`` repeats the 
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
-from api.schemas.chat import UsageSchema
+from api.schemas.chat import PassThroughSchema, UsageSchema
 
 
 def _type(name: str) -> fields.String:
@@ -44,19 +44,13 @@ class TokenEventSchema(Schema):
     count = fields.Integer(metadata={"description": "How many tokens were coalesced into `text`"})
 
 
-class ToolCallDeltaFunctionSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class ToolCallDeltaFunctionSchema(PassThroughSchema):
     name = fields.String(metadata={"description": "In the call's first piece"})
     arguments = fields.String(metadata={"description": "JSON text: append it to the call's"})
 
 
-class ToolCallDeltaSchema(Schema):
+class ToolCallDeltaSchema(PassThroughSchema):
     """A piece of a tool call, as OpenAI streams it in ``delta.tool_calls``."""
-
-    class Meta:
-        unknown = INCLUDE
 
     index = fields.Integer(required=True, metadata={"description": "Which call this piece is of"})
     id = fields.String(metadata={"description": "In the call's first piece"})
@@ -178,11 +172,8 @@ STREAM_EVENTS: dict[str, type[Schema]] = {
 }
 
 
-class ChunkDeltaSchema(Schema):
+class ChunkDeltaSchema(PassThroughSchema):
     """What a chunk adds; the model server's other fields are passed on too."""
-
-    class Meta:
-        unknown = INCLUDE
 
     role = fields.String(metadata={"description": "Only in the first chunk: `assistant`"})
     content = fields.String(allow_none=True, metadata={"description": "Text to append"})
@@ -193,25 +184,19 @@ class ChunkDeltaSchema(Schema):
     refusal = fields.String(allow_none=True)
 
 
-class ChunkChoiceSchema(Schema):
-    class Meta:
-        unknown = INCLUDE
-
+class ChunkChoiceSchema(PassThroughSchema):
     index = fields.Integer(required=True, metadata={"description": "Which of the `n` choices"})
     delta = fields.Nested(ChunkDeltaSchema, required=True)
     finish_reason = fields.String(allow_none=True, required=True)
     logprobs = fields.Dict(allow_none=True, metadata={"description": "With `logprobs: true`"})
 
 
-class ChatCompletionChunkSchema(Schema):
+class ChatCompletionChunkSchema(PassThroughSchema):
     """One ``data:`` line of a direct-mode stream (``stream: true``): the model server's chunk.
 
     Passed on as the model server sent it, except ``id`` (the stream's) and ``model`` (the name
     the request used).
     """
-
-    class Meta:
-        unknown = INCLUDE
 
     id = fields.String(required=True)
     object = fields.String(required=True, validate=validate.OneOf(["chat.completion.chunk"]))

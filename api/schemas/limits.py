@@ -9,36 +9,23 @@ from streaming.limits import MAX_LIMIT
 _LIMIT = validate.Range(min=0, max=MAX_LIMIT)
 
 
+def _override(description: str) -> fields.Integer:
+    """One limit override: a whole number in range, or null for "use the default"."""
+    return fields.Integer(
+        strict=True, allow_none=True, validate=_LIMIT, metadata={"description": description}
+    )
+
+
 class LimitsSchema(Schema):
     """Overrides of the deployment's defaults; a missing or null key means "use the default"."""
 
     class Meta:
         unknown = RAISE
 
-    rpm = fields.Integer(
-        strict=True,
-        allow_none=True,
-        validate=_LIMIT,
-        metadata={"description": "Requests per minute."},
-    )
-    concurrent = fields.Integer(
-        strict=True,
-        allow_none=True,
-        validate=_LIMIT,
-        metadata={"description": "Concurrent streams."},
-    )
-    tpm = fields.Integer(
-        strict=True,
-        allow_none=True,
-        validate=_LIMIT,
-        metadata={"description": "Tokens per minute (prompt + completion)."},
-    )
-    tpd = fields.Integer(
-        strict=True,
-        allow_none=True,
-        validate=_LIMIT,
-        metadata={"description": "Tokens per UTC day (prompt + completion)."},
-    )
+    rpm = _override("Requests per minute.")
+    concurrent = _override("Concurrent streams.")
+    tpm = _override("Tokens per minute (prompt + completion).")
+    tpd = _override("Tokens per UTC day (prompt + completion).")
 
 
 class LimitsUpdateSchema(LimitsSchema):

@@ -37,9 +37,7 @@ class StreamCreateSchema(ChatRequestSchema):
 
 def _unsupported(param: str, why: str) -> ApiError:
     message = f"{param}: {why}; ask POST /v1/chat/completions for it."
-    return ApiError(
-        400, message, param=param, code="unsupported_in_channel_mode", errors={param: [message]}
-    )
+    return ApiError.for_param(400, message, param, "unsupported_in_channel_mode", message)
 
 
 class StreamAcceptedSchema(Schema):

@@ -140,22 +140,22 @@ def start_generation(
     cfg = current_app.config
     model = body["model"]
     if model not in allowed_models(ident.tenant_id, ident.jti if ident.kind == "app" else None):
-        raise ApiError(
+        raise ApiError.for_param(
             404,
             f"The model '{model}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-            errors={"model": ["Unknown model."]},
+            "model",
+            "model_not_found",
+            "Unknown model.",
         )
     messages = body["messages"]
     # More than MAX_MESSAGES is refused by the schema, before any message is validated.
     if prompt_chars(messages) > cfg["MAX_PROMPT_CHARS"]:
-        raise ApiError(
+        raise ApiError.for_param(
             400,
             f"Messages are too long: at most {cfg['MAX_PROMPT_CHARS']} characters in all.",
-            param="messages",
-            code="context_length_exceeded",
-            errors={"messages": ["Too long."]},
+            "messages",
+            "context_length_exceeded",
+            "Too long.",
         )
     # A request that names no limit gets the default, never more than the cap allows.
     max_tokens = (
@@ -164,12 +164,12 @@ def start_generation(
         or min(cfg["DEFAULT_MAX_TOKENS"], cfg["MAX_TOKENS_CAP"])
     )
     if max_tokens > cfg["MAX_TOKENS_CAP"]:
-        raise ApiError(
+        raise ApiError.for_param(
             400,
             f"max_tokens is too large: at most {cfg['MAX_TOKENS_CAP']}.",
-            param="max_tokens",
-            code="max_tokens_too_large",
-            errors={"max_tokens": ["Too large."]},
+            "max_tokens",
+            "max_tokens_too_large",
+            "Too large.",
         )
     # Everything else is forwarded as the client sent it. The cap goes out as max_tokens, the
     # name every OpenAI-compatible server reads (llama.cpp and older vLLM / Ollama ignore
