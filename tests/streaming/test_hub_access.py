@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.hub import open_hub, tenant_of
+from tests.support.hub import get_with_ticket, issue_ticket, open_hub, say_hi, tenant_of
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
@@ -95,12 +95,7 @@ def test_refusals_look_the_same_whether_or_not_the_channel_exists(
     outsider_admin = make_user(tenant_of(outsider), role="admin")
     owner_h, owner_id = auth_headers(owner), owner.id
     refused = [auth_headers(who) for who in (colleague, outsider, outsider_admin)]
-    fake_upstream.reset(tokens=3)
-    created = client.post(
-        "/v1/streams",
-        headers=owner_h,
-        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
-    ).get_json()
+    created = say_hi(client, owner_h, fake_upstream)
     real, missing = created["channel"], "streams/str_" + "z" * 20
 
     bodies = []
@@ -155,7 +150,7 @@ def test_a_ticket_opens_its_channel_once(
         assert "Access-Control-Allow-Origin" not in first.response.headers
     finally:
         first.close()
-    again = client.get("/v1/events", query_string={"channel": channel, "ticket": body["ticket"]})
+    again = get_with_ticket(client, channel, body["ticket"])
     assert again.status_code == 401
 
 
@@ -168,12 +163,8 @@ def test_a_ticket_is_only_for_its_channel_and_only_for_readable_ones(
     other = make_user(tenant_of(user))
     headers = auth_headers(user)
     user, other = user.id, other.id
-    ticket = client.post(
-        "/v1/events/tickets", json={"channel": f"users/{user}"}, headers=headers
-    ).get_json()["ticket"]
-    elsewhere = client.get(
-        "/v1/events", query_string={"channel": f"users/{other}", "ticket": ticket}
-    )
+    ticket = issue_ticket(client, f"users/{user}", headers)
+    elsewhere = get_with_ticket(client, f"users/{other}", ticket)
     assert elsewhere.status_code == 403
 
     refused = client.post("/v1/events/tickets", json={"channel": f"users/{other}"}, headers=headers)
@@ -197,11 +188,9 @@ class TestTicketExpiry:
     ) -> None:
         user = make_user()
         channel = f"users/{user.id}"
-        ticket = client.post(
-            "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
-        ).get_json()["ticket"]
+        ticket = issue_ticket(client, channel, auth_headers(user))
         wait_until(lambda: not redis.exists(f"sg:ticket:{ticket}"))
-        response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+        response = get_with_ticket(client, channel, ticket)
         assert response.status_code == 401
 
 
@@ -214,9 +203,7 @@ def test_a_ticket_dies_with_the_token_it_came_from(
 
     user = make_user()
     channel = f"users/{user.id}"
-    ticket = client.post(
-        "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
-    ).get_json()["ticket"]
+    ticket = issue_ticket(client, channel, auth_headers(user))
     revoke_user_tokens(user.id)
-    response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+    response = get_with_ticket(client, channel, ticket)
     assert response.status_code == 401
