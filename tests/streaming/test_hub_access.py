@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
+from tests.support.accounts import member_channel
 from tests.support.hub import get_with_ticket, issue_ticket, open_hub, say_hi, tenant_of
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
+
+Member = tuple[str, dict[str, str]]  # a member's own channel and bearer headers
+member = pytest.fixture(member_channel, name="member")
 
 GOOD_STREAM = "streams/str_" + "a" * 20
 GOOD_USER = "users/usr_" + "b" * 20
@@ -111,13 +115,10 @@ def test_refusals_look_the_same_whether_or_not_the_channel_exists(
 
 
 def test_no_token_is_401_and_tokens_are_never_read_from_the_query_string(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member: Member
 ) -> None:
-    user = make_user()
-    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
-    channel = f"users/{user.id}"
+    channel, headers = member
+    token = headers["Authorization"].removeprefix("Bearer ")
     assert client.get("/v1/events", query_string={"channel": channel}).status_code == 401
     for name in ("jwt", "token", "access_token", "sg_access", "authorization"):
         response = client.get("/v1/events", query_string={"channel": channel, name: token})
@@ -126,15 +127,8 @@ def test_no_token_is_401_and_tokens_are_never_read_from_the_query_string(
     assert response.status_code == 401  # a JWT is not a ticket either
 
 
-def test_a_ticket_opens_its_channel_once(
-    client: Any,
-    redis: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
-    user = make_user()
-    headers = auth_headers(user)
-    channel = f"users/{user.id}"
+def test_a_ticket_opens_its_channel_once(client: Any, redis: Any, member: Member) -> None:
+    channel, headers = member
     issued = client.post("/v1/events/tickets", json={"channel": channel}, headers=headers)
     assert issued.status_code == 201
     body = issued.get_json()
@@ -179,31 +173,19 @@ class TestTicketExpiry:
     def app_overrides(self) -> dict[str, Any]:
         return {"EVENT_TICKET_TTL_S": 1}
 
-    def test_an_unused_ticket_expires(
-        self,
-        client: Any,
-        redis: Any,
-        make_user: Callable[..., Any],
-        auth_headers: Callable[..., dict[str, str]],
-    ) -> None:
-        user = make_user()
-        channel = f"users/{user.id}"
-        ticket = issue_ticket(client, channel, auth_headers(user))
+    def test_an_unused_ticket_expires(self, client: Any, redis: Any, member: Member) -> None:
+        channel, headers = member
+        ticket = issue_ticket(client, channel, headers)
         wait_until(lambda: not redis.exists(f"sg:ticket:{ticket}"))
         response = get_with_ticket(client, channel, ticket)
         assert response.status_code == 401
 
 
-def test_a_ticket_dies_with_the_token_it_came_from(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
+def test_a_ticket_dies_with_the_token_it_came_from(client: Any, member: Member) -> None:
     from auth.tokens import revoke_user_tokens
 
-    user = make_user()
-    channel = f"users/{user.id}"
-    ticket = issue_ticket(client, channel, auth_headers(user))
-    revoke_user_tokens(user.id)
+    channel, headers = member
+    ticket = issue_ticket(client, channel, headers)
+    revoke_user_tokens(channel.removeprefix("users/"))
     response = get_with_ticket(client, channel, ticket)
     assert response.status_code == 401
