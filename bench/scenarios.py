@@ -313,13 +313,23 @@ def available(ctx: Ctx, name: str) -> Target | dict[str, Any]:
     return target
 
 
-def per_target(kind: str, names: tuple[str, ...]) -> Callable[[TargetScenario], TargetScenario]:
-    """Register ``body`` as the scenario ``<kind>.<name>`` for each target name; a target this
+def on_target(name: str, target: str) -> Callable[[TargetScenario], TargetScenario]:
+    """Register ``body`` as the scenario ``name``, run with the target ``target``; a target this
     run has not configured, or skips, is reported as skipped without running ``body``."""
 
     def register(body: TargetScenario) -> TargetScenario:
+        scenario(name)(_on_target(body, target))
+        return body
+
+    return register
+
+
+def per_target(kind: str, names: tuple[str, ...]) -> Callable[[TargetScenario], TargetScenario]:
+    """``on_target`` for each of ``names``: the scenarios ``<kind>.<name>``."""
+
+    def register(body: TargetScenario) -> TargetScenario:
         for name in names:
-            scenario(f"{kind}.{name}")(_on_target(body, name))
+            on_target(f"{kind}.{name}", name)(body)
         return body
 
     return register
@@ -543,11 +553,6 @@ async def _cpu(ctx: Ctx, target: Target) -> dict[str, Any]:
 # --- channel mode: idle subscribers ---------------------------------------------------------------
 
 
-def _channel_missing(ctx: Ctx) -> dict[str, Any] | None:
-    target = available(ctx, "channel")
-    return target if isinstance(target, dict) else None
-
-
 def _redis_view(ctx: Ctx) -> dict[str, Any]:
     workers = ctx.stack.worker_pids()
     per_worker = procstat.connections_per_process(workers, ctx.stack.redis_port)
@@ -570,18 +575,14 @@ def _rss(ctx: Ctx) -> list[int]:
     return [procstat.rss_kb(pid) for pid in ctx.stack.worker_pids()]
 
 
-@scenario("channel.idle")
-async def channel_idle(ctx: Ctx) -> dict[str, Any]:
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
+@on_target("channel.idle", "channel")
+async def channel_idle(ctx: Ctx, target: Target) -> dict[str, Any]:
     prof = ctx.profile
     stack = ctx.stack
     users = stack.users("member", max(prof.idle_counts))
     # Fresh workers, warmed by a few streams: earlier load leaves freed heap that idle
     # subscribers would silently reuse, hiding their cost.
     stack.restart_gateway()  # main thread: children die with the thread that spawned them
-    target = ctx.targets["channel"]
     target.base = stack.gateway_url
     if (direct := ctx.targets.get("direct")) is not None:
         direct.base = stack.gateway_url + "/v1"
@@ -665,11 +666,8 @@ async def channel_idle(ctx: Ctx) -> dict[str, Any]:
 # --- channel mode: one stream fanned out to many subscribers --------------------------------------
 
 
-@scenario("channel.fanout")
-async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
+@on_target("channel.fanout", "channel")
+async def channel_fanout(ctx: Ctx, _target: Target) -> dict[str, Any]:
     prof = ctx.profile
     stack = ctx.stack
     owner = stack.users("member", 1)[0]
@@ -820,12 +818,9 @@ async def _first_token_of_entries(ctx: Ctx, channel: str) -> dict[str, float]:
 # --- revocation latency ---------------------------------------------------------------------------
 
 
-@scenario("channel.revoke")
-async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
+@on_target("channel.revoke", "channel")
+async def channel_revoke(ctx: Ctx, _target: Target) -> dict[str, Any]:
     """Revocation latency with ``revoke_streams`` live streams (half channel, half direct)."""
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
     stack = ctx.stack
     if not stack.has_route("POST", "/v1/admin/streams/", "/revoke"):
         return {
