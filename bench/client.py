@@ -413,6 +413,16 @@ def _check_text(result: StreamResult, pieces: list[str]) -> None:
     result.text_ok = text == expected_text(result.tokens)
 
 
+def _finish(result: StreamResult, pieces: list[str], end: float) -> StreamResult:
+    """Settle a stream's result once it has ended: text check, TTFT, total time, ok."""
+    _check_text(result, pieces)
+    if result.token_times:
+        result.ttft = result.token_times[0] - result.t_start
+    result.total = end - result.t_start
+    result.ok = result.error is None and result.tokens > 0
+    return result
+
+
 async def openai_stream(
     base_url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float
 ) -> StreamResult:
@@ -465,13 +475,7 @@ async def openai_stream(
     finally:
         if proto is not None:
             proto.close()
-    end = time.perf_counter()
-    _check_text(result, pieces)
-    if result.token_times:
-        result.ttft = result.token_times[0] - result.t_start
-    result.total = end - result.t_start
-    result.ok = result.error is None and result.tokens > 0
-    return result
+    return _finish(result, pieces, time.perf_counter())
 
 
 TERMINAL = {"stream.completed", "stream.failed", "stream.cancelled", "stream.revoked"}
@@ -561,13 +565,7 @@ async def channel_stream(
     finally:
         if proto is not None:
             proto.close()
-    end = time.perf_counter()
-    _check_text(result, pieces)
-    if result.token_times:
-        result.ttft = result.token_times[0] - result.t_start
-    result.total = end - result.t_start
-    result.ok = result.error is None and result.tokens > 0
-    return result
+    return _finish(result, pieces, time.perf_counter())
 
 
 # --- subscribers ----------------------------------------------------------------------------------
@@ -595,6 +593,18 @@ class Subscriber:
     def close(self) -> None:
         if self.proto is not None:
             self.proto.close()
+
+
+def sort_opened(opened: list[Any]) -> tuple[list[Subscriber], dict[str, int]]:
+    """Split what a gather of subscribe() calls returned: the subscribers, and failures counted
+    by their (shortened) message."""
+    subs = [s for s in opened if isinstance(s, Subscriber)]
+    failures: dict[str, int] = {}
+    for item in opened:
+        if not isinstance(item, Subscriber):
+            key = f"{type(item).__name__}: {item}"[:120]
+            failures[key] = failures.get(key, 0) + 1
+    return subs, failures
 
 
 async def subscribe(

@@ -82,9 +82,7 @@ def run(requests: int, burst: int, read_timeout: float) -> dict[str, Any]:
     stack = _Stack(workers=1)
     results: dict[str, Any] = {}
     try:
-        stack.start_redis()
-        stack.start_upstream(tokens=8, delay_ms=0)
-        stack.prepare_app()
+        stack.start_backends(tokens=8, delay_ms=0)
         headers = stack.users("member", 1)[0].headers
         healthy = stack.upstream_url
         stack.start_upstream(tokens=8, delay_ms=0)  # a second one: the hanging first choice

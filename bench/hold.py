@@ -48,12 +48,7 @@ async def hold(spec: dict[str, Any]) -> None:
     opened = await asyncio.gather(
         *(one(path, token) for path, token in spec["subs"]), return_exceptions=True
     )
-    subs = [s for s in opened if isinstance(s, client.Subscriber)]
-    failures: dict[str, int] = {}
-    for item in opened:
-        if not isinstance(item, client.Subscriber):
-            key = f"{type(item).__name__}: {item}"[:120]
-            failures[key] = failures.get(key, 0) + 1
+    subs, failures = client.sort_opened(opened)
     print(json.dumps({"open": len(subs), "failures": failures}), flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)  # until the run closes our stdin

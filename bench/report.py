@@ -467,6 +467,19 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _targets_ok(
+    results: dict[str, Any], kind: str, skipped: list[str] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each target's ``kind`` scenario that ran ok, in table order; where ``skipped`` is given, a
+    row saying why for each one that ran otherwise (appended in the same order)."""
+    for target in TARGET_NAMES:
+        scen = results.get(f"{kind}.{target}") or {}
+        if scen.get("status") == "ok":
+            yield target, scen
+        elif scen and skipped is not None:
+            skipped.append(f"| {target} | {scen.get('status')}: {scen.get('reason', '')} |")
+
+
 def markdown(document: dict[str, Any]) -> str:
     """The results tables for docs/performance.md (``python -m bench.report <results.json>``)."""
     results, meta = document["scenarios"], document["meta"]
@@ -480,12 +493,7 @@ def markdown(document: dict[str, Any]) -> str:
         "other jobs (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for target in TARGET_NAMES:
-        scen = results.get(f"latency.{target}") or {}
-        if scen.get("status") != "ok":
-            if scen:
-                lines.append(f"| {target} | {scen.get('status')}: {scen.get('reason', '')} |")
-            continue
+    for target, scen in _targets_ok(results, "latency", lines):
         for conc, lv in scen["levels"].items():
             if "ttft_ms" not in lv:
                 continue
@@ -506,10 +514,7 @@ def markdown(document: dict[str, Any]) -> str:
         "fit: us per extra token | fit: ms per stream | client CPU us/token |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for target in TARGET_NAMES:
-        scen = results.get(f"cpu.{target}") or {}
-        if scen.get("status") != "ok":
-            continue
+    for target, scen in _targets_ok(results, "cpu"):
         fit = scen.get("fit") or {}
         head = scen["runs"][str(scen["headline_tokens_per_stream"])]
         lines.append(

@@ -125,9 +125,7 @@ def run(live: int, samples: int, workers: int, delay_ms: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     stack = Stack(workers=workers)
     try:
-        stack.start_redis()
-        stack.start_upstream()
-        stack.prepare_app()
+        stack.start_backends()
         stack.start_gateway()
         node_a = stack.gateway_url
         stack.start_gateway()

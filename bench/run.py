@@ -323,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         print(f"streamgate bench ({profile.name}); work dir {stack.workdir}", flush=True)
-        stack.start_redis()
-        stack.start_upstream(tokens=profile.tokens, delay_ms=profile.delay_ms)
-        stack.prepare_app()
+        stack.start_backends(tokens=profile.tokens, delay_ms=profile.delay_ms)
         stack.start_gateway()
         peer_url, peer_skip = None, None
         wants_peer = any(n.endswith(".peer") for n in names)

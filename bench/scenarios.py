@@ -155,6 +155,7 @@ def _find_py_spy() -> str | None:
 
 
 Scenario = Callable[[Ctx], Awaitable[dict[str, Any]]]
+TargetScenario = Callable[[Ctx, Target], Awaitable[dict[str, Any]]]
 REGISTRY: dict[str, Scenario] = {}
 
 
@@ -312,6 +313,38 @@ def available(ctx: Ctx, name: str) -> Target | dict[str, Any]:
     return target
 
 
+def on_target(name: str, target: str) -> Callable[[TargetScenario], TargetScenario]:
+    """Register ``body`` as the scenario ``name``, run with the target ``target``; a target this
+    run has not configured, or skips, is reported as skipped without running ``body``."""
+
+    def register(body: TargetScenario) -> TargetScenario:
+        scenario(name)(_on_target(body, target))
+        return body
+
+    return register
+
+
+def per_target(kind: str, names: tuple[str, ...]) -> Callable[[TargetScenario], TargetScenario]:
+    """``on_target`` for each of ``names``: the scenarios ``<kind>.<name>``."""
+
+    def register(body: TargetScenario) -> TargetScenario:
+        for name in names:
+            on_target(f"{kind}.{name}", name)(body)
+        return body
+
+    return register
+
+
+def _on_target(body: TargetScenario, name: str) -> Scenario:
+    async def run(ctx: Ctx) -> dict[str, Any]:
+        target = available(ctx, name)
+        if isinstance(target, dict):
+            return target
+        return await body(ctx, target)
+
+    return run
+
+
 async def wait_for_quiet(ctx: Ctx, max_wait_s: float, threshold: float = 0.3) -> dict[str, float]:
     """Wait (bounded) until processes outside this run use under ``threshold`` cores."""
     started = time.monotonic()
@@ -349,39 +382,30 @@ def _levels_result(prof: Profile, levels: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _latency(name: str) -> Scenario:
-    async def run(ctx: Ctx) -> dict[str, Any]:
-        target = available(ctx, name)
-        if isinstance(target, dict):
-            return target
-        prof = ctx.profile
-        levels: dict[str, Any] = {}
-        for conc in prof.concurrency:
-            total = max(prof.min_streams, int(prof.waves * conc))
-            # Bounded: every stream has a timeout, and the level a deadline.
-            deadline = prof.ramp_s + (total / conc) * (prof.tokens * prof.delay_ms / 1000 + 5) + 30
-            if ctx.remaining() < deadline:
-                levels[str(conc)] = {"status": "skipped", "reason": "run time budget exhausted"}
-                continue
+@per_target("latency", ("floor", "direct", "channel", "peer"))
+async def _latency(ctx: Ctx, target: Target) -> dict[str, Any]:
+    prof = ctx.profile
+    levels: dict[str, Any] = {}
+    for conc in prof.concurrency:
+        total = max(prof.min_streams, int(prof.waves * conc))
+        # Bounded: every stream has a timeout, and the level a deadline.
+        deadline = prof.ramp_s + (total / conc) * (prof.tokens * prof.delay_ms / 1000 + 5) + 30
+        if ctx.remaining() < deadline:
+            levels[str(conc)] = {"status": "skipped", "reason": "run time budget exhausted"}
+            continue
 
-            def make(i: int, t: Target = target, c: int = conc) -> Awaitable[client.StreamResult]:
-                return run_one(t, i % c, prof.tokens, prof.delay_ms, prof.stream_timeout_s)
+        def make(i: int, t: Target = target, c: int = conc) -> Awaitable[client.StreamResult]:
+            return run_one(t, i % c, prof.tokens, prof.delay_ms, prof.stream_timeout_s)
 
-            levels[str(conc)] = await measured(
-                ctx,
-                target,
-                lambda m=make, c=conc, n=total, d=deadline: client.closed_loop(
-                    m, concurrency=c, total=n, ramp_s=prof.ramp_s, deadline_s=d
-                ),
-            )
-            await asyncio.sleep(0.5)
-        return _levels_result(prof, levels)
-
-    return run
-
-
-for _name in ("floor", "direct", "channel", "peer"):
-    scenario(f"latency.{_name}")(_latency(_name))
+        levels[str(conc)] = await measured(
+            ctx,
+            target,
+            lambda m=make, c=conc, n=total, d=deadline: client.closed_loop(
+                m, concurrency=c, total=n, ramp_s=prof.ramp_s, deadline_s=d
+            ),
+        )
+        await asyncio.sleep(0.5)
+    return _levels_result(prof, levels)
 
 
 # --- saturation: at and beyond capacity, nothing admitted is lost -------------------------------
@@ -436,123 +460,97 @@ async def _watch_gauge(ctx: Ctx, name: str, into: list[float], every_s: float = 
         await asyncio.sleep(every_s)
 
 
-def _saturation(name: str) -> Scenario:
+@per_target("saturation", ("direct", "channel"))
+async def _saturation(ctx: Ctx, target: Target) -> dict[str, Any]:
     """Every level's streams are offered at once (spread over ``ramp_s``), one each, no retry at
     the door: the gateway admits what it can serve and refuses the rest with 503 overloaded."""
+    prof = ctx.profile
+    levels: dict[str, Any] = {}
+    for level in prof.saturation_levels:
+        deadline = prof.ramp_s + 8 * prof.tokens * prof.delay_ms / 1000 + 60
+        if ctx.remaining() < deadline:
+            levels[str(level)] = {"status": "skipped", "reason": "run time budget exhausted"}
+            continue
+        timeout = deadline - prof.ramp_s
 
-    async def run(ctx: Ctx) -> dict[str, Any]:
-        target = available(ctx, name)
-        if isinstance(target, dict):
-            return target
-        prof = ctx.profile
-        levels: dict[str, Any] = {}
-        for level in prof.saturation_levels:
-            deadline = prof.ramp_s + 8 * prof.tokens * prof.delay_ms / 1000 + 60
-            if ctx.remaining() < deadline:
-                levels[str(level)] = {"status": "skipped", "reason": "run time budget exhausted"}
-                continue
-            timeout = deadline - prof.ramp_s
+        async def one(
+            i: int, t: Target = target, n: int = level, limit: float = timeout
+        ) -> client.StreamResult:
+            await asyncio.sleep(prof.ramp_s * i / n)
+            return await run_one(t, i, prof.tokens, prof.delay_ms, limit)
 
-            async def one(
-                i: int, t: Target = target, n: int = level, limit: float = timeout
-            ) -> client.StreamResult:
-                await asyncio.sleep(prof.ramp_s * i / n)
-                return await run_one(t, i, prof.tokens, prof.delay_ms, limit)
-
-            started = time.perf_counter()
-            cpu0 = procstat.cpu_seconds(target.pids())
-            cost = client.ClientCost().start()
-            lags: list[float] = []
-            watch = asyncio.create_task(
-                _watch_gauge(ctx, "streamgate_event_loop_lag_seconds", lags)
-            )
-            with procstat.Sampler(target.pids()) as sampler:
-                results = await asyncio.gather(*(one(i) for i in range(level)))
-            watch.cancel()
-            await cost.stop()
-            wall = time.perf_counter() - started
-            out = summarize_saturation(list(results), wall)
-            out["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
-            out["cores_busy"] = round((procstat.cpu_seconds(target.pids()) - cpu0) / wall, 2)
-            out["gateway_loop_lag_ms"] = pct(lags, 1000, 1)
-            # The load client shares the machine: its own lag is part of every latency here.
-            out["client"] = {
-                "cpu_s": round(cost.cpu_s, 2),
-                "loop_lag_ms": pct(cost.loop_lag_ms, 1, 2),
-            }
-            levels[str(level)] = out
-            await asyncio.sleep(2.0)  # let the gateway drain before the next level
-        return _levels_result(prof, levels)
-
-    return run
-
-
-for _name in ("direct", "channel"):
-    scenario(f"saturation.{_name}")(_saturation(_name))
+        started = time.perf_counter()
+        cpu0 = procstat.cpu_seconds(target.pids())
+        cost = client.ClientCost().start()
+        lags: list[float] = []
+        watch = asyncio.create_task(_watch_gauge(ctx, "streamgate_event_loop_lag_seconds", lags))
+        with procstat.Sampler(target.pids()) as sampler:
+            results = await asyncio.gather(*(one(i) for i in range(level)))
+        watch.cancel()
+        await cost.stop()
+        wall = time.perf_counter() - started
+        out = summarize_saturation(list(results), wall)
+        out["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
+        out["cores_busy"] = round((procstat.cpu_seconds(target.pids()) - cpu0) / wall, 2)
+        out["gateway_loop_lag_ms"] = pct(lags, 1000, 1)
+        # The load client shares the machine: its own lag is part of every latency here.
+        out["client"] = {
+            "cpu_s": round(cost.cpu_s, 2),
+            "loop_lag_ms": pct(cost.loop_lag_ms, 1, 2),
+        }
+        levels[str(level)] = out
+        await asyncio.sleep(2.0)  # let the gateway drain before the next level
+    return _levels_result(prof, levels)
 
 
 # --- CPU per token at 0 ms per token --------------------------------------------------------------
 
 
-def _cpu(name: str) -> Scenario:
-    async def run(ctx: Ctx) -> dict[str, Any]:
-        target = available(ctx, name)
-        if isinstance(target, dict):
-            return target
-        prof = ctx.profile
-        runs: dict[str, Any] = {}
-        for tokens in prof.cpu_tokens:
+@per_target("cpu", ("floor", "direct", "channel", "peer"))
+async def _cpu(ctx: Ctx, target: Target) -> dict[str, Any]:
+    prof = ctx.profile
+    runs: dict[str, Any] = {}
+    for tokens in prof.cpu_tokens:
 
-            def make(i: int, t: Target = target, n: int = tokens) -> Awaitable[client.StreamResult]:
-                return run_one(t, i % prof.cpu_concurrency, n, 0, prof.stream_timeout_s)
+        def make(i: int, t: Target = target, n: int = tokens) -> Awaitable[client.StreamResult]:
+            return run_one(t, i % prof.cpu_concurrency, n, 0, prof.stream_timeout_s)
 
-            runs[str(tokens)] = await measured(
-                ctx,
-                target,
-                lambda m=make: client.closed_loop(
-                    m,
-                    concurrency=prof.cpu_concurrency,
-                    total=prof.cpu_streams,
-                    ramp_s=0.2,
-                    deadline_s=120,
-                ),
-            )
-        # cpu = streams * per_stream + tokens * per_token, solved from the two stream lengths.
-        (n1, a), (n2, b) = sorted(runs.items(), key=lambda kv: int(kv[0]))
-        fit: dict[str, Any] = {}
-        if a["ok"] and b["ok"] and a["tokens"] != b["tokens"]:
-            ca, cb = a["cpu"]["seconds"], b["cpu"]["seconds"]
-            ta, tb = a["tokens"] / max(1, a["ok"]), b["tokens"] / max(1, b["ok"])
-            per_token = (cb / b["ok"] - ca / a["ok"]) / (tb - ta)
-            per_stream = ca / a["ok"] - per_token * ta
-            fit = {
-                "marginal_us_per_token": round(per_token * 1e6, 1),
-                "per_stream_ms": round(per_stream * 1000, 3),
-            }
-        return {
-            "status": "ok",
-            "delay_ms": 0,
-            "concurrency": prof.cpu_concurrency,
-            "headline_tokens_per_stream": int(n2),
-            "headline_us_per_token": b["cpu"]["us_per_token"],
-            "headline_s_per_1000_tokens": b["cpu"]["s_per_1000_tokens"],
-            "fit": fit,
-            "runs": runs,
+        runs[str(tokens)] = await measured(
+            ctx,
+            target,
+            lambda m=make: client.closed_loop(
+                m,
+                concurrency=prof.cpu_concurrency,
+                total=prof.cpu_streams,
+                ramp_s=0.2,
+                deadline_s=120,
+            ),
+        )
+    # cpu = streams * per_stream + tokens * per_token, solved from the two stream lengths.
+    (n1, a), (n2, b) = sorted(runs.items(), key=lambda kv: int(kv[0]))
+    fit: dict[str, Any] = {}
+    if a["ok"] and b["ok"] and a["tokens"] != b["tokens"]:
+        ca, cb = a["cpu"]["seconds"], b["cpu"]["seconds"]
+        ta, tb = a["tokens"] / max(1, a["ok"]), b["tokens"] / max(1, b["ok"])
+        per_token = (cb / b["ok"] - ca / a["ok"]) / (tb - ta)
+        per_stream = ca / a["ok"] - per_token * ta
+        fit = {
+            "marginal_us_per_token": round(per_token * 1e6, 1),
+            "per_stream_ms": round(per_stream * 1000, 3),
         }
-
-    return run
-
-
-for _name in ("floor", "direct", "channel", "peer"):
-    scenario(f"cpu.{_name}")(_cpu(_name))
+    return {
+        "status": "ok",
+        "delay_ms": 0,
+        "concurrency": prof.cpu_concurrency,
+        "headline_tokens_per_stream": int(n2),
+        "headline_us_per_token": b["cpu"]["us_per_token"],
+        "headline_s_per_1000_tokens": b["cpu"]["s_per_1000_tokens"],
+        "fit": fit,
+        "runs": runs,
+    }
 
 
 # --- channel mode: idle subscribers ---------------------------------------------------------------
-
-
-def _channel_missing(ctx: Ctx) -> dict[str, Any] | None:
-    target = available(ctx, "channel")
-    return target if isinstance(target, dict) else None
 
 
 def _redis_view(ctx: Ctx) -> dict[str, Any]:
@@ -577,18 +575,14 @@ def _rss(ctx: Ctx) -> list[int]:
     return [procstat.rss_kb(pid) for pid in ctx.stack.worker_pids()]
 
 
-@scenario("channel.idle")
-async def channel_idle(ctx: Ctx) -> dict[str, Any]:
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
+@on_target("channel.idle", "channel")
+async def channel_idle(ctx: Ctx, target: Target) -> dict[str, Any]:
     prof = ctx.profile
     stack = ctx.stack
     users = stack.users("member", max(prof.idle_counts))
     # Fresh workers, warmed by a few streams: earlier load leaves freed heap that idle
     # subscribers would silently reuse, hiding their cost.
     stack.restart_gateway()  # main thread: children die with the thread that spawned them
-    target = ctx.targets["channel"]
     target.base = stack.gateway_url
     if (direct := ctx.targets.get("direct")) is not None:
         direct.base = stack.gateway_url + "/v1"
@@ -672,11 +666,8 @@ async def channel_idle(ctx: Ctx) -> dict[str, Any]:
 # --- channel mode: one stream fanned out to many subscribers --------------------------------------
 
 
-@scenario("channel.fanout")
-async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
+@on_target("channel.fanout", "channel")
+async def channel_fanout(ctx: Ctx, _target: Target) -> dict[str, Any]:
     prof = ctx.profile
     stack = ctx.stack
     owner = stack.users("member", 1)[0]
@@ -713,12 +704,7 @@ async def channel_fanout(ctx: Ctx) -> dict[str, Any]:
         prof.connect_parallel,
     )
     connect_s = time.perf_counter() - t0
-    subs = [s for s in opened if isinstance(s, client.Subscriber)]
-    failures: dict[str, int] = {}
-    for item in opened:
-        if not isinstance(item, client.Subscriber):
-            key = f"{type(item).__name__}: {item}"[:120]
-            failures[key] = failures.get(key, 0) + 1
+    subs, failures = client.sort_opened(opened)
     budget = first_delay_ms / 1000 + prof.fanout_tokens * prof.delay_ms / 1000 + 30
     pids = ctx.stack.gateway_pids()
     cpu0, ours0, busy0 = (
@@ -832,12 +818,9 @@ async def _first_token_of_entries(ctx: Ctx, channel: str) -> dict[str, float]:
 # --- revocation latency ---------------------------------------------------------------------------
 
 
-@scenario("channel.revoke")
-async def channel_revoke(ctx: Ctx) -> dict[str, Any]:
+@on_target("channel.revoke", "channel")
+async def channel_revoke(ctx: Ctx, _target: Target) -> dict[str, Any]:
     """Revocation latency with ``revoke_streams`` live streams (half channel, half direct)."""
-    missing = _channel_missing(ctx)
-    if missing:
-        return missing
     stack = ctx.stack
     if not stack.has_route("POST", "/v1/admin/streams/", "/revoke"):
         return {
@@ -1005,84 +988,73 @@ def summarize_collapsed(lines: list[str], top: int = 20) -> dict[str, Any]:
     }
 
 
-def _profile(name: str) -> Scenario:
-    async def run(ctx: Ctx) -> dict[str, Any]:
-        target = available(ctx, name)
-        if isinstance(target, dict):
-            return target
-        if not ctx.py_spy:
-            return {"status": "skipped", "reason": "py-spy not installed"}
-        prof = ctx.profile
-        out_dir = ctx.stack.workdir
-        spies: list[tuple[subprocess.Popen[bytes], str]] = []
-        for pid in ctx.stack.worker_pids():
-            path = str(out_dir / f"pyspy-{name}-{pid}.txt")
-            spies.append(
-                (
-                    subprocess.Popen(
-                        [
-                            ctx.py_spy,
-                            "record",
-                            "--pid",
-                            str(pid),
-                            "--duration",
-                            str(int(prof.profile_seconds)),
-                            "--rate",
-                            "200",
-                            "--format",
-                            "raw",
-                            "--nonblocking",
-                            "--output",
-                            path,
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                    ),
-                    path,
-                )
+@per_target("profile", ("direct", "channel"))
+async def _profile(ctx: Ctx, target: Target) -> dict[str, Any]:
+    if not ctx.py_spy:
+        return {"status": "skipped", "reason": "py-spy not installed"}
+    prof = ctx.profile
+    out_dir = ctx.stack.workdir
+    spies: list[tuple[subprocess.Popen[bytes], str]] = []
+    for pid in ctx.stack.worker_pids():
+        path = str(out_dir / f"pyspy-{target.name}-{pid}.txt")
+        spies.append(
+            (
+                subprocess.Popen(
+                    [
+                        ctx.py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(int(prof.profile_seconds)),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "--output",
+                        path,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                ),
+                path,
             )
-        await asyncio.sleep(1.0)  # py-spy attaches
-
-        def make(i: int, t: Target = target) -> Awaitable[client.StreamResult]:
-            return run_one(
-                t, i % prof.cpu_concurrency, max(prof.cpu_tokens), 0, prof.stream_timeout_s
-            )
-
-        await client.closed_loop(
-            make,
-            concurrency=prof.cpu_concurrency,
-            total=10**6,
-            ramp_s=0.2,
-            deadline_s=prof.profile_seconds,
         )
-        lines: list[str] = []
-        errors = []
-        for spy, path in spies:
-            try:
-                _, err = await asyncio.to_thread(spy.communicate, timeout=prof.profile_seconds + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait(5)
-                err = b"timed out"
-            if spy.returncode != 0:
-                errors.append(err.decode(errors="replace")[-300:])
-            try:
-                with open(path) as handle:
-                    lines.extend(handle)
-            except FileNotFoundError:
-                continue
-        if not lines:
-            # A diagnostic, not a measurement: a host that forbids ptrace skips it.
-            return {"status": "skipped", "reason": "py-spy got no samples: " + " | ".join(errors)}
-        return {
-            "status": "ok",
-            "load": f"{prof.cpu_concurrency} concurrent {max(prof.cpu_tokens)}-token "
-            "streams at 0 ms/token",
-            **summarize_collapsed(lines),
-        }
+    await asyncio.sleep(1.0)  # py-spy attaches
 
-    return run
+    def make(i: int, t: Target = target) -> Awaitable[client.StreamResult]:
+        return run_one(t, i % prof.cpu_concurrency, max(prof.cpu_tokens), 0, prof.stream_timeout_s)
 
-
-for _name in ("direct", "channel"):
-    scenario(f"profile.{_name}")(_profile(_name))
+    await client.closed_loop(
+        make,
+        concurrency=prof.cpu_concurrency,
+        total=10**6,
+        ramp_s=0.2,
+        deadline_s=prof.profile_seconds,
+    )
+    lines: list[str] = []
+    errors = []
+    for spy, path in spies:
+        try:
+            _, err = await asyncio.to_thread(spy.communicate, timeout=prof.profile_seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(5)
+            err = b"timed out"
+        if spy.returncode != 0:
+            errors.append(err.decode(errors="replace")[-300:])
+        try:
+            with open(path) as handle:
+                lines.extend(handle)
+        except FileNotFoundError:
+            continue
+    if not lines:
+        # A diagnostic, not a measurement: a host that forbids ptrace skips it.
+        return {"status": "skipped", "reason": "py-spy got no samples: " + " | ".join(errors)}
+    return {
+        "status": "ok",
+        "load": f"{prof.cpu_concurrency} concurrent {max(prof.cpu_tokens)}-token "
+        "streams at 0 ms/token",
+        **summarize_collapsed(lines),
+    }

@@ -36,6 +36,12 @@ from bench.scenarios import (
 _OWN = {"info", "client|list", "client", "ping"}  # the bench's own look-ups
 
 
+def _channel(ctx: Ctx) -> Target | None:
+    """The channel-mode target, or None where this run has none."""
+    target = ctx.targets.get("channel")
+    return None if target is None or target.skip else target
+
+
 def commandstats(ctx: Ctx) -> dict[str, int]:
     """Calls per Redis command since the server started."""
     rc = ctx.stack.redis_client()
@@ -165,8 +171,7 @@ async def _subscribers(ctx: Ctx, count: int) -> dict[str, Any]:
 @scenario("sizing.workers")
 async def sizing_workers(ctx: Ctx) -> dict[str, Any]:
     """The per-unit costs with 1, 2 and 3 gateway processes, and how throughput scales."""
-    target = ctx.targets.get("channel")
-    if target is None or target.skip:
+    if (target := _channel(ctx)) is None:
         return {"status": "skipped", "reason": "channel mode not available"}
     prof = ctx.profile
     original = ctx.stack.workers
@@ -265,8 +270,7 @@ async def _release_holders(holders: list[Any]) -> int:
 @scenario("channel.capacity")
 async def channel_capacity(ctx: Ctx) -> dict[str, Any]:
     """Idle subscribers added in steps until a step cannot be held: the most one node holds."""
-    target = ctx.targets.get("channel")
-    if target is None or target.skip:
+    if (target := _channel(ctx)) is None:
         return {"status": "skipped", "reason": "channel mode not available"}
     prof = ctx.profile
     stack = ctx.stack

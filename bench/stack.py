@@ -32,6 +32,22 @@ HIGH_LIMITS = {"rpm": 1_000_000, "concurrent": 100_000, "tpm": 10**9, "tpd": 10*
 NO_LOGIN = "!bench-user-no-password"  # not an argon2 hash: these users cannot log in
 
 
+def gunicorn_argv(port: int, workers: int) -> list[str]:
+    """The gunicorn command line of the gateway (the project's gunicorn.conf.py) on ``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "api:create_app()",
+    ]
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
@@ -247,6 +263,12 @@ class Stack:
         )
         wait_for_redis(self.redis_port)
 
+    def start_backends(self, tokens: int = 200, delay_ms: float = 20.0) -> None:
+        """Redis, the fake model server and the app's database: everything but the gateway."""
+        self.start_redis()
+        self.start_upstream(tokens, delay_ms)
+        self.prepare_app()
+
     def start_upstream(self, tokens: int = 200, delay_ms: float = 20.0) -> None:
         self.upstream_port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -365,18 +387,7 @@ class Stack:
         self.gateway_port = free_port()
         self.gateway = self._spawn(
             "gateway",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "-w",
-                str(self.workers),
-                "-b",
-                f"127.0.0.1:{self.gateway_port}",
-                "api:create_app()",
-            ],
+            gunicorn_argv(self.gateway_port, self.workers),
             env=self.gateway_env(),
             stop_signal=signal.SIGINT,
         )  # SIGINT: gunicorn's quick shutdown

@@ -261,12 +261,18 @@ def test_the_live_list_shows_the_tenants_running_streams_with_counters(
     assert direct == []
 
 
+def finished_channel(client: Any, headers: dict[str, str], tokens: int) -> str:
+    """A channel stream of ``tokens`` tokens, returned once its record says it completed."""
+    done = start_channel(client, headers, infinite=0, tokens=tokens, delay_ms=0)
+    wait_until(lambda: record(done).status == "completed")
+    return done
+
+
 def test_a_finished_stream_leaves_the_live_list_but_can_still_be_looked_up(
     client: Any, world: dict[str, Any]
 ) -> None:
     a = world["a"]
-    done = start_channel(client, a["member_h"], infinite=0, tokens=3, delay_ms=0)
-    wait_until(lambda: record(done).status == "completed")
+    done = finished_channel(client, a["member_h"], tokens=3)
     assert client.get("/v1/admin/streams", headers=a["admin_h"]).get_json() == []
     detail = client.get(f"/v1/admin/streams/{done}", headers=a["admin_h"]).get_json()
     assert detail["status"] == "completed" and detail["tokens"] == 3 and detail["subscribers"] == 0
@@ -347,8 +353,7 @@ def test_revoking_an_ended_stream_is_a_conflict_and_revoking_twice_is_accepted(
     client: Any, world: dict[str, Any]
 ) -> None:
     a = world["a"]
-    done = start_channel(client, a["member_h"], infinite=0, tokens=2, delay_ms=0)
-    wait_until(lambda: record(done).status == "completed")
+    done = finished_channel(client, a["member_h"], tokens=2)
     response = client.post(f"/v1/admin/streams/{done}/revoke", json={}, headers=a["admin_h"])
     assert response.status_code == 409 and response.get_json()["error_code"] == "stream_finished"
     assert (

@@ -22,6 +22,11 @@ def app_overrides() -> dict[str, Any]:
     return {"LLM_MODELS": ["default-a", "default-b"]}
 
 
+def listed_models(client: Any, headers: dict[str, str]) -> list[str]:
+    """The ids GET /v1/models lists for ``headers``, once the response is checked."""
+    return model_ids(client.get("/v1/models", headers=headers))
+
+
 def model_ids(response: Any) -> list[str]:
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
@@ -35,10 +40,7 @@ def model_ids(response: Any) -> list[str]:
 
 def test_a_tenant_sees_its_allow_list(client: Any, member_of: Callable[..., Headers]) -> None:
     headers = member_of(models=["fake-model", "big-model"])
-    assert model_ids(client.get("/v1/models", headers=headers)) == [
-        "fake-model",
-        "big-model",
-    ]
+    assert listed_models(client, headers) == ["fake-model", "big-model"]
 
 
 def test_another_tenants_models_are_not_shown(
@@ -46,11 +48,8 @@ def test_another_tenants_models_are_not_shown(
 ) -> None:
     mine = member_of(models=["mine-1"])
     theirs = member_of(models=["theirs-1", "theirs-2"])
-    assert model_ids(client.get("/v1/models", headers=mine)) == ["mine-1"]
-    assert model_ids(client.get("/v1/models", headers=theirs)) == [
-        "theirs-1",
-        "theirs-2",
-    ]
+    assert listed_models(client, mine) == ["mine-1"]
+    assert listed_models(client, theirs) == ["theirs-1", "theirs-2"]
 
 
 def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
@@ -65,17 +64,14 @@ def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
     tenant.allowed_models = []
     db.session.commit()
     user = make_user(tenant)
-    assert model_ids(client.get("/v1/models", headers=auth_headers(user))) == [
-        "default-a",
-        "default-b",
-    ]
+    assert listed_models(client, auth_headers(user)) == ["default-a", "default-b"]
 
 
 def test_every_listed_model_can_be_used_and_no_other(
     client: Any, member_of: Callable[..., Headers]
 ) -> None:
     headers = member_of(models=["fake-model"])
-    listed = model_ids(client.get("/v1/models", headers=headers))
+    listed = listed_models(client, headers)
     body = {"messages": [{"role": "user", "content": "hi [[fake tokens=1]]"}]}
     for model in listed:
         assert (
@@ -104,7 +100,7 @@ def test_an_app_token_with_any_scope_may_list_models(
     make_user: Callable[..., Any],
 ) -> None:
     headers = read_only_app_token(make_user())
-    assert model_ids(client.get("/v1/models", headers=headers)) == ["fake-model"]
+    assert listed_models(client, headers) == ["fake-model"]
 
 
 def test_the_openai_sdk_lists_models(

@@ -21,6 +21,7 @@ HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 _RULE_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
+Member = tuple[str, dict[str, str]]  # a channel and the headers that may read it
 member = pytest.fixture(member_channel, name="member")  # a member's own channel and headers
 
 
@@ -208,12 +209,9 @@ def test_sse_endpoints_document_every_event_and_the_chunk(spec: dict[str, Any]) 
     assert "application/json" in chat
 
 
+@pytest.mark.usefixtures("app_services")
 def test_channel_events_match_their_schemas(
-    app: Any,
-    app_services: Any,
-    client: Any,
-    spec: dict[str, Any],
-    member: tuple[str, dict[str, str]],
+    app: Any, client: Any, spec: dict[str, Any], member: Member
 ) -> None:
     from api.schemas.events import STREAM_EVENTS
     from core.store import get_redis
@@ -276,12 +274,9 @@ def test_channel_events_match_their_schemas(
         assert validator(spec, "HubEvent").is_valid(json.loads(data)), data
 
 
+@pytest.mark.usefixtures("app_services")
 def test_ping_matches_its_schema(
-    app: Any,
-    app_services: Any,
-    client: Any,
-    spec: dict[str, Any],
-    member: tuple[str, dict[str, str]],
+    app: Any, client: Any, spec: dict[str, Any], member: Member
 ) -> None:
     channel, headers = member
     url = "/v1/events?channel=" + channel

@@ -29,7 +29,7 @@ from schemathesis.checks import positive_data_acceptance, response_schema_confor
 
 from bench.fake_upstream import FakeUpstream
 from tests.support.config import app_config, live_env
-from tests.support.live import start_gunicorn
+from tests.support.live import close_app, start_gunicorn
 from tests.support.processes import start_redis, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,6 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
     from auth.models import Tenant, User
     from auth.passwords import hash_password
     from core.store import db
-    from streaming.control import stop_services
 
     tmp = tmp_path_factory.mktemp("fuzz")
     redis_server = start_redis()
@@ -96,11 +95,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
     finally:
         if proc is not None:
             stop_process(proc)
-        with app.app_context():
-            stop_services(app)
-            db.session.remove()
-            db.engine.dispose()
-        app.extensions["streamgate.redis"].close()
+        close_app(app)
         upstream.stop()
         stop_process(redis_server.proc)
         shutil.rmtree(redis_server.workdir, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.config import app_config
+from tests.support.live import close_app
 from tests.support.processes import free_port
 from tests.support.tokens import assert_auth_error, bearer
 
@@ -21,12 +22,7 @@ def second_app(app: Any, redis_server: Any, db_url: str, fake_upstream: Any) -> 
 
     other = create_app(app_config(redis_server.url, db_url, fake_upstream.base_url))
     yield other
-    other.extensions["streamgate.redis"].close()
-    with other.app_context():
-        from core.store import db
-
-        db.session.remove()
-        db.engine.dispose()
+    close_app(other)
 
 
 def test_logout_on_one_node_is_refused_on_the_other_at_the_next_request(
@@ -83,12 +79,7 @@ def app_without_redis(app: Any, db_url: str, fake_upstream: Any) -> Iterator[Any
     closed = f"redis://127.0.0.1:{free_port()}/0"
     broken = create_app(app_config(closed, db_url, fake_upstream.base_url))
     yield broken
-    broken.extensions["streamgate.redis"].close()
-    with broken.app_context():
-        from core.store import db
-
-        db.session.remove()
-        db.engine.dispose()
+    close_app(broken)
 
 
 def test_without_redis_authenticated_requests_fail_closed_with_503(

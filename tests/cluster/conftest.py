@@ -49,10 +49,9 @@ def cluster_live(
 @pytest.fixture()
 def cluster_redis(local_cluster: LocalCluster) -> Iterator[RedisCluster]:
     """A client of the cluster, emptied first (every master)."""
-    client = ClusterRedis(local_cluster).client()
-    client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    yield client
-    client.close()
+    with ClusterRedis(local_cluster).client() as client:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        yield client
 
 
 @pytest.fixture()

@@ -24,12 +24,10 @@ from bench.fake_upstream import expected_text
 from tests.support.cluster import leftovers
 from tests.support.hub import assert_continuous, read_hub, start_stream, stream_body, text_of
 from tests.support.multinode import (
-    READ_TIMEOUT_S,
     Nodes,
     admin_revoke,
+    followed_across,
     holders_of,
-    start_channel,
-    subscribe,
 )
 from tests.support.waiting import wait_until
 
@@ -59,9 +57,7 @@ def test_a_stream_started_on_a_is_read_and_resumed_on_b(
 def test_a_revoke_sent_to_b_stops_a_generation_running_on_a(
     nodes: Nodes, people: dict[str, Any], fake_upstream: Any, cluster_redis: Any
 ) -> None:
-    stream_id = start_channel(nodes.a, people["member_h"])
-    subscriber = subscribe(nodes.b, f"streams/{stream_id}", people["member_h"])
-    assert subscriber.got_token.wait(READ_TIMEOUT_S)
+    stream_id, subscriber = followed_across(nodes, people["member_h"])
     assert holders_of(cluster_redis, stream_id)  # live, holding its leases
     wait_until(lambda: fake_upstream.snapshot()["active"] == 1)
 

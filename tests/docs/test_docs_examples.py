@@ -23,9 +23,10 @@ import httpx
 import pytest
 
 from bench.fake_upstream import FakeUpstream
+from tests.support.accounts import add_account
 from tests.support.config import PASSWORD, app_config, live_env
 from tests.support.docs import examples
-from tests.support.live import start_gunicorn
+from tests.support.live import close_app, start_gunicorn
 from tests.support.processes import stop_process
 
 pytestmark = [pytest.mark.live]
@@ -58,9 +59,7 @@ def docs_server(
     from argon2 import PasswordHasher
 
     from api import create_app
-    from auth.models import Tenant, User
     from core.store import db
-    from streaming.control import stop_services
 
     tmp = tmp_path_factory.mktemp("docs")
     upstream = FakeUpstream(tokens=40, delay_ms=15)
@@ -72,20 +71,14 @@ def docs_server(
 
     def make_account(limits: dict[str, int] | None, role: str = "member") -> dict[str, str]:
         with app.app_context():
-            tenant = Tenant(
-                slug="docs-" + os.urandom(3).hex(), name="Docs", allowed_models=["fake-model"]
-            )
-            db.session.add(tenant)
-            db.session.flush()
-            user = User(
-                tenant_id=tenant.id,
+            tenant, user = add_account(
+                "docs-" + os.urandom(3).hex(),
+                "Docs",
                 email="reader@docs.test",
                 role=role,
                 password_hash=hashed,
                 limits=limits,
             )
-            db.session.add(user)
-            db.session.commit()
             return {"tenant": tenant.slug, "email": user.email}
 
     try:
@@ -100,11 +93,7 @@ def docs_server(
     finally:
         if proc is not None:
             stop_process(proc)
-        with app.app_context():
-            stop_services(app)
-            db.session.remove()
-            db.engine.dispose()
-        app.extensions["streamgate.redis"].close()
+        close_app(app)
         upstream.stop()
 
 

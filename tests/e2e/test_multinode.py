@@ -18,6 +18,7 @@ from tests.support.multinode import (
     READ_TIMEOUT_S,
     Nodes,
     admin_revoke,
+    followed_across,
     holders_of,
     make_people,
     start_channel,
@@ -51,9 +52,7 @@ def people(nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any) ->
 def test_a_revoke_sent_to_node_b_stops_a_stream_running_on_node_a(
     nodes: Nodes, people: dict[str, Any], fake_upstream: Any, redis: Any
 ) -> None:
-    stream_id = start_channel(nodes.a, people["member_h"])
-    subscriber = subscribe(nodes.b, f"streams/{stream_id}", people["member_h"])
-    assert subscriber.got_token.wait(READ_TIMEOUT_S)
+    stream_id, subscriber = followed_across(nodes, people["member_h"])
     assert holders_of(redis, stream_id)  # it is live (and holds its leases)
 
     response = admin_revoke(nodes.b, stream_id, people)

@@ -22,6 +22,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from bench.fake_upstream import FakeUpstream, expected_text
+from tests.support.accounts import add_account
 from tests.support.config import app_config, live_env
 from tests.support.live import start_gunicorn
 from tests.support.processes import start_redis, stop_process, worker_pids
@@ -87,21 +88,12 @@ def node(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Node]:
 def headers_for(node: Node, role: str = "member") -> tuple[Any, dict[str, str]]:
     from argon2 import PasswordHasher
 
-    from auth.models import Tenant, User
     from auth.tokens import issue_user_tokens
-    from core.store import db
 
-    tenant = Tenant(slug=f"t-{time.monotonic_ns()}", name="T", allowed_models=["fake-model"])
-    db.session.add(tenant)
-    db.session.commit()
-    user = User(
-        tenant_id=tenant.id,
-        email="u@example.com",
-        role=role,
-        password_hash=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("x"),
+    hashed = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash("x")
+    tenant, user = add_account(
+        f"t-{time.monotonic_ns()}", "T", email="u@example.com", role=role, password_hash=hashed
     )
-    db.session.add(user)
-    db.session.commit()
     token = issue_user_tokens(user_id=user.id, tenant_id=tenant.id, role=role)["access_token"]
     return user, {"Authorization": "Bearer " + token}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -87,60 +88,68 @@ def test_a_ticket_works_after_a_sign_out_everywhere_and_dies_with_its_session(
         assert hub_status(client, {"channel": channel, "ticket": unused}, {}) == 401
 
 
+@dataclass
+class OperatorAndAdmin:
+    """An operator and an admin of one tenant, and a client of the live server."""
+
+    operator_id: str
+    operator_headers: dict[str, str]
+    admin_headers: dict[str, str]
+    client: httpx.Client
+
+
 @pytest.fixture()
 def operator_and_admin(
     live: LiveServer,
     make_tenant: Callable[..., Any],
     make_user: Callable[..., Any],
     auth_headers: Callable[..., dict[str, str]],
-) -> Iterator[tuple[Any, dict[str, str], dict[str, str]]]:
-    with live.app.app_context():
+) -> Iterator[OperatorAndAdmin]:
+    with live.app.app_context(), live.client() as client:
         tenant = make_tenant()
         operator = make_user(tenant, role="operator")
         admin = make_user(tenant, role="admin")
-        yield operator, auth_headers(operator), auth_headers(admin)
+        yield OperatorAndAdmin(operator.id, auth_headers(operator), auth_headers(admin), client)
 
 
 def test_a_tenant_admin_cannot_zero_an_operators_limits(
-    live: LiveServer, operator_and_admin: tuple[Any, dict[str, str], dict[str, str]]
+    operator_and_admin: OperatorAndAdmin,
 ) -> None:
-    operator, operator_headers, admin_headers = operator_and_admin
-    with live.client() as client:
-        response = client.put(
-            f"/v1/admin/users/{operator.id}/limits",
-            headers=admin_headers,
-            json={"rpm": 0, "concurrent": 0, "tpm": 0, "tpd": 0},
-        )
-        assert response.status_code == 403, response.text
-        own = client.put(
-            f"/v1/admin/users/{operator.id}/limits", headers=operator_headers, json={"rpm": 5}
-        )
-        assert own.status_code == 200, own.text  # an operator still may
+    both = operator_and_admin
+    response = both.client.put(
+        f"/v1/admin/users/{both.operator_id}/limits",
+        headers=both.admin_headers,
+        json={"rpm": 0, "concurrent": 0, "tpm": 0, "tpd": 0},
+    )
+    assert response.status_code == 403, response.text
+    own = both.client.put(
+        f"/v1/admin/users/{both.operator_id}/limits", headers=both.operator_headers, json={"rpm": 5}
+    )
+    assert own.status_code == 200, own.text  # an operator still may
 
 
 def test_a_tenant_admin_cannot_revoke_an_operators_app_token(
-    live: LiveServer, operator_and_admin: tuple[Any, dict[str, str], dict[str, str]]
+    operator_and_admin: OperatorAndAdmin,
 ) -> None:
-    _operator, operator_headers, admin_headers = operator_and_admin
-    with live.client() as client:
-        created = client.post(
-            "/v1/tokens", headers=operator_headers, json={"name": "ops", "scopes": ["read"]}
-        )
-        assert created.status_code == 201, created.text
-        app = created.json()
+    both = operator_and_admin
+    created = both.client.post(
+        "/v1/tokens", headers=both.operator_headers, json={"name": "ops", "scopes": ["read"]}
+    )
+    assert created.status_code == 201, created.text
+    app = created.json()
 
-        assert client.delete(f"/v1/tokens/{app['jti']}", headers=admin_headers).status_code == 403
-        assert client.get("/v1/auth/me", headers=bearer(app["token"])).status_code == 200
+    revoke = both.client.delete(f"/v1/tokens/{app['jti']}", headers=both.admin_headers)
+    assert revoke.status_code == 403
+    assert both.client.get("/v1/auth/me", headers=bearer(app["token"])).status_code == 200
 
 
 def test_a_tenant_admin_cannot_watch_an_operators_user_channel(
-    live: LiveServer, operator_and_admin: tuple[Any, dict[str, str], dict[str, str]]
+    operator_and_admin: OperatorAndAdmin,
 ) -> None:
-    operator, operator_headers, admin_headers = operator_and_admin
-    channel = {"channel": f"users/{operator.id}"}
-    with live.client() as client:
-        assert hub_status(client, channel, admin_headers) == 403
-        assert hub_status(client, channel, operator_headers) == 200
+    both = operator_and_admin
+    channel = {"channel": f"users/{both.operator_id}"}
+    assert hub_status(both.client, channel, both.admin_headers) == 403
+    assert hub_status(both.client, channel, both.operator_headers) == 200
 
 
 @pytest.mark.parametrize("when", ["0001-01-01", "9999-12-31", "0001-01-01T00:00:00+01:00"])

@@ -27,8 +27,11 @@ def _item(entry_id: str, data: str, event: str = "token") -> tuple[Any, ...]:
     return (parse_id(entry_id), entry_id, event, frame, sse.http_chunk(frame))
 
 
+Pair = tuple[LiveSubscriber, socket.socket]  # the subscriber, and the socket end that reads
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[LiveSubscriber, socket.socket]]:
+def pair() -> Iterator[Pair]:
     """A subscriber whose socket is one end of a pair with small buffers; the other end reads."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -38,6 +41,7 @@ def pair() -> Iterator[tuple[LiveSubscriber, socket.socket]]:
     timed.settimeout(5)
     sub = LiveSubscriber("streams/str_x", "usr_1", "jti", "ten_1", 64)
     sub.sock, sub.raw, sub.chunked, sub.terminal = timed, ours, True, TERMINAL_EVENTS
+    sub.direct = True  # writes go straight to the socket, as on a live hub connection
     theirs.settimeout(5)
     yield sub, theirs
     for s in (timed, ours, theirs):
@@ -59,11 +63,8 @@ def test_outside_gevent_the_direct_path_stays_off() -> None:
     assert len(sub.items) == 1 and sub.wakeup.is_set()
 
 
-def test_a_live_event_is_one_chunk_on_the_socket_and_wakes_nobody(
-    pair: tuple[LiveSubscriber, socket.socket],
-) -> None:
+def test_a_live_event_is_one_chunk_on_the_socket_and_wakes_nobody(pair: Pair) -> None:
     sub, client = pair
-    sub.direct = True
     event = _item("5-0", '{"text":" line\\n","index":0}')
     sub.offer(event)
     flush_due()  # the event loop's next turn, under gevent
@@ -80,11 +81,8 @@ def test_a_live_event_is_one_chunk_on_the_socket_and_wakes_nobody(
     assert _read(client, len(plain[3])) == plain[3]
 
 
-def test_events_that_arrive_together_go_out_in_one_write(
-    pair: tuple[LiveSubscriber, socket.socket],
-) -> None:
+def test_events_that_arrive_together_go_out_in_one_write(pair: Pair) -> None:
     sub, client = pair
-    sub.direct = True
     first, second = _item("10-0", "a"), _item("11-0", "b")
     sub.offer(first)
     sub.offer(second)
@@ -94,11 +92,8 @@ def test_events_that_arrive_together_go_out_in_one_write(
     assert _read(client, len(first[4]) + len(second[4])) == first[4] + second[4]
 
 
-def test_what_ends_the_response_goes_to_the_subscribers_own_greenlet(
-    pair: tuple[LiveSubscriber, socket.socket],
-) -> None:
+def test_what_ends_the_response_goes_to_the_subscribers_own_greenlet(pair: Pair) -> None:
     sub, client = pair
-    sub.direct = True
     before = _item("6-0", "last words")
     done = _item("7-0", "{}", event="stream.completed")
     sub.offer(before)
@@ -107,11 +102,8 @@ def test_what_ends_the_response_goes_to_the_subscribers_own_greenlet(
     assert list(sub.items) == [done] and sub.wakeup.is_set()
 
 
-def test_a_half_sent_chunk_is_finished_before_anything_after_it(
-    pair: tuple[LiveSubscriber, socket.socket],
-) -> None:
+def test_a_half_sent_chunk_is_finished_before_anything_after_it(pair: Pair) -> None:
     sub, client = pair
-    sub.direct = True
     big = _item("8-0", "x" * 300_000)  # far more than the socket buffers take at once
     after = _item("9-0", "after")
     sub.offer(big)

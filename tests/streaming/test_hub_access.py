@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.hub import open_hub, tenant_of
+from tests.support.accounts import member_channel
+from tests.support.hub import get_with_ticket, issue_ticket, open_hub, say_hi, tenant_of
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
+
+Member = tuple[str, dict[str, str]]  # a member's own channel and bearer headers
+member = pytest.fixture(member_channel, name="member")
 
 GOOD_STREAM = "streams/str_" + "a" * 20
 GOOD_USER = "users/usr_" + "b" * 20
@@ -95,12 +99,7 @@ def test_refusals_look_the_same_whether_or_not_the_channel_exists(
     outsider_admin = make_user(tenant_of(outsider), role="admin")
     owner_h, owner_id = auth_headers(owner), owner.id
     refused = [auth_headers(who) for who in (colleague, outsider, outsider_admin)]
-    fake_upstream.reset(tokens=3)
-    created = client.post(
-        "/v1/streams",
-        headers=owner_h,
-        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
-    ).get_json()
+    created = say_hi(client, owner_h, fake_upstream)
     real, missing = created["channel"], "streams/str_" + "z" * 20
 
     bodies = []
@@ -116,13 +115,10 @@ def test_refusals_look_the_same_whether_or_not_the_channel_exists(
 
 
 def test_no_token_is_401_and_tokens_are_never_read_from_the_query_string(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member: Member
 ) -> None:
-    user = make_user()
-    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
-    channel = f"users/{user.id}"
+    channel, headers = member
+    token = headers["Authorization"].removeprefix("Bearer ")
     assert client.get("/v1/events", query_string={"channel": channel}).status_code == 401
     for name in ("jwt", "token", "access_token", "sg_access", "authorization"):
         response = client.get("/v1/events", query_string={"channel": channel, name: token})
@@ -131,15 +127,8 @@ def test_no_token_is_401_and_tokens_are_never_read_from_the_query_string(
     assert response.status_code == 401  # a JWT is not a ticket either
 
 
-def test_a_ticket_opens_its_channel_once(
-    client: Any,
-    redis: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
-    user = make_user()
-    headers = auth_headers(user)
-    channel = f"users/{user.id}"
+def test_a_ticket_opens_its_channel_once(client: Any, redis: Any, member: Member) -> None:
+    channel, headers = member
     issued = client.post("/v1/events/tickets", json={"channel": channel}, headers=headers)
     assert issued.status_code == 201
     body = issued.get_json()
@@ -155,7 +144,7 @@ def test_a_ticket_opens_its_channel_once(
         assert "Access-Control-Allow-Origin" not in first.response.headers
     finally:
         first.close()
-    again = client.get("/v1/events", query_string={"channel": channel, "ticket": body["ticket"]})
+    again = get_with_ticket(client, channel, body["ticket"])
     assert again.status_code == 401
 
 
@@ -168,12 +157,8 @@ def test_a_ticket_is_only_for_its_channel_and_only_for_readable_ones(
     other = make_user(tenant_of(user))
     headers = auth_headers(user)
     user, other = user.id, other.id
-    ticket = client.post(
-        "/v1/events/tickets", json={"channel": f"users/{user}"}, headers=headers
-    ).get_json()["ticket"]
-    elsewhere = client.get(
-        "/v1/events", query_string={"channel": f"users/{other}", "ticket": ticket}
-    )
+    ticket = issue_ticket(client, f"users/{user}", headers)
+    elsewhere = get_with_ticket(client, f"users/{other}", ticket)
     assert elsewhere.status_code == 403
 
     refused = client.post("/v1/events/tickets", json={"channel": f"users/{other}"}, headers=headers)
@@ -188,35 +173,19 @@ class TestTicketExpiry:
     def app_overrides(self) -> dict[str, Any]:
         return {"EVENT_TICKET_TTL_S": 1}
 
-    def test_an_unused_ticket_expires(
-        self,
-        client: Any,
-        redis: Any,
-        make_user: Callable[..., Any],
-        auth_headers: Callable[..., dict[str, str]],
-    ) -> None:
-        user = make_user()
-        channel = f"users/{user.id}"
-        ticket = client.post(
-            "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
-        ).get_json()["ticket"]
+    def test_an_unused_ticket_expires(self, client: Any, redis: Any, member: Member) -> None:
+        channel, headers = member
+        ticket = issue_ticket(client, channel, headers)
         wait_until(lambda: not redis.exists(f"sg:ticket:{ticket}"))
-        response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+        response = get_with_ticket(client, channel, ticket)
         assert response.status_code == 401
 
 
-def test_a_ticket_dies_with_the_token_it_came_from(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
+def test_a_ticket_dies_with_the_token_it_came_from(client: Any, member: Member) -> None:
     from auth.tokens import revoke_user_tokens
 
-    user = make_user()
-    channel = f"users/{user.id}"
-    ticket = client.post(
-        "/v1/events/tickets", json={"channel": channel}, headers=auth_headers(user)
-    ).get_json()["ticket"]
-    revoke_user_tokens(user.id)
-    response = client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+    channel, headers = member
+    ticket = issue_ticket(client, channel, headers)
+    revoke_user_tokens(channel.removeprefix("users/"))
+    response = get_with_ticket(client, channel, ticket)
     assert response.status_code == 401

@@ -16,7 +16,7 @@ import pytest
 
 from streaming.log import EventLog, event_log, log_key
 from tests.support.accounts import member_headers
-from tests.support.hub import open_hub
+from tests.support.hub import open_hub, say_hi
 
 # The hub needs this process's dispatcher (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
@@ -27,12 +27,7 @@ headers = pytest.fixture(member_headers, name="headers")
 def _finished_stream(
     client: Any, headers: dict[str, str], fake_upstream: Any
 ) -> tuple[str, list[Any]]:
-    fake_upstream.reset(tokens=3)
-    created = client.post(
-        "/v1/streams",
-        headers=headers,
-        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
-    ).get_json()
+    created = say_hi(client, headers, fake_upstream)
     reader = open_hub(client, created["channel"], headers)
     try:
         events = reader.read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -68,17 +69,38 @@ def test_only_the_tenants_admins_and_operators_read_it(
     assert issued.status_code == 201
 
 
-def test_it_carries_every_streams_start_and_end_with_a_revokes_reason(
-    client: Any,
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-    fake_upstream: Any,
-) -> None:
+@dataclass
+class Team:
+    """A tenant with an admin and a member, read before the test's requests detach the rows."""
+
+    tenant: Any
+    channel: str
+    admin_id: str
+    admin_h: dict[str, str]
+    member_id: str
+    member_h: dict[str, str]
+
+
+@pytest.fixture()
+def team(make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, str]]) -> Team:
     admin = make_user(role="admin")
     tenant = tenant_of(admin)
     member = make_user(tenant)
-    admin_h, member_h = auth_headers(admin), auth_headers(member)
-    member_id, admin_id, channel = member.id, admin.id, tenant_channel(tenant.id)
+    return Team(
+        tenant,
+        tenant_channel(tenant.id),
+        admin.id,
+        auth_headers(admin),
+        member.id,
+        auth_headers(member),
+    )
+
+
+def test_it_carries_every_streams_start_and_end_with_a_revokes_reason(
+    client: Any, team: Team, fake_upstream: Any
+) -> None:
+    admin_h, member_h = team.admin_h, team.member_h
+    member_id, admin_id, channel = team.member_id, team.admin_id, team.channel
 
     done = start_stream(client, member_h, tokens=3)
     running = start_stream(client, member_h, infinite=1, delay_ms=20)
@@ -114,15 +136,14 @@ def test_it_carries_every_streams_start_and_end_with_a_revokes_reason(
 def test_an_operators_streams_stay_off_their_tenants_feed(
     app: Any,
     client: Any,
+    team: Team,
     make_user: Callable[..., Any],
     auth_headers: Callable[..., dict[str, str]],
     fake_upstream: Any,
 ) -> None:
-    operator = make_user(role="operator")
-    tenant = tenant_of(operator)
-    admin, member = make_user(tenant, role="admin"), make_user(tenant)
-    channel, admin_h, operator_id = tenant_channel(tenant.id), auth_headers(admin), operator.id
-    operator_h, member_h = auth_headers(operator), auth_headers(member)
+    operator = make_user(team.tenant, role="operator")
+    channel, admin_h, operator_id = team.channel, team.admin_h, operator.id
+    operator_h, member_h = auth_headers(operator), team.member_h
     hidden = start_stream(client, operator_h, tokens=2)
     # The operator's stream has ended on their own channel, so had it gone to the tenant's too,
     # it would be there before anything of the member's stream (one writer, in order).

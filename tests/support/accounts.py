@@ -60,3 +60,28 @@ def admin_and_member(
     """The bearer headers of an admin and of a member of one new tenant."""
     tenant = make_tenant()
     return auth_headers(make_user(tenant, role="admin")), auth_headers(make_user(tenant))
+
+
+def add_account(
+    slug: str,
+    name: str,
+    *,
+    email: str,
+    role: str,
+    password_hash: str,
+    limits: dict[str, int] | None = None,
+) -> tuple[Any, Any]:
+    """A new tenant allowed ``fake-model`` and its one user, committed in the current app context
+    (for fixtures that run without ``make_tenant``/``make_user``); returns both rows."""
+    from auth.models import Tenant, User
+    from core.store import db
+
+    tenant = Tenant(slug=slug, name=name, allowed_models=["fake-model"])
+    db.session.add(tenant)
+    db.session.flush()
+    user = User(
+        tenant_id=tenant.id, email=email, role=role, password_hash=password_hash, limits=limits
+    )
+    db.session.add(user)
+    db.session.commit()
+    return tenant, user

@@ -187,6 +187,29 @@ def open_hub(
     )
 
 
+def say_hi(client: Any, headers: dict[str, str], fake_upstream: Any) -> dict[str, Any]:
+    """POST /v1/streams saying "hi" to a fake upstream reset to 3 tokens; the body as returned."""
+    fake_upstream.reset(tokens=3)
+    return dict(
+        client.post(
+            "/v1/streams",
+            headers=headers,
+            json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
+        ).get_json()
+    )
+
+
+def issue_ticket(client: Any, channel: str, headers: dict[str, str]) -> str:
+    """A one-time hub ticket for ``channel`` (POST /v1/events/tickets, Flask test client)."""
+    response = client.post("/v1/events/tickets", json={"channel": channel}, headers=headers)
+    return str(response.get_json()["ticket"])
+
+
+def get_with_ticket(client: Any, channel: str, ticket: str) -> Any:
+    """GET /v1/events with a ticket and no Authorization header (buffered: for refusals)."""
+    return client.get("/v1/events", query_string={"channel": channel, "ticket": ticket})
+
+
 def tenant_of(user: Any) -> Any:
     """The tenant row of ``user`` (current app context), to create colleagues with ``make_user``."""
     from auth.models import Tenant

@@ -28,7 +28,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import pytest
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from bench.stack import gunicorn_argv as gateway_argv
 from tests.support.config import ROOT, app_config, live_env
 from tests.support.processes import RedisServer, free_port, stop_process, worker_pids
 from tests.support.waiting import wait_until
@@ -49,19 +49,9 @@ IDLE_TIMEOUT_S = 20.0
 
 
 def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
-    """The gunicorn command line of a live test server (the project's gunicorn.conf.py)."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "gunicorn.conf.py"),
-        "-w",
-        str(workers),
-        "-b",
-        f"127.0.0.1:{port}",
-        "api:create_app()",
-    ]
+    """The gunicorn command line of a live test server: the bench's, from the same Stack module
+    the cluster and soak tests already use."""
+    return gateway_argv(port, workers)
 
 
 def start_gunicorn(

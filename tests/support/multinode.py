@@ -134,6 +134,14 @@ def start_channel(node: LiveServer, headers: dict[str, str]) -> str:
     return str(response.json()["id"])
 
 
+def followed_across(nodes: Nodes, headers: dict[str, str]) -> tuple[str, Reader]:
+    """A channel stream started on node A, and a subscriber on node B once it has had a token."""
+    stream_id = start_channel(nodes.a, headers)
+    subscriber = subscribe(nodes.b, f"streams/{stream_id}", headers)
+    assert subscriber.got_token.wait(READ_TIMEOUT_S)
+    return stream_id, subscriber
+
+
 def start_direct(node: LiveServer, headers: dict[str, str]) -> Reader:
     body = {
         "model": "fake-model",
