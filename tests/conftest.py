@@ -199,8 +199,11 @@ def make_user(make_tenant: Callable[..., Any]) -> Callable[..., Any]:
     from auth.models import User
     from core.store import db
 
-    time_cost, memory_kib, lanes = (int(v) for v in TEST_HASHING.values())
-    hasher = PasswordHasher(time_cost, memory_kib, lanes)  # the apps' test profile: cheap
+    hasher = PasswordHasher(  # the apps' test profile: cheap
+        time_cost=int(TEST_HASHING["PASSWORD_HASH_TIME_COST"]),
+        memory_cost=int(TEST_HASHING["PASSWORD_HASH_MEMORY_KIB"]),
+        parallelism=int(TEST_HASHING["PASSWORD_HASH_PARALLELISM"]),
+    )
     password_hash = hasher.hash(PASSWORD)
 
     def make(

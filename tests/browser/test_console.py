@@ -20,7 +20,7 @@ from bench.fake_upstream import token_text
 from tests.support.browser import (
     VIEWPORTS,
     Account,
-    PageErrors,
+    PageWatch,
     horizontal_overflow,
     log_in,
     open_console,
@@ -110,7 +110,7 @@ def test_the_live_list_is_pushed_and_a_revoke_with_a_reason_reaches_the_members_
     first.wait_for_timeout(1000)  # ten retry intervals: a reconnecting tab would show up here
     assert events == {"first": [], "second": []}
     assert first.evaluate("document.cookie").count("csrf_access_token") == 1  # still logged in
-    assert errors.seen == []
+    assert errors.errors == []
     member.close()
     console.context.close()
 
@@ -144,7 +144,7 @@ def test_an_app_token_issued_in_the_console_works_with_the_openai_sdk(
     expect(row).to_contain_text("revoked")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-    assert errors.seen == []
+    assert errors.errors == []
     console.context.close()
 
 
@@ -180,7 +180,7 @@ def test_the_usage_charts_show_the_tenants_tokens(
     requests.locator("summary").click()
     expect(requests.locator("tbody tr").last.locator("td").nth(1)).to_have_text("2")
     screenshot(console, "usage")
-    assert errors.seen == []
+    assert errors.errors == []
     console.context.close()
 
 
@@ -231,7 +231,7 @@ def test_every_tab_fits_the_screen_works_from_the_keyboard_and_logs_no_error(
             .map(el => el.id || el.name)"""
     )
     assert unlabelled == []
-    assert errors.seen == []
+    assert errors.errors == []
     console.context.close()
 
 
@@ -240,7 +240,7 @@ def test_a_member_and_a_stranger_are_told_what_the_console_is_in_dark_mode_too(
 ) -> None:
     context = browser.new_context(viewport=VIEWPORTS["phone"], color_scheme="dark")
     page = context.new_page()
-    errors = PageErrors(page)
+    errors = PageWatch(page, warnings=False)
     page.goto(live.url + "/console")
     # prefers-color-scheme: dark gives the dark theme (light text on a dark background).
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -254,5 +254,5 @@ def test_a_member_and_a_stranger_are_told_what_the_console_is_in_dark_mode_too(
     expect(page.locator("#console")).to_be_hidden()
     screenshot(page, "member")
     assert horizontal_overflow(page) <= 0
-    assert errors.seen == []
+    assert errors.errors == []
     context.close()

@@ -87,15 +87,14 @@ DESKTOP = {"width": 1280, "height": 800}
 
 
 class PageWatch:
-    """What a page logged and what it was refused, for "no console errors" assertions."""
+    """What a page logged and what it was refused, for "no console errors" assertions:
+    console errors (and warnings, unless ``warnings=False``), uncaught exceptions, 4xx/5xx."""
 
-    def __init__(self, page: Any) -> None:
+    def __init__(self, page: Any, warnings: bool = True) -> None:
         self.errors: list[str] = []
         self.refused: list[str] = []
-        page.on(
-            "console",
-            lambda msg: msg.type in ("error", "warning") and self.errors.append(msg.text),
-        )
+        logged = ("error", "warning") if warnings else ("error",)
+        page.on("console", lambda msg: msg.type in logged and self.errors.append(msg.text))
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         page.on(
             "response",
@@ -106,18 +105,9 @@ class PageWatch:
 VIEWPORTS = {"desktop": DESKTOP, "phone": PHONE}
 
 
-class PageErrors:
-    """Every console error and uncaught exception a page reports (a normal visit has none)."""
-
-    def __init__(self, page: Any) -> None:
-        self.seen: list[str] = []
-        page.on("console", lambda msg: msg.type == "error" and self.seen.append(msg.text))
-        page.on("pageerror", lambda exc: self.seen.append(f"uncaught: {exc}"))
-
-
 def open_console(
     browser: Any, base_url: str, account: Account, viewport: str
-) -> tuple[Any, PageErrors]:
+) -> tuple[Any, PageWatch]:
     """A new browser context at ``viewport``, logged in as ``account`` on the playground, and
     a page on the admin console its link points at; that page and its errors."""
     context = browser.new_context(viewport=VIEWPORTS[viewport])
@@ -127,7 +117,7 @@ def open_console(
     link.wait_for(state="visible")
     page = context.new_page()
     page.set_default_timeout(15_000)
-    errors = PageErrors(page)  # the console's own errors, from its first request on
+    errors = PageWatch(page, warnings=False)  # the console's own errors, from its first request
     page.goto(base_url + str(link.get_attribute("href")))
     playground.close()
     page.locator("#console").wait_for(state="visible")
