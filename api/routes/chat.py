@@ -81,6 +81,10 @@ def _watch_client(
     )
 
 
+# Refusals that pass by themselves: every server for the model busy, the model server throttling.
+RETRY_SOON = frozenset({"upstreams_busy", "upstream_rate_limited"})
+
+
 def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
     """The error answered when a generation ends badly before any byte of the response."""
     if outcome.status == "revoked":
@@ -97,6 +101,8 @@ def _failure(outcome: Outcome, headers: dict[str, str]) -> ApiError:
             code="stream_cancelled",
             headers=headers,
         )
+    if outcome.error_code in RETRY_SOON:
+        headers = {**headers, "Retry-After": "1"}  # OpenAI's SDKs wait that long and retry
     return ApiError(
         outcome.http_status or 502,
         outcome.error_message or "The generation failed.",

@@ -53,6 +53,7 @@ def entries(a: FakeUpstream, b: FakeUpstream) -> list[dict[str, Any]]:
                     "name": "b",
                     "base_url": b.base_url,
                     "api_key": "sk-b-secret",
+                    "max_concurrent": 2,
                     "models": {"fake-model": "fake-model", "alias": "b-own-name"},
                 },
                 {"name": "nowhere", "base_url": CLOSED, "models": ["lonely", "fake-model"]},
@@ -231,6 +232,28 @@ def test_operators_see_each_server_its_health_and_never_its_key(
     before = a.snapshot()["requests"]
     assert stream(client, member, "tokens=1").status_code == 200
     assert a.snapshot()["requests"] == before  # out of rotation: not even tried
+
+
+def test_a_model_whose_servers_are_all_full_is_a_503_with_retry_after(
+    client: Any, app: Any, member: dict[str, str], fakes: tuple[FakeUpstream, FakeUpstream]
+) -> None:
+    from core.store import get_redis
+    from streaming import upstreams
+
+    _, b = fakes
+    rt = upstreams.router(app)
+    with app.app_context():
+        redis = get_redis()
+        # Two requests elsewhere (another node, say) hold b's two places; b alone serves "alias".
+        held = [upstreams.take(redis, rt, [rt.upstreams["b"]], f"str_other{i}") for i in (1, 2)]
+        response = stream(client, member, "tokens=1", model="alias")
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.get_json()["error"]["code"] == "upstreams_busy"
+        assert b.snapshot()["requests"] == 0
+        for i, slot in enumerate(held, 1):
+            upstreams.release(redis, slot, f"str_other{i}")
+    assert stream(client, member, "tokens=1", model="alias").status_code == 200
 
 
 def test_readyz_names_each_public_model_without_a_server(client: Any) -> None:
