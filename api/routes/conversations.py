@@ -75,8 +75,10 @@ def update_conversation(body: dict[str, Any], conversation_id: str) -> dict[str,
 @require("chat")
 @bp.response(204)
 def delete_conversation(conversation_id: str) -> None:
-    """Delete a conversation and its turns (the streams stay in your usage)."""
-    service.delete(service.owned(current_identity(), conversation_id))
+    """Delete a conversation and its turns; a reply still running is cancelled (the streams stay
+    in your usage)."""
+    ident = current_identity()
+    service.delete(ident, service.owned(ident, conversation_id))
 
 
 @bp.post("/<conversation_id>/turns")

@@ -120,10 +120,17 @@ def update(row: Conversation, fields: dict[str, Any]) -> Conversation:
     return row
 
 
-def delete(row: Conversation) -> None:
-    """Forget the conversation and its turns; the streams stay (they are the usage record)."""
+def delete(ident: Identity, row: Conversation) -> None:
+    """Forget the conversation and its turns; a reply still running is cancelled (nobody could
+    read it any more). The streams stay: they are the usage record."""
+    ids = [turn.stream_id for turn in row.turns if turn.stream_id]
+    running = db.session.scalars(
+        select(StreamRecord.id).where(StreamRecord.id.in_(ids), StreamRecord.status == "running")
+    ).all()
     db.session.delete(row)
     db.session.commit()
+    for stream_id in running:
+        streams.request_cancel(stream_id, ident.user_id, "conversation deleted")
 
 
 def history(row: Conversation) -> list[dict[str, Any]]:

@@ -143,13 +143,16 @@ def cancel(ident: Identity, record: StreamRecord) -> dict[str, Any]:
             f"The stream already ended ({live.get('status', record.status)}).",
             code="stream_finished",
         )
-    message = ControlMessage(
-        control.CANCEL_STREAM, stream_id=record.id, by=ident.user_id, reason="cancelled by user"
-    )
-    control.send(get_redis(), message, int(current_app.config["STREAM_MAX_DURATION_S"]))
+    request_cancel(record.id, ident.user_id, "cancelled by user")
     out = describe(record, with_text=False)
     out["status"] = "cancelling"
     return out
+
+
+def request_cancel(stream_id: str, by: str, reason: str) -> None:
+    """Tell whichever worker runs the stream to cancel it (a no-op for one that has ended)."""
+    message = ControlMessage(control.CANCEL_STREAM, stream_id=stream_id, by=by, reason=reason)
+    control.send(get_redis(), message, int(current_app.config["STREAM_MAX_DURATION_S"]))
 
 
 def ticket(ident: Identity, claims: dict[str, Any], channel: str) -> dict[str, Any]:

@@ -267,6 +267,26 @@ def test_deleting_a_conversation_deletes_its_turns_and_keeps_the_streams(
     assert client.get(f"/v1/streams/{stream_id}", headers=owner).status_code == 200
 
 
+@pytest.mark.db
+def test_deleting_a_conversation_cancels_its_running_reply(
+    client: Any, fake_upstream: Any, people: dict[str, Any]
+) -> None:
+    owner = people["owner"]
+    cid = create(client, owner, model="fake-model")["id"]
+    running = send(client, owner, cid, prompt(infinite=1, delay_ms=20))
+    stream_id = running.get_json()["stream"]["id"]
+    wait_until(lambda: client.get(f"/v1/streams/{stream_id}", headers=owner).get_json()["text"])
+    assert client.delete(f"/v1/conversations/{cid}", headers=owner).status_code == 204
+
+    def ended() -> dict[str, Any] | None:
+        body = client.get(f"/v1/streams/{stream_id}", headers=owner).get_json()
+        return body if body["status"] != "running" else None
+
+    record = wait_until(ended, timeout=20)
+    assert record["status"] == "cancelled"  # not left generating for a conversation nobody has
+    wait_until(lambda: fake_upstream.snapshot()["active"] == 0)
+
+
 def test_a_retried_send_with_the_same_idempotency_key_starts_nothing_new(
     client: Any, people: dict[str, Any]
 ) -> None:
