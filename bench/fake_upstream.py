@@ -514,7 +514,9 @@ class FakeUpstream:
                     stamps.append(time.time())
                 for j in range(n):
                     text = (said[i] if said else token_text(i + j)) + "x" * knobs.pad
-                    extra = {"logprobs": _logprobs(text)} if req.get("logprobs") else {}
+                    extra: dict[str, Any] = (
+                        {"logprobs": _logprobs(text)} if req.get("logprobs") else {}
+                    )
                     await send(chunk({"content": text}, index=j, **extra))
             produced = count * n + knobs.reasoning + (len(TOOL_ARGUMENTS) * knobs.tool_calls)
             usage.update(completion_tokens=produced, total_tokens=usage["prompt_tokens"] + produced)

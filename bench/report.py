@@ -215,7 +215,9 @@ def table(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             f"fit: {_fmt(fit.get('marginal_us_per_token'))} us/token + "
             f"{_fmt(fit.get('per_stream_ms'), 2)} ms/stream"
         )
-    extras = [n for n in ("channel.idle", "channel.fanout", "channel.revoke") if n in results]
+    extras: list[str] = [
+        n for n in ("channel.idle", "channel.fanout", "channel.revoke") if n in results
+    ]
     extras += [n for n in ("profile.direct", "profile.channel") if n in results]
     if extras:
         out += ["", "channel mode and profiles"]
@@ -370,7 +372,7 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             line=1.10,
         )
         axes[0][0].legend()
-        scen = next(
+        scen: dict[str, Any] = next(
             (results[f"latency.{t}"] for t in TARGET_NAMES if f"latency.{t}" in results), {}
         )
         fig.suptitle(

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,10 +171,11 @@ def scenario(name: str) -> Callable[[Scenario], Scenario]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def pct(values: list[float], scale: float = 1.0, digits: int = 2) -> dict[str, float | None]:
+def pct(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> dict[str, float | None]:
     """p50/p90/p99/max of ``values`` times ``scale`` (None when empty)."""
     if not values:
-        return {f"p{p}": None for p in PERCENTILES} | {"max": None, "n": 0}
+        empty: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
+        return empty | {"max": None, "n": 0}
     arr = np.asarray(values, dtype=float) * scale
     out: dict[str, float | None] = {
         f"p{p}": round(float(np.percentile(arr, p)), digits) for p in PERCENTILES
@@ -400,8 +402,13 @@ async def _latency(ctx: Ctx, target: Target) -> dict[str, Any]:
         levels[str(conc)] = await measured(
             ctx,
             target,
-            lambda m=make, c=conc, n=total, d=deadline: client.closed_loop(
-                m, concurrency=c, total=n, ramp_s=prof.ramp_s, deadline_s=d
+            partial(
+                client.closed_loop,
+                make,
+                concurrency=conc,
+                total=total,
+                ramp_s=prof.ramp_s,
+                deadline_s=deadline,
             ),
         )
         await asyncio.sleep(0.5)
@@ -518,8 +525,9 @@ async def _cpu(ctx: Ctx, target: Target) -> dict[str, Any]:
         runs[str(tokens)] = await measured(
             ctx,
             target,
-            lambda m=make: client.closed_loop(
-                m,
+            partial(
+                client.closed_loop,
+                make,
                 concurrency=prof.cpu_concurrency,
                 total=prof.cpu_streams,
                 ramp_s=0.2,
@@ -691,7 +699,8 @@ async def channel_fanout(ctx: Ctx, _target: Target) -> dict[str, Any]:
     t0 = time.perf_counter()
     opened = await gather_bounded(
         [
-            lambda v=v: client.subscribe(
+            partial(
+                client.subscribe,
                 stack.gateway_url,
                 f"/v1/events?channel={channel}",
                 v.headers,
@@ -831,7 +840,10 @@ async def channel_revoke(ctx: Ctx, _target: Target) -> dict[str, Any]:
     n = max(2, prof.revoke_streams)
     members = stack.users("member", n)
     admin = stack.users("admin", 1)[0]
-    endless = {"max_tokens": 4000, "infinite": 1}  # 80 s at 20 ms/token: live until revoked
+    endless: dict[str, Any] = {
+        "max_tokens": 4000,
+        "infinite": 1,
+    }  # 80 s at 20 ms/token: live until revoked
     live: list[tuple[str, str, client.Subscriber]] = []  # (mode, stream id, connection)
     try:
         for i in range(n):

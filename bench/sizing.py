@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 
 from bench import client, procstat
@@ -135,8 +136,12 @@ async def _subscribers(ctx: Ctx, count: int) -> dict[str, Any]:
     before = commandstats(ctx)
     opened = await gather_bounded(
         [
-            lambda u=u: client.subscribe(
-                stack.gateway_url, f"/v1/events?channel=users/{u.id}", u.headers, timeout=60
+            partial(
+                client.subscribe,
+                stack.gateway_url,
+                f"/v1/events?channel=users/{u.id}",
+                u.headers,
+                timeout=60,
             )
             for u in users
         ],

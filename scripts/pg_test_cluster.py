@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 STATE = "cluster.json"
 
@@ -54,7 +55,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_as() -> dict[str, object]:
+class RunAs(TypedDict, total=False):
+    """Popen's arguments that run a child as another user."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def run_as() -> RunAs:
     """Popen arguments that drop root to the ``postgres`` user (no-op for other users)."""
     if os.geteuid() != 0:
         return {}
@@ -97,7 +106,7 @@ _DETACHED: list[subprocess.Popen[bytes]] = []
 
 
 def _launch(
-    bindir: Path, data: Path, sockets: Path, logfile: Path, port: int, drop: dict[str, object]
+    bindir: Path, data: Path, sockets: Path, logfile: Path, port: int, drop: RunAs
 ) -> subprocess.Popen[bytes]:
     """Run ``postgres`` on ``data`` in the background, listening on loopback ``port``."""
     with logfile.open("ab") as out:
@@ -125,7 +134,7 @@ def _launch(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command; `stop` ends it by PID
-            **drop,  # type: ignore[arg-type]
+            **drop,
         )
     _DETACHED.append(proc)
     return proc
@@ -145,7 +154,7 @@ def start(directory: Path) -> str:
     pwfile.chmod(0o600)
     logfile.touch()
     if drop:
-        chown_tree(directory, int(drop["user"]), int(drop["group"]))  # type: ignore[call-overload]
+        chown_tree(directory, drop["user"], drop["group"])
 
     log(f"==> initdb {data}")
     subprocess.run(
@@ -166,7 +175,7 @@ def start(directory: Path) -> str:
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        **drop,  # type: ignore[arg-type]
+        **drop,
     )
     pwfile.unlink()
     port = free_port()
