@@ -12,6 +12,7 @@ import pytest
 from marshmallow import ValidationError
 
 from api.schemas.chat import END_USER_MAX, ChatRequestSchema
+from tests.api.chat_helpers import finished_record
 from tests.api.limits_helpers import SLOW, body, estimate
 from tests.support.waiting import wait_until
 
@@ -264,10 +265,15 @@ def test_usage_by_end_user_for_the_app_and_the_admin(
     app_a, as_a = issue(end_user_limits={"rpm": 10})
     app_b, as_b = issue()
     short = {**body(max_tokens=4, tokens=2), "stream": False}
+    made = []
     for user, headers in [("alice", as_a), ("alice", as_a), ("bob", as_a), ("alice", as_b)]:
-        made = client.post("/v1/chat/completions", json={**short, "user": user}, headers=headers)
-        assert made.status_code == 200
-    client.post("/v1/chat/completions", json=short, headers=as_a)  # no end user: not listed
+        made.append(
+            client.post("/v1/chat/completions", json={**short, "user": user}, headers=headers)
+        )
+    made.append(client.post("/v1/chat/completions", json=short, headers=as_a))  # not listed
+    assert [response.status_code for response in made] == [200] * 5
+    for response in made:  # a record's tokens are written a moment after the response ends
+        finished_record(response.headers["X-Stream-Id"])
 
     own = client.get("/v1/usage", query_string={"group_by": "end_user"}, headers=as_a)
     assert own.status_code == 200, own.get_json()
