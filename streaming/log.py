@@ -1,8 +1,9 @@
 """The per-channel event log: a Redis Stream, appended and announced atomically.
 
 Appends go through the process's writer (``streaming.log_writer``: one Lua script appends,
-refreshes the expiry and ``PUBLISH``es, so subscribers are notified in entry-id order). Reads are
-plain ``XRANGE``s on the app's client.
+refreshes the expiry and ``PUBLISH``es, so subscribers are notified in entry-id order; where a
+failover can lose acknowledged writes it also repairs a stream's log). Reads are plain
+``XRANGE``s on the app's client.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import redis
 from flask import Flask
 
-from core.store import REDIS_EXTENSION
+from core.store import REDIS_EXTENSION, fails_over
 from streaming.log_writer import (
     APPEND_SCRIPT,
     Append,
@@ -54,7 +55,9 @@ def topic(channel: str) -> str:
 class EventLog:
     """Append to and read from channel logs on one Redis client.
 
-    Appends go through the process's writer (``LogWriter``); reads use ``client``.
+    Appends go through the process's writer (``LogWriter``); reads use ``client``. ``repair_s``:
+    how long the writer keeps what it appended to a stream, to re-append what a failover lost
+    (0: ids are Redis's and nothing is kept; ``event_log`` sets it on a Cluster or Sentinel).
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class EventLog:
         retry_s: float = 0.0,
         user_maxlen: int = 1000,
         user_max_age_s: float = 3600.0,
+        repair_s: float = 0.0,
     ) -> None:
         self.client = client
+        self.repair_s = repair_s
         self.maxlen = maxlen
         self.user_maxlen = user_maxlen
         self.user_max_age_s = user_max_age_s
@@ -80,15 +85,19 @@ class EventLog:
             with self._writer_lock:
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
-                    writer = self._writer = LogWriter(self.client, self._append, self.retry_s)
+                    writer = self._writer = LogWriter(
+                        self.client, self._append, self.retry_s, self.repair_s
+                    )
         return writer
 
     def _args(self, channel: str, event: str, data: str, ttl_s: int) -> list[Any]:
         if channel.startswith("streams/"):
-            return [self.maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, "0"]
+            pid = f"{os.getpid()}"
+            return [self.maxlen, event, data, ttl_s, topic(channel), pid, 0, "0", "", ""]
         # A user's channel is appended to for as long as the user works: bounded by count and age.
         oldest = f"{int((time.time() - self.user_max_age_s) * 1000)}-0"
-        return [self.user_maxlen, event, data, ttl_s, topic(channel), f"{os.getpid()}", 0, oldest]
+        pid = f"{os.getpid()}"
+        return [self.user_maxlen, event, data, ttl_s, topic(channel), pid, 0, oldest, "", ""]
 
     def append(self, channel: str, event: str, data: str, ttl_s: int) -> str:
         """Append one event exactly once, after everything this process queued before it, and
@@ -199,12 +208,15 @@ def event_log(app: Flask) -> EventLog:
     current: EventLog | None = app.extensions.get(_EVENT_LOG)
     if current is None:
         cfg = app.config
+        client = app.extensions[REDIS_EXTENSION]
         current = EventLog(
-            app.extensions[REDIS_EXTENSION],
+            client,
             cfg["STREAM_LOG_MAXLEN"],
             retry_s=cfg["REDIS_RETRY_S"],
             user_maxlen=cfg["USER_LOG_MAXLEN"],
             user_max_age_s=cfg["STREAM_LOG_TTL_S"],
+            # Only where a promoted replica can lack what its master acknowledged.
+            repair_s=cfg["STREAM_LOG_REPAIR_S"] if fails_over(client) else 0.0,
         )
         app.extensions[_EVENT_LOG] = current
     return current
