@@ -144,6 +144,13 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def fails_over(client: Any) -> bool:
+    """True when a replica may be promoted in place of ``client``'s master (a Cluster, or a
+    Sentinel-watched master): then a write the master acknowledged can still be lost."""
+    pool = getattr(client, "connection_pool", None)
+    return is_cluster(client) or isinstance(pool, SentinelConnectionPool)
+
+
 # Errors a failover or a restart produces for a while, after which the same call succeeds.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,
