@@ -3,8 +3,9 @@
 Debian's redis-server runs as the sentinel (``--sentinel``) watching a redis-server on another
 port; ``REDIS_URL`` names a port where nothing listens, so every client that works went through
 the sentinel: the request pools, the log writer and the hub reader's pub/sub. Then a failover:
-the master is SIGKILLed with a revocation its replica never received, the sentinel promotes the
-replica, and every client follows it while the revocation comes back from SQL.
+the master is SIGKILLed with a revocation and a log entry its replica never received, the
+sentinel promotes the replica, and every client follows it while the revocation comes back from
+SQL and the log writer appends the entry again under its id.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def hub_readers_on(client: redis_lib.Redis) -> list[str]:
     return [c["name"] for c in pubsub if c["name"].startswith("sg-hub:")]
 
 
-def test_a_sentinel_failover_is_followed_and_a_lost_revocation_comes_back_from_sql(
+def test_a_sentinel_failover_is_followed_and_what_the_master_lost_comes_back(
     tmp_path: Path, _upstream_server: FakeUpstream, make_user: Any
 ) -> None:
     from auth import revocations
@@ -145,8 +146,12 @@ def test_a_sentinel_failover_is_followed_and_a_lost_revocation_comes_back_from_s
             assert not revocations.is_revoked(claims)  # seeds Redis from SQL
             revocations.reseed_after_failover()  # note the epoch as it is now
             wait_until(lambda: len(hub_readers_on(to_master)) == 1)
+            log, key = event_log(app), "sg:log:{streams/str_kept}"
+            kept = log.append("streams/str_kept", "token", '{"text": "a"}', 60)
+            wait_until(lambda: to_replica.xlen(key) == 1)
 
-            # The replica paused and its link cut: the revocation reaches the master alone.
+            # The replica paused and its link cut: the revocation and a stream's next log entry
+            # reach the master alone.
             replica.proc.send_signal(signal.SIGSTOP)
             try:
                 to_master.client_kill_filter(_type="replica")
@@ -154,6 +159,7 @@ def test_a_sentinel_failover_is_followed_and_a_lost_revocation_comes_back_from_s
                 db.session.commit()
                 revocations.revoke_user_tokens(user.id)
                 assert revocations.is_revoked(claims)
+                lost = log.append("streams/str_kept", "token", '{"text": "b"}', 60)
                 master.proc.send_signal(signal.SIGKILL)
                 master.proc.wait(10)
             finally:
@@ -166,6 +172,10 @@ def test_a_sentinel_failover_is_followed_and_a_lost_revocation_comes_back_from_s
             )
             wait_until(lambda: to_replica.info("replication")["role"] == "master", timeout=30)
             assert to_replica.get("sg:rv:user:" + user.id) is None  # lost with the master
+            # The log writer kept the entry and appends it again, under the id readers saw.
+            wait_until(
+                lambda: [entry for entry, _ in to_replica.xrange(key)] == [kept, lost], timeout=30
+            )
 
             def followed() -> bool:
                 try:
@@ -178,7 +188,7 @@ def test_a_sentinel_failover_is_followed_and_a_lost_revocation_comes_back_from_s
             wait_until(followed, timeout=30, interval=0.2)
             assert to_replica.get("sg:probe") == "after the failover"
             entry = wait_until(
-                lambda: _append_or_none(event_log(app), "streams/str_after", '{"text": "y"}'),
+                lambda: _append_or_none(log, "streams/str_after", '{"text": "y"}'),
                 timeout=30,
                 interval=0.2,
             )
