@@ -17,7 +17,7 @@ from bench.fake_upstream import expected_text, prompt_tokens
 from tests.api.limits_helpers import SLOW, body, estimate
 from tests.support.config import app_config
 from tests.support.processes import free_port
-from tests.support.waiting import wait_until
+from tests.support.waiting import fresh_minute, wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
 pytestmark = pytest.mark.usefixtures("app_services")
@@ -186,6 +186,7 @@ def test_a_refusal_takes_nothing(client: Any, member: Any) -> None:
     request = body(max_tokens=100)
     _, headers = member(rpm=2, tpm=estimate(running_request) + estimate(request) - 1)
     get_usage = usage_of(client, headers)
+    fresh_minute(10)  # the reservation and the refusal in one tpm window
     running = client.post("/v1/streams", json=running_request, headers=headers)
     assert running.status_code == 202
     before = get_usage()
