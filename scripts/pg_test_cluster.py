@@ -219,6 +219,9 @@ def _stop_server(directory: Path, kill: bool = False) -> int:
             time.sleep(0.05)
         if kill and _alive(pid):
             os.kill(pid, signal.SIGKILL)
+    for proc in [p for p in _DETACHED if p.pid == pid]:  # started by this process: reap it
+        proc.wait(10)
+        _DETACHED.remove(proc)
     return pid
 
 
