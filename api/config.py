@@ -126,7 +126,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("USER_LOG_MAXLEN", "1000", int, "Most lifecycle events kept in one `users/<id>` or `tenants/<id>` log (none older than `STREAM_LOG_TTL_S`)."),
     Var("SSE_CONNECTS_PER_MINUTE", "1200", int, "Hub connections (`GET /v1/events`, reconnects included) one user may open per minute (429 past it)."),
     Var("STREAM_LOG_TTL_S", "3600", int, "How long a finished stream's log stays replayable, seconds."),
-    Var("STREAM_LOG_REPAIR_S", "60", float, "Seconds each worker's log writer keeps what it appended to a stream after that stream's last append, on a Redis Cluster or Sentinel, to append again (with the same ids) what a failover lost; keep it above what a failover takes (`cluster-node-timeout` or `down-after-milliseconds`, plus the election). `0` turns the repair off; a single Redis never needs it."),
+    Var("STREAM_LOG_REPAIR_S", "60", float, "Seconds each worker's log writer keeps the stream-log entries it appended, on a Redis Cluster or Sentinel, to append again (with the same ids) what a failover lost; keep it above what a failover takes (`cluster-node-timeout` or `down-after-milliseconds`, plus the election). `0` turns the repair off; a single Redis never needs it."),
     Var("STREAM_MAX_DURATION_S", "600", float, "A generation running longer than this is stopped and marked failed, seconds."),
     Var("LEASE_TTL_S", "30", int, "Concurrency lease lifetime; renewed while the stream runs, expires if its worker dies."),
     Var("IDEMPOTENCY_TTL_S", "86400", int, "How long a response is kept for replay to a request with the same `Idempotency-Key`, seconds."),

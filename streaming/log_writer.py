@@ -8,8 +8,10 @@ one slot.
 
 Where a replica can be promoted (a Cluster, a Sentinel-watched master) a write the dead master
 acknowledged can be lost with it. There the writer names each stream-log entry's id itself
-(``<ms>-<seq>``, strictly increasing per stream) and keeps what it appended to a stream until
-``STREAM_LOG_REPAIR_S`` after that stream's last append. Each append names the entry before it;
+(``<ms>-<seq>``, strictly increasing per stream) and keeps the entries it appended in the last
+``STREAM_LOG_REPAIR_S`` (a failover loses only what the master had not yet sent its replica, the
+last milliseconds' worth), and a stream's id until as long after its last append. Each append
+names the entry before it;
 the script refuses one whose predecessor is missing (``gap``), and the writer re-appends what the
 log lost, with the ids live readers already saw, before it. A stream with nothing more to append
 is checked when the topology epoch moves (or the writer saw Redis errors). A single Redis has no
@@ -25,6 +27,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -162,12 +165,14 @@ class Append:
 
 
 class _Kept:
-    """What the writer appended to one stream's log: each append's args, in id order."""
+    """What the writer appended to one stream's log in the last ``STREAM_LOG_REPAIR_S``: each
+    append's time and args, in id order (older ones reached the replica long ago: a failover
+    loses only the writes its master had not yet sent, the last milliseconds' worth)."""
 
     __slots__ = ("entries", "last", "touched")
 
     def __init__(self) -> None:
-        self.entries: list[list[Any]] = []
+        self.entries: deque[tuple[float, list[Any]]] = deque()
         self.last: EventId | None = None
         self.touched = time.monotonic()
 
@@ -327,7 +332,10 @@ class LogWriter:
         item.args[_PREV] = _text(last) if last is not None else ""
         item.args[_ID] = _text(entry)
         kept.last, kept.touched = entry, time.monotonic()
-        kept.entries.append(item.args)
+        kept.entries.append((kept.touched, item.args))
+        horizon = kept.touched - self.repair_s  # memory by rate and window, not stream length
+        while kept.entries[0][0] < horizon:
+            kept.entries.popleft()
 
     def _renamed(self, item: Append) -> None:
         """Redis gave the entry another id (another process wrote a later one): keep that."""
@@ -351,7 +359,7 @@ class LogWriter:
         kept = self.kept.get(channel)
         lost = [
             args
-            for args in (kept.entries if kept is not None else [])
+            for _, args in (kept.entries if kept is not None else ())
             if id(args) not in queued and (top is None or (parse_id(args[_ID]) or top) > top)
         ]
         redo = [Append(channel, args, None, None) for args in lost] + waiting

@@ -11,6 +11,7 @@ and checks the other part: a stream with nothing more to append, repaired after 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -70,3 +71,20 @@ def test_the_next_append_after_a_lost_tail_first_appends_the_lost_entries_again(
     assert texts == list(zip([*first, *lost, last], "abcdef", strict=True))
     # Announced again with their ids: a live subscriber skips them, one that came since gets them.
     assert heard == [*first, *lost, *lost, last]
+
+
+def test_the_writer_keeps_only_the_last_window_of_a_long_stream(redis: Any) -> None:
+    # A failover loses only what the master had not yet sent (the last milliseconds): what the
+    # writer keeps is the append rate times the window, however long a stream runs.
+    log = EventLog(redis, 1000, retry_s=2.0, repair_s=0.5)
+    channel = "streams/str_long"
+    try:
+        for text in "abc":
+            log.append(channel, "token", json.dumps({"text": text}), 60)
+        time.sleep(0.6)  # older than the window from here on, however slow the machine
+        last = log.append(channel, "token", json.dumps({"text": "d"}), 60)
+        writer: Any = log._writer  # noqa: SLF001 - what it holds is the point
+        kept = [args[9] for _, args in writer.kept[channel].entries]
+    finally:
+        log.close()
+    assert kept == [last]
