@@ -8,6 +8,7 @@ master) and empty tables, after the previous one left nothing running.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from redis.cluster import RedisCluster
 from bench.fake_upstream import FakeUpstream
 from scripts.redis_cluster import LocalCluster, start_cluster
 from tests.support.cluster import ClusterLive, ClusterRedis
+from tests.support.config import app_config
 from tests.support.live import close_app
 from tests.support.multinode import Nodes, make_people
 
@@ -77,3 +79,36 @@ def nodes(
 @pytest.fixture()
 def people(nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
     return make_people(nodes.app, make_tenant, make_user, auth_headers)
+
+
+# --- a cluster of the test's own, for the tests that lose a master for good -------------------
+
+
+@pytest.fixture()
+def cluster() -> Iterator[LocalCluster]:
+    """A 6-node cluster of this test alone (it will lose a node), failing over in about 2 s."""
+    local = start_cluster(node_timeout_ms=1000)
+    yield local
+    local.stop()
+
+
+@pytest.fixture()
+def cluster_app(
+    cluster: LocalCluster, tmp_path: Path, _upstream_server: FakeUpstream
+) -> Iterator[Any]:
+    """An in-process app on ``cluster`` (its own SQLite), inside its app context."""
+    from api import create_app
+    from core.store import db
+
+    config = app_config(
+        cluster.url,
+        f"sqlite:///{tmp_path / 'sg.db'}",
+        _upstream_server.base_url,
+        REDIS_CLUSTER=True,
+        SSE_HEARTBEAT_S=1,
+    )
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+        yield app
+    close_app(app)

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.fake_upstream import FakeUpstream
-from scripts.redis_cluster import LocalCluster, start_cluster
-from tests.support.config import app_config
+from scripts.redis_cluster import LocalCluster
 from tests.support.hub import TERMINAL, open_hub, stream_body
-from tests.support.live import close_app
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -33,33 +28,12 @@ Entry = tuple[str, str, dict[str, Any]]  # id, event name, data
 
 
 @pytest.fixture()
-def cluster() -> Iterator[LocalCluster]:
-    local = start_cluster(node_timeout_ms=1000)
-    yield local
-    local.stop()
-
-
-@pytest.fixture()
-def cluster_app(
-    cluster: LocalCluster, tmp_path: Path, _upstream_server: FakeUpstream
-) -> Iterator[Any]:
-    from api import create_app
-    from core.store import db
+def served_app(cluster_app: Any) -> Any:
+    """The cluster's app with the hub's dispatcher and the control bus (the cancel) running."""
     from streaming.services import start_services
 
-    config = app_config(
-        cluster.url,
-        f"sqlite:///{tmp_path / 'sg.db'}",
-        _upstream_server.base_url,
-        REDIS_CLUSTER=True,
-        SSE_HEARTBEAT_S=1,
-    )
-    app = create_app(config)
-    with app.app_context():
-        db.create_all()
-        start_services(app)  # the hub's dispatcher and the control bus (the cancel)
-        yield app
-    close_app(app)
+    start_services(cluster_app)  # stopped with the app
+    return cluster_app
 
 
 def _confirmed(pubsub: Any) -> bool:
@@ -84,11 +58,11 @@ def _published(pubsub: Any, channel: str) -> list[Entry]:
 
 
 def test_a_stream_log_tail_lost_in_a_failover_is_appended_again_with_its_ids(
-    cluster: LocalCluster, cluster_app: Any, make_user: Any, auth_headers: Any
+    cluster: LocalCluster, served_app: Any, make_user: Any, auth_headers: Any
 ) -> None:
     from streaming.log import log_key
 
-    client = cluster_app.test_client()
+    client = served_app.test_client()
     headers = auth_headers(make_user())
     # Live subscribers on every node: whichever two are paused and killed, one hears it all.
     listeners = {port: cluster.node(port).pubsub() for port in cluster.ports}

@@ -10,47 +10,15 @@ own cluster (a node is lost for good).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.fake_upstream import FakeUpstream
-from scripts.redis_cluster import LocalCluster, start_cluster
-from tests.support.config import app_config
-from tests.support.live import close_app
+from scripts.redis_cluster import LocalCluster
 from tests.support.tokens import claims_of
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture()
-def cluster() -> Iterator[LocalCluster]:
-    local = start_cluster(node_timeout_ms=1000)
-    yield local
-    local.stop()
-
-
-@pytest.fixture()
-def cluster_app(
-    cluster: LocalCluster, tmp_path: Path, _upstream_server: FakeUpstream
-) -> Iterator[Any]:
-    from api import create_app
-    from core.store import db
-
-    config = app_config(
-        cluster.url,
-        f"sqlite:///{tmp_path / 'sg.db'}",
-        _upstream_server.base_url,
-        REDIS_CLUSTER=True,
-    )
-    app = create_app(config)
-    with app.app_context():
-        db.create_all()
-        yield app
-    close_app(app)
 
 
 def test_a_revocation_lost_in_a_failover_is_restored_from_sql(
