@@ -251,6 +251,10 @@ def test_attach_from_another_device_shows_the_real_prompt_and_a_reload_resumes_i
     second.set_default_timeout(TIMEOUT_MS)
     second_watch = PageWatch(second)
     log_in(second, live.url, accounts["member"])
+    # Fully started before the first device sends: with no conversation yet, and listening for
+    # replies started elsewhere (else it opens the new conversation itself, or misses the start).
+    expect(second.locator("#app-view")).to_have_attribute("data-user-channel", "open")
+    expect(second.locator("#conv-title")).to_have_text("New conversation")
 
     page.locator("#settings summary").click()
     page.fill("#system-prompt", "Speak like a pirate.")

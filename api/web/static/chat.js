@@ -268,6 +268,7 @@
   function closeUserChannel() {
     if (state.userES) state.userES.close();
     state.userES = null;
+    $("app-view").dataset.userChannel = "closed";
     for (const timer of state.pendingAttach.values()) clearTimeout(timer);
     state.pendingAttach.clear();
   }
@@ -323,6 +324,8 @@
     if (state.userLastId) url += "&last_event_id=" + encodeURIComponent(state.userLastId);
     const es = new EventSource(url, { withCredentials: true });
     state.userES = es;
+    // "open" once replies started on other tabs and devices can reach this page.
+    $("app-view").dataset.userChannel = "connecting";
     const track = (e) => { if (e.lastEventId) state.userLastId = e.lastEventId; };
     es.addEventListener("ping", track);
     es.addEventListener("stream.started", (e) => {
@@ -344,9 +347,14 @@
         state.pendingAttach.delete(id);
       });
     }
-    es.onopen = () => { state.userReopens = 0; };
+    es.onopen = () => {
+      state.userReopens = 0;
+      if (es === state.userES) $("app-view").dataset.userChannel = "open";
+    };
     es.onerror = async () => {
-      if (es !== state.userES || es.readyState !== EventSource.CLOSED) return;
+      if (es !== state.userES) return;
+      $("app-view").dataset.userChannel = es.readyState === EventSource.CLOSED ? "closed" : "connecting";
+      if (es.readyState !== EventSource.CLOSED) return;
       es.close();
       if (!state.me || state.userReopens >= MAX_REOPENS) return;
       if (await window.Streamgate.refresh()) {
