@@ -15,7 +15,14 @@ import pytest
 from playwright.sync_api import expect
 
 from bench.fake_upstream import expected_text
-from tests.support.browser import DESKTOP, PHONE, PageWatch, horizontal_overflow, log_in
+from tests.support.browser import (
+    DESKTOP,
+    PHONE,
+    PageWatch,
+    horizontal_overflow,
+    log_in,
+    wait_started,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
@@ -251,10 +258,9 @@ def test_attach_from_another_device_shows_the_real_prompt_and_a_reload_resumes_i
     second.set_default_timeout(TIMEOUT_MS)
     second_watch = PageWatch(second)
     log_in(second, live.url, accounts["member"])
-    # Fully started before the first device sends: with no conversation yet, and listening for
-    # replies started elsewhere (else it opens the new conversation itself, or misses the start).
-    expect(second.locator("#app-view")).to_have_attribute("data-user-channel", "open")
-    expect(second.locator("#conv-title")).to_have_text("New conversation")
+    # Fully started before the first device sends (else it may load the new conversation's list
+    # and open it itself, which is no attach).
+    wait_started(second)
 
     page.locator("#settings summary").click()
     page.fill("#system-prompt", "Speak like a pirate.")

@@ -25,6 +25,7 @@ from tests.support.browser import (
     log_in,
     open_console,
     send,
+    wait_started,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
@@ -57,7 +58,7 @@ def test_the_live_list_is_pushed_and_a_revoke_with_a_reason_reaches_the_members_
     second = member.new_page()  # same profile: the login cookie is shared
     second.set_default_timeout(TIMEOUT_MS)
     second.goto(live.url + "/")
-    second.locator("#app-view").wait_for(state="visible")
+    wait_started(second)  # not still loading the list when the first tab sends
     console, errors = open_console(browser, live.url, accounts["admin"], viewport)
     polled: list[str] = []
     console.on("request", lambda req: "/v1/admin/streams" in req.url and polled.append(req.url))

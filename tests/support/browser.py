@@ -133,3 +133,11 @@ def horizontal_overflow(page: Any) -> int:
             " - document.documentElement.clientWidth"
         )
     )
+
+
+def wait_started(page: Any) -> None:
+    """Wait until the chat page has finished starting: its conversation chosen and its user
+    channel open, so a reply started on another tab or device from now on reaches it."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#app-view")).to_have_attribute("data-user-channel", "open")
