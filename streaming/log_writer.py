@@ -190,6 +190,8 @@ def _gap(result: Any) -> str | None:
 _STOP = object()
 # A slot served elsewhere now (a failover, a migration): sent again after a topology refresh.
 _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError)
+# A pipeline result that means "send it again" (the slot moved, or a failover is under way).
+_SEND_AGAIN: tuple[type[Exception], ...] = (*_MOVED, *TRANSIENT_ERRORS)
 
 
 class LogWriter:
@@ -284,7 +286,7 @@ class LogWriter:
                     continue
                 for item, result in zip(group, results, strict=True):
                     newest = _gap(result)
-                    if isinstance(result, (*_MOVED, *TRANSIENT_ERRORS)):
+                    if isinstance(result, _SEND_AGAIN):
                         again.append(item)
                         error = cast(BaseException, result)
                     elif newest is not None and item.channel is not None:
