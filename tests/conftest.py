@@ -30,6 +30,7 @@ from tests.support.config import PASSWORD, TEST_HASHING, app_config
 from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
 from tests.support.processes import RedisServer, start_redis, stop_redis
 from tests.support.smollm2 import smollm2  # noqa: F401 (a fixture: the embedded model, once)
+from tests.support.tokens import user_headers
 
 LIVE_POOL = pytest.StashKey[LivePool]()
 
@@ -181,9 +182,8 @@ def make_tenant() -> Callable[..., Any]:
         limits: dict[str, int] | None = None,
     ) -> Any:
         slug = slug or "t-" + secrets.token_hex(4)
-        tenant = Tenant(
-            slug=slug, name=slug.title(), allowed_models=models or ["fake-model"], limits=limits
-        )
+        allowed = ["fake-model"] if models is None else models  # []: no allow-list
+        tenant = Tenant(slug=slug, name=slug.title(), allowed_models=allowed, limits=limits)
         db.session.add(tenant)
         db.session.commit()
         return tenant
@@ -230,14 +230,9 @@ def make_user(make_tenant: Callable[..., Any]) -> Callable[..., Any]:
 
 @pytest.fixture()
 def auth_headers() -> Callable[..., dict[str, str]]:
-    """``Authorization`` headers for a user's fresh access token (current app context)."""
-    from auth.tokens import issue_user_tokens
-
-    def headers(user: Any) -> dict[str, str]:
-        tokens = issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
-        return {"Authorization": "Bearer " + tokens["access_token"]}
-
-    return headers
+    """``Authorization`` headers for a user's fresh access token (current app context); a test
+    module may import the function itself, ``tests.support.tokens.user_headers``."""
+    return user_headers
 
 
 # --- live gunicorn servers ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from tests.api.admin_helpers import Headers, build_world, start_channel
 from tests.support.config import PASSWORD
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.db
@@ -225,14 +226,13 @@ def test_a_tenant_admin_cannot_touch_an_operator_in_their_tenant(
     client: Any,
     world: dict[str, Any],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., Headers],
 ) -> None:
     from auth.models import Tenant
     from core.store import db
 
     tenant = db.session.get(Tenant, world["operator"].tenant_id)
     local_admin = make_user(tenant, role="admin")
-    headers = auth_headers(local_admin)
+    headers = user_headers(local_admin)
     op = world["operator"].id
     assert client.get(f"/v1/admin/users/{op}", headers=headers).status_code == 200
     assert (

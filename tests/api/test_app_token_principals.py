@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.hub import tenant_of
+from tests.support.tokens import user_headers
 
 
 @pytest.fixture()
@@ -25,9 +26,9 @@ def _chat(client: Any, token: str, model: str = "fake-model") -> Any:
 
 
 def test_patch_changes_an_app_tokens_models_and_limits_on_its_next_request(
-    client: Any, admin: Any, auth_headers: Callable[..., dict[str, str]]
+    client: Any, admin: Any
 ) -> None:
-    as_admin = auth_headers(admin)
+    as_admin = user_headers(admin)
     made = client.post(
         "/v1/tokens", json={"name": "app", "scopes": ["chat", "read"]}, headers=as_admin
     ).get_json()
@@ -58,10 +59,9 @@ def test_bad_models_or_limits_are_a_clear_4xx(
     client: Any,
     admin: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
-    as_admin = auth_headers(admin)
-    outsider = auth_headers(make_user(role="admin"))
+    as_admin = user_headers(admin)
+    outsider = user_headers(make_user(role="admin"))
     body = {"name": "app", "scopes": ["chat"]}
     unknown = client.post("/v1/tokens", json={**body, "models": ["gpt-9"]}, headers=as_admin)
     assert unknown.status_code == 400 and unknown.get_json()["error_code"] == "model_not_allowed"
@@ -78,10 +78,9 @@ def test_an_app_token_dies_with_its_issuer_and_stays_visible_to_the_other_admins
     client: Any,
     admin: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     colleague = make_user(tenant_of(admin), role="admin")
-    as_admin, as_colleague = auth_headers(admin), auth_headers(colleague)
+    as_admin, as_colleague = user_headers(admin), user_headers(colleague)
     admin_id = admin.id
     made = client.post(
         "/v1/tokens", json={"name": "app", "scopes": ["chat", "read"]}, headers=as_admin

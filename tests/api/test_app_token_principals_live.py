@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.tokens import user_headers
+
 pytestmark = pytest.mark.live
 
 BURST = 12
@@ -42,11 +44,10 @@ def test_two_app_tokens_are_limited_independently_and_exactly_and_reported_apart
     live: Any,
     make_tenant: Callable[..., Any],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     tenant = make_tenant(models=["fake-model", "fake-model-b"])
     admin = make_user(tenant, role="admin")
-    as_admin = auth_headers(admin)
+    as_admin = user_headers(admin)
     with live.client() as client:
         before = client.get("/v1/usage", headers=as_admin).json()
         a = _issue(client, as_admin, name="app-a", models=["fake-model"], limits={"rpm": 3})

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from bench.fake_upstream import FakeUpstream
 from tests.support.hub import stream_body
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
@@ -25,14 +26,13 @@ def test_twenty_concurrent_posts_with_one_key_create_one_stream_and_one_upstream
     live: Any,
     fake_upstream: FakeUpstream,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     from core.store import db
     from streaming.models import StreamRecord
 
     user = make_user()
     tenant_id = user.tenant_id
-    headers = {**auth_headers(user), "Idempotency-Key": "mobile-retry-7f3a"}
+    headers = {**user_headers(user), "Idempotency-Key": "mobile-retry-7f3a"}
     body = stream_body(tokens=20, delay_ms=5)
     barrier = threading.Barrier(CLIENTS)
 

@@ -17,6 +17,7 @@ from bench.fake_upstream import expected_text, prompt_tokens
 from tests.api.limits_helpers import SLOW, body, estimate
 from tests.support.config import app_config
 from tests.support.processes import free_port
+from tests.support.tokens import user_headers
 from tests.support.waiting import fresh_minute, wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
@@ -52,14 +53,12 @@ def settled(get_usage: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def member(
-    app: Any, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
-) -> Callable[..., tuple[Any, Headers]]:
+def member(app: Any, make_user: Callable[..., Any]) -> Callable[..., tuple[Any, Headers]]:
     """A user with the given limit overrides and their auth headers."""
 
     def make(tenant: Any = None, role: str = "member", **limits: int) -> tuple[Any, Headers]:
         user = make_user(tenant, role=role, limits=limits or None)
-        return user, auth_headers(user)
+        return user, user_headers(user)
 
     return make
 
@@ -485,12 +484,11 @@ def test_redis_down_fails_closed_even_with_fail_open(
     fake_upstream: Any,
     app: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., Headers],
 ) -> None:
     from api import create_app
 
     user = make_user()
-    headers = auth_headers(user)
+    headers = user_headers(user)
     dead = create_app(
         app_config(
             f"redis://127.0.0.1:{free_port()}/0",

@@ -17,6 +17,7 @@ import pytest
 from tests.api.limits_helpers import SLOW, body, estimate
 from tests.support.live import LiveCluster, LiveServer
 from tests.support.processes import process_talking_to, worker_pids
+from tests.support.tokens import user_headers
 from tests.support.waiting import fresh_minute, wait_until
 
 pytestmark = pytest.mark.live
@@ -33,14 +34,12 @@ def two_nodes(live: LiveServer, live_cluster: LiveCluster) -> list[str]:
 
 
 @pytest.fixture()
-def person(
-    live: LiveServer, make_user: Callable[..., Any], auth_headers: Callable[..., Headers]
-) -> Callable[..., tuple[str, Headers]]:
+def person(live: LiveServer, make_user: Callable[..., Any]) -> Callable[..., tuple[str, Headers]]:
     """A user (id, auth headers) with limit overrides, created through ``live.app``."""
 
     def make(tenant: Any = None, role: str = "member", **limits: int) -> tuple[str, Headers]:
         user = make_user(tenant, role=role, limits=limits or None)
-        return user.id, auth_headers(user)
+        return user.id, user_headers(user)
 
     return make
 

@@ -53,18 +53,9 @@ def test_another_tenants_models_are_not_shown(
 
 
 def test_a_tenant_without_an_allow_list_gets_the_deployment_defaults(
-    client: Any,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    client: Any, member_of: Callable[..., Headers]
 ) -> None:
-    from core.store import db
-
-    tenant = make_tenant()
-    tenant.allowed_models = []
-    db.session.commit()
-    user = make_user(tenant)
-    assert listed_models(client, auth_headers(user)) == ["default-a", "default-b"]
+    assert listed_models(client, member_of(models=[])) == ["default-a", "default-b"]
 
 
 def test_every_listed_model_can_be_used_and_no_other(

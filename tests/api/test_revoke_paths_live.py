@@ -33,6 +33,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from tests.api.admin_helpers import gen_body
 from tests.support.hub import active_subscribers
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.live
@@ -201,9 +202,7 @@ PATHS = {
 
 
 @pytest.fixture()
-def world(
-    live: Any, make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, str]]
-) -> World:
+def world(live: Any, make_user: Callable[..., Any]) -> World:
     from auth.models import Tenant
     from core.store import db
 
@@ -217,8 +216,8 @@ def world(
             slug=tenant.slug,
             victim_id=victim.id,
             victim_email=victim.email,
-            victim_h=auth_headers(victim),
-            admin_h=auth_headers(admin),
+            victim_h=user_headers(victim),
+            admin_h=user_headers(admin),
         )
 
 
@@ -229,12 +228,11 @@ def test_revoking_credentials_stops_their_streams_and_subscriptions_on_every_wor
     world: World,
     fake_upstream: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     revoke, credential = PATHS[path]
     with live.app.app_context():
-        bystander_h = auth_headers(make_user())  # another tenant
-        operator_h = auth_headers(make_user(role="operator"))  # a third one: reads any channel
+        bystander_h = user_headers(make_user())  # another tenant
+        operator_h = user_headers(make_user(role="operator"))  # a third one: reads any channel
 
     with live.client() as client:
         if credential == "token":

@@ -19,6 +19,7 @@ import pytest
 from tests.support.accounts import UNLIMITED_LOGINS
 from tests.support.config import PASSWORD
 from tests.support.live import LiveServer
+from tests.support.tokens import user_headers
 
 LOOPS = 12  # parallel refresh loops, as in the review
 ROUNDS = 4  # demotions per test
@@ -55,13 +56,12 @@ def test_no_admin_token_outlives_a_demotion_raced_by_refreshes_and_app_tokens(
     live: LiveServer,
     make_tenant: Callable[..., Any],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     with live.app.app_context():
         tenant = make_tenant()
         target, boss = make_user(tenant, role="admin"), make_user(tenant, role="admin")
         slug, email, target_id = tenant.slug, target.email, target.id
-        boss_headers = auth_headers(boss)
+        boss_headers = user_headers(boss)
 
     minted: list[str] = []  # every token the target got with role=admin
     lock = threading.Lock()
@@ -130,7 +130,6 @@ def test_revocations_hold_when_redis_forgets_them(
     live: LiveServer,
     make_tenant: Callable[..., Any],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
     redis: Any,
 ) -> None:
     from auth import service
@@ -141,9 +140,9 @@ def test_revocations_hold_when_redis_forgets_them(
         everywhere = make_user(tenant)
         doomed = make_user(doomed_tenant)
         slug, email = tenant.slug, user.email
-        admin_headers, everywhere_headers = auth_headers(admin), auth_headers(everywhere)
-        doomed_headers = auth_headers(doomed)
-        keeper_headers = auth_headers(make_user(tenant))  # revoked by nothing
+        admin_headers, everywhere_headers = user_headers(admin), user_headers(everywhere)
+        doomed_headers = user_headers(doomed)
+        keeper_headers = user_headers(make_user(tenant))  # revoked by nothing
         service.sign_out_everywhere(tenant.id, everywhere.id, None, "test")
         service.disable_tenant(doomed_tenant.id, None, "test")
         service.enable_tenant(doomed_tenant.id, None, "test")  # old tokens stay dead

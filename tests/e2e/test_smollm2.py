@@ -7,12 +7,13 @@ and with the openai SDK through Streamgate's own ``POST /v1/chat/completions`` o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.accounts import tenant_member
 from tests.support.live import LiveServer
 from tests.support.smollm2 import MODEL, ModelServer
 
@@ -56,38 +57,45 @@ def live_overrides(smollm2: ModelServer) -> dict[str, str]:
     return {"LLM_BASE_URL": smollm2.base_url, "LLM_MODELS": MODEL}
 
 
-def test_openai_sdk_streams_smollm2_through_streamgate(
-    live: LiveServer,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-) -> None:
+member_of = pytest.fixture(tenant_member, name="member_of")
+
+
+@pytest.fixture()
+def headers(live: LiveServer, member_of: Callable[..., dict[str, str]]) -> dict[str, str]:
+    """The bearer headers of a member of a tenant allowed the model."""
+    return member_of(models=[MODEL])
+
+
+@pytest.fixture()
+def sdk(live: LiveServer, headers: dict[str, str]) -> Iterator[Any]:
+    """An openai SDK client of Streamgate's ``/v1``, signed in as that member (no retries)."""
     import openai
 
-    user = make_user(make_tenant(models=[MODEL]))
-    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
+    token = headers["Authorization"].removeprefix("Bearer ")
     client = openai.OpenAI(base_url=live.url + "/v1", api_key=token, timeout=60, max_retries=0)
-    try:
-        stream = client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": PROMPT}],
-            stream=True,
-            max_tokens=24,
-            temperature=0,
-            stream_options={"include_usage": True},
-        )
-        pieces: list[str] = []
-        finish: list[str] = []
-        usage: list[Any] = []
-        for chunk in stream:
-            for choice in chunk.choices:
-                pieces.append(choice.delta.content or "")
-                if choice.finish_reason:
-                    finish.append(choice.finish_reason)
-            if chunk.usage is not None:
-                usage.append(chunk.usage)
-    finally:
-        client.close()
+    yield client
+    client.close()
+
+
+def test_openai_sdk_streams_smollm2_through_streamgate(live: LiveServer, sdk: Any) -> None:
+    stream = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        stream=True,
+        max_tokens=24,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
+    pieces: list[str] = []
+    finish: list[str] = []
+    usage: list[Any] = []
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
+        if chunk.usage is not None:
+            usage.append(chunk.usage)
     assert "".join(pieces).strip(), "no text came through Streamgate\n" + live.log()[-3000:]
     assert finish and finish[-1] in {"stop", "length"}
     assert usage and usage[-1].completion_tokens > 0
@@ -101,41 +109,28 @@ LONG_PROMPT = "Summarise this report. " + " ".join(
 
 
 def test_a_prompt_longer_than_the_context_is_the_model_servers_400_in_direct_mode(
-    live: LiveServer,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    sdk: Any,
 ) -> None:
     import openai
 
     assert 9_000 < len(LONG_PROMPT) < 11_000
-    user = make_user(make_tenant(models=[MODEL]))
-    token = auth_headers(user)["Authorization"].removeprefix("Bearer ")
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key=token, timeout=60, max_retries=0)
-    try:
-        for stream in (True, False):
-            with pytest.raises(openai.BadRequestError) as caught:
-                client.chat.completions.create(
-                    model=MODEL,
-                    messages=[{"role": "user", "content": LONG_PROMPT}],
-                    stream=stream,
-                    max_tokens=24,
-                )
-            assert caught.value.code == "context_length_exceeded", caught.value.body
-            assert "maximum context length is 2048 tokens" in caught.value.message
-    finally:
-        client.close()
+    for stream in (True, False):
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": LONG_PROMPT}],
+                stream=stream,
+                max_tokens=24,
+            )
+        assert caught.value.code == "context_length_exceeded", caught.value.body
+        assert "maximum context length is 2048 tokens" in caught.value.message
 
 
 def test_a_prompt_longer_than_the_context_fails_the_channel_stream_saying_so(
-    live: LiveServer,
-    make_tenant: Callable[..., Any],
-    make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
+    live: LiveServer, headers: dict[str, str]
 ) -> None:
     from tests.support.hub import read_hub
 
-    headers = auth_headers(make_user(make_tenant(models=[MODEL])))
     body = {
         "model": MODEL,
         "max_tokens": 24,

@@ -16,6 +16,7 @@ import pytest
 from streaming.log import event_log, log_key
 from tests.support.accounts import member_channel
 from tests.support.hub import open_hub
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
@@ -35,9 +36,8 @@ def test_one_pubsub_connection_carries_every_channel_and_lets_go_of_them(
     client: Any,
     redis: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
-    users = [(u.id, auth_headers(u)) for u in (make_user() for _ in range(12))]
+    users = [(u.id, user_headers(u)) for u in (make_user() for _ in range(12))]
     readers = [open_hub(client, f"users/{uid}", headers) for uid, headers in users]
     try:
         assert all(r.status == 200 for r in readers)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.accounts import member_channel
 from tests.support.hub import get_with_ticket, issue_ticket, open_hub, say_hi, tenant_of
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
@@ -87,18 +88,14 @@ def _forbidden(response: Any) -> dict[str, Any]:
 
 
 def test_refusals_look_the_same_whether_or_not_the_channel_exists(
-    client: Any,
-    make_user: Callable[..., Any],
-    make_tenant: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
-    fake_upstream: Any,
+    client: Any, make_user: Callable[..., Any], fake_upstream: Any
 ) -> None:
     owner = make_user()
     colleague = make_user(tenant_of(owner))
     outsider = make_user()  # another tenant
     outsider_admin = make_user(tenant_of(outsider), role="admin")
-    owner_h, owner_id = auth_headers(owner), owner.id
-    refused = [auth_headers(who) for who in (colleague, outsider, outsider_admin)]
+    owner_h, owner_id = user_headers(owner), owner.id
+    refused = [user_headers(who) for who in (colleague, outsider, outsider_admin)]
     created = say_hi(client, owner_h, fake_upstream)
     real, missing = created["channel"], "streams/str_" + "z" * 20
 
@@ -151,11 +148,10 @@ def test_a_ticket_opens_its_channel_once(client: Any, redis: Any, member: Member
 def test_a_ticket_is_only_for_its_channel_and_only_for_readable_ones(
     client: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     user = make_user()
     other = make_user(tenant_of(user))
-    headers = auth_headers(user)
+    headers = user_headers(user)
     user, other = user.id, other.id
     ticket = issue_ticket(client, f"users/{user}", headers)
     elsewhere = get_with_ticket(client, f"users/{other}", ticket)

@@ -18,6 +18,7 @@ import pytest
 from streaming.generation import tenant_channel, user_channel
 from streaming.log import event_log
 from tests.support.hub import open_hub, start_stream, tenant_of
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("app_services")
@@ -34,7 +35,6 @@ def _refused(client: Any, channel: str, headers: dict[str, str]) -> dict[str, An
 def test_only_the_tenants_admins_and_operators_read_it(
     client: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
 ) -> None:
     admin = make_user(role="admin")
     tenant = tenant_of(admin)
@@ -42,8 +42,8 @@ def test_only_the_tenants_admins_and_operators_read_it(
     outsider_admin = make_user(role="admin")  # another tenant's
     operator = make_user(role="operator")  # in a tenant of their own
     channel, missing = tenant_channel(tenant.id), tenant_channel("ten_" + "z" * 20)
-    member_h, outsider_h = auth_headers(member), auth_headers(outsider_admin)
-    readers = [auth_headers(admin), auth_headers(operator)]
+    member_h, outsider_h = user_headers(member), user_headers(outsider_admin)
+    readers = [user_headers(admin), user_headers(operator)]
     admin_h = readers[0]
 
     bodies = [
@@ -82,7 +82,7 @@ class Team:
 
 
 @pytest.fixture()
-def team(make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, str]]) -> Team:
+def team(make_user: Callable[..., Any]) -> Team:
     admin = make_user(role="admin")
     tenant = tenant_of(admin)
     member = make_user(tenant)
@@ -90,9 +90,9 @@ def team(make_user: Callable[..., Any], auth_headers: Callable[..., dict[str, st
         tenant,
         tenant_channel(tenant.id),
         admin.id,
-        auth_headers(admin),
+        user_headers(admin),
         member.id,
-        auth_headers(member),
+        user_headers(member),
     )
 
 
@@ -138,12 +138,11 @@ def test_an_operators_streams_stay_off_their_tenants_feed(
     client: Any,
     team: Team,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
     fake_upstream: Any,
 ) -> None:
     operator = make_user(team.tenant, role="operator")
     channel, admin_h, operator_id = team.channel, team.admin_h, operator.id
-    operator_h, member_h = auth_headers(operator), team.member_h
+    operator_h, member_h = user_headers(operator), team.member_h
     hidden = start_stream(client, operator_h, tokens=2)
     # The operator's stream has ended on their own channel, so had it gone to the tenant's too,
     # it would be there before anything of the member's stream (one writer, in order).
@@ -165,11 +164,10 @@ def test_a_direct_mode_stream_is_announced_to_the_admins_only(
     app: Any,
     client: Any,
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., dict[str, str]],
     fake_upstream: Any,
 ) -> None:
     member = make_user()
-    headers, member_id, tenant_id = auth_headers(member), member.id, member.tenant_id
+    headers, member_id, tenant_id = user_headers(member), member.id, member.tenant_id
     answer = client.post(
         "/v1/chat/completions",
         json={

@@ -17,6 +17,7 @@ from core.errors import ApiError
 from streaming import webhooks
 from tests.support.accounts import admin_and_member
 from tests.support.hub import prompt
+from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Receiver
 
@@ -104,10 +105,9 @@ def test_admins_set_the_allow_list_and_see_deliveries_of_their_tenant_only(
     client: Any,
     team: tuple[Headers, Headers],
     make_user: Callable[..., Any],
-    auth_headers: Callable[..., Headers],
 ) -> None:
     as_admin, as_member = team
-    as_other = auth_headers(make_user(role="admin"))
+    as_other = user_headers(make_user(role="admin"))
 
     assert client.get("/v1/admin/webhooks").status_code == 401
     assert client.get("/v1/admin/webhooks/deliveries").status_code == 401

@@ -19,6 +19,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": "Bearer " + token}
 
 
+def user_headers(user: Any) -> dict[str, str]:
+    """``Authorization`` headers for a user's fresh access token (current app context)."""
+    from auth.tokens import issue_user_tokens
+
+    tokens = issue_user_tokens(user_id=user.id, tenant_id=user.tenant_id, role=user.role)
+    return bearer(tokens["access_token"])
+
+
 def tenant_of(user: Any) -> Any:
     from auth.models import Tenant
     from core.store import db
