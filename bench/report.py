@@ -59,21 +59,20 @@ def targets(results: dict[str, Any], profile: str) -> list[dict[str, Any]]:
     def at_most(name: str, goal: str, value: Any, unit: str, limit: float, note: str = "") -> None:
         row(name, goal, value, unit, None if value is None else value <= limit, note)
 
-    direct_hi = _level(results, "direct", "200")
-    ratio = (direct_hi or {}).get("vs_floor", {}).get("total_p50_ratio")
-    at_most("direct total p50 at 200 concurrent", "<= 1.10x floor", ratio, "x floor", 1.10)
-    direct_50 = _level(results, "direct", "50")
-    delta = (direct_50 or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
-    at_most("direct TTFT p50 at 50 concurrent", "<= floor + 25 ms", delta, "ms over floor", 25)
+    def over_floor(mode: str, total_ratio: float, ttft_ms: int) -> None:
+        """``mode``'s total p50 at 200 concurrent and TTFT p50 at 50, against the floor's."""
+        ratio = (_level(results, mode, "200") or {}).get("vs_floor", {}).get("total_p50_ratio")
+        goal = f"<= {total_ratio:.2f}x floor"
+        at_most(f"{mode} total p50 at 200 concurrent", goal, ratio, "x floor", total_ratio)
+        delta = (_level(results, mode, "50") or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
+        goal = f"<= floor + {ttft_ms} ms"
+        at_most(f"{mode} TTFT p50 at 50 concurrent", goal, delta, "ms over floor", ttft_ms)
+
+    over_floor("direct", 1.10, 25)
     for mode in ("direct", "channel"):
         cpu = (results.get(f"cpu.{mode}") or {}).get("headline_us_per_token")
         at_most(f"gateway CPU per token at 0 ms ({mode})", "<= 100 us", cpu, "us/token", 100)
-    channel_hi = _level(results, "channel", "200")
-    ratio = (channel_hi or {}).get("vs_floor", {}).get("total_p50_ratio")
-    at_most("channel total p50 at 200 concurrent", "<= 1.20x floor", ratio, "x floor", 1.20)
-    channel_50 = _level(results, "channel", "50")
-    delta = (channel_50 or {}).get("vs_floor", {}).get("ttft_p50_delta_ms")
-    at_most("channel TTFT p50 at 50 concurrent", "<= floor + 30 ms", delta, "ms over floor", 30)
+    over_floor("channel", 1.20, 30)
     idle = results.get("channel.idle") or {}
     levels = idle.get("levels") or {}
     counts = sorted((int(k) for k, v in levels.items() if v.get("kb_per_subscriber") is not None))

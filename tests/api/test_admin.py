@@ -23,6 +23,7 @@ from tests.api.admin_helpers import (
     start_channel,
 )
 from tests.support.config import PASSWORD
+from tests.support.hub import channel_generation
 from tests.support.waiting import wait_until
 
 # The hub and the control bus need this process's dispatcher and keeper (post_worker_init's).
@@ -383,23 +384,13 @@ def test_revoking_a_stream_whose_worker_died_settles_it_as_revoked(
     app: Any, client: Any, world: dict[str, Any], redis: Any
 ) -> None:
     """No worker runs it any more (its lease is expiring): the reaper settles it as revoked."""
-    from core.store import new_id
     from streaming import state
     from streaming.channel import TerminalSink
-    from streaming.generation import Generation
     from streaming.keeper import reap
 
     a = world["a"]
-    gen = Generation(
-        stream_id=new_id("str"),
-        tenant_id=a["tenant"].id,
-        user_id=a["member"].id,
-        token_jti="jti-of-a-dead-worker",
-        mode="channel",
-        model="fake-model",
-        messages=[],
-        params={},
-        prompt_estimate=5,
+    gen = channel_generation(
+        a["tenant"].id, a["member"].id, token_jti="jti-of-a-dead-worker", prompt_estimate=5
     )
     state.create(gen)  # what a worker does at admission, before it died
     watcher = open_hub(client, f"streams/{gen.stream_id}", a["admin_h"])

@@ -37,12 +37,8 @@ member_of = pytest.fixture(tenant_member, name="member_of")
 
 @pytest.fixture()
 def user(app: Any, make_user: Callable[..., Any]) -> Any:
+    """In-process (``tests/api/conftest.py``'s ``headers`` are this user's)."""
     return make_user()
-
-
-@pytest.fixture()
-def headers(user: Any, auth_headers: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return auth_headers(user)
 
 
 def stream_count() -> int:

@@ -12,25 +12,15 @@ from typing import Any
 
 import pytest
 
-from core.store import new_id
 from streaming.channel import LogSink
-from streaming.generation import Generation, Outcome, stream_channel
+from streaming.generation import Outcome, stream_channel
 from streaming.log import event_log, log_key
+from tests.support.hub import channel_generation
 from tests.support.waiting import wait_until
 
 
 def _sink(app: Any) -> tuple[LogSink, str]:
-    gen = Generation(
-        stream_id=new_id("str"),
-        tenant_id="ten_x",
-        user_id="usr_x",
-        token_jti="j",
-        mode="channel",
-        model="fake-model",
-        messages=[],
-        params={},
-        prompt_estimate=1,
-    )
+    gen = channel_generation("ten_x", "usr_x", token_jti="j", prompt_estimate=1)
     sink = LogSink(app, gen)
     sink.started()
     return sink, stream_channel(gen.stream_id)

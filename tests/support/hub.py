@@ -27,6 +27,25 @@ def stream_body(max_tokens: int = 2000, **knobs: Any) -> dict[str, Any]:
     }
 
 
+def channel_generation(tenant_id: str, user_id: str, token_jti: str, prompt_estimate: int) -> Any:
+    """A channel-mode ``Generation`` of ``fake-model`` with a new stream id, as admission copies
+    it out of a request (no messages, no settings): for driving a run's pieces directly."""
+    from core.store import new_id
+    from streaming.generation import Generation
+
+    return Generation(
+        stream_id=new_id("str"),
+        tenant_id=tenant_id,
+        user_id=user_id,
+        token_jti=token_jti,
+        mode="channel",
+        model="fake-model",
+        messages=[],
+        params={},
+        prompt_estimate=prompt_estimate,
+    )
+
+
 @dataclass
 class Event:
     id: str

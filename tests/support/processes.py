@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 
 import redis as redis_lib
 
+from bench import procstat
 from bench.stack import free_port, redis_argv, wait_for_redis
 
 __all__ = [
@@ -111,62 +111,34 @@ def stop_redis(server: RedisServer) -> None:
 
 def worker_pids(master: int) -> list[int]:
     """The direct children of ``master`` (a gunicorn master's workers), from ``/proc``."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{master}/task")
-    except FileNotFoundError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{master}/task/{task}/children") as handle:
-                found.extend(int(p) for p in handle.read().split())
-        except FileNotFoundError:
-            continue
-    return sorted(found)
+    return sorted(procstat.children(master))
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _established_to(port: int, end: int = 2) -> set[str]:
+def _established_to(port: int, end: int = 2) -> set[int]:
     """Inodes of established TCP connections (IPv4 and IPv6) whose remote end (``end=2``; the
     local end with ``end=1``) is ``port``."""
     suffix = f":{port:04X}"
-    inodes = set()
+    inodes: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 rows = [line.split() for line in f.readlines()[1:]]
         except FileNotFoundError:
             continue
-        inodes |= {cols[9] for cols in rows if cols[end].endswith(suffix) and cols[3] == "01"}
+        inodes |= {int(cols[9]) for cols in rows if cols[end].endswith(suffix) and cols[3] == "01"}
     return inodes
 
 
 def connections_to(pids: list[int], port: int) -> dict[int, int]:
     """How many established TCP connections each of ``pids`` holds to ``port``."""
-    remote = _established_to(port)
-    return {pid: len(_socket_inodes(pid) & remote) for pid in pids}
+    return procstat.connections_per_process(pids, port)
 
 
 def process_talking_to(pids: list[int], port: int) -> int | None:
     """The first of ``pids`` holding an established connection to ``port``, if any."""
     remote = _established_to(port)
     for pid in pids:
-        if _socket_inodes(pid) & remote:
+        if procstat.socket_inodes(pid) & remote:
             return pid
     return None
 
@@ -175,4 +147,4 @@ def connections_on(pids: list[int], port: int) -> dict[int, int]:
     """How many established TCP connections each of ``pids`` holds on its local ``port`` (the
     clients a server listening there is serving right now)."""
     local = _established_to(port, end=1)
-    return {pid: len(_socket_inodes(pid) & local) for pid in pids}
+    return {pid: len(procstat.socket_inodes(pid) & local) for pid in pids}
