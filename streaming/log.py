@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -52,6 +53,7 @@ def topic(channel: str) -> str:
     return EVENT_TOPIC_PREFIX + channel
 
 
+@dataclass(eq=False)
 class EventLog:
     """Append to and read from channel logs on one Redis client.
 
@@ -60,22 +62,15 @@ class EventLog:
     (0: ids are Redis's and nothing is kept; ``event_log`` sets it on a Cluster or Sentinel).
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        maxlen: int,
-        retry_s: float = 0.0,
-        user_maxlen: int = 1000,
-        user_max_age_s: float = 3600.0,
-        repair_s: float = 0.0,
-    ) -> None:
-        self.client = client
-        self.repair_s = repair_s
-        self.maxlen = maxlen
-        self.user_maxlen = user_maxlen
-        self.user_max_age_s = user_max_age_s
-        self.retry_s = retry_s
-        self._append = client.register_script(APPEND_SCRIPT)
+    client: redis.Redis
+    maxlen: int
+    retry_s: float = 0.0
+    user_maxlen: int = 1000
+    user_max_age_s: float = 3600.0
+    repair_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._append = self.client.register_script(APPEND_SCRIPT)
         self._writer: LogWriter | None = None
         self._writer_lock = threading.Lock()
 

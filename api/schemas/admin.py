@@ -57,6 +57,17 @@ class ReasonSchema(Schema):
     )
 
 
+class ChangeSchema(ReasonSchema):
+    """An update that must set at least one of ``CHANGES`` (a reason alone changes nothing)."""
+
+    CHANGES: tuple[str, ...] = ()
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if not any(name in data for name in self.CHANGES):
+            raise ValidationError(f"Give {' or '.join(self.CHANGES)}.", "_schema")
+
+
 # --- live streams -----------------------------------------------------------------------------
 
 
@@ -137,16 +148,13 @@ class UserCreateSchema(Schema):
     )
 
 
-class UserUpdateSchema(ReasonSchema):
+class UserUpdateSchema(ChangeSchema):
+    CHANGES = ("role", "disabled")
+
     role = fields.String(validate=validate.OneOf(ROLES))
     disabled = fields.Boolean(
         metadata={"description": "`true` disables the user and revokes their tokens and streams"}
     )
-
-    @validates_schema
-    def _something(self, data: dict[str, Any], **_: Any) -> None:
-        if "role" not in data and "disabled" not in data:
-            raise ValidationError("Give role or disabled.", "_schema")
 
 
 class UserRevokedSchema(Schema):
@@ -183,7 +191,9 @@ class TenantCreateSchema(Schema):
     )
 
 
-class TenantUpdateSchema(ReasonSchema):
+class TenantUpdateSchema(ChangeSchema):
+    CHANGES = ("allowed_models", "disabled")
+
     allowed_models = fields.List(
         fields.String(validate=[validate.Length(min=1, max=200), no_control_chars]),
         validate=validate.Length(min=1, max=100),
@@ -191,11 +201,6 @@ class TenantUpdateSchema(ReasonSchema):
     disabled = fields.Boolean(
         metadata={"description": "`true` revokes every token and stream of the tenant"}
     )
-
-    @validates_schema
-    def _something(self, data: dict[str, Any], **_: Any) -> None:
-        if "allowed_models" not in data and "disabled" not in data:
-            raise ValidationError("Give allowed_models or disabled.", "_schema")
 
 
 # --- model servers ---------------------------------------------------------------------------

@@ -177,7 +177,6 @@ def start_generation(
     request = {key: value for key, value in body.items() if key not in _NOT_FORWARDED}
     request["model"] = model
     request["max_tokens"] = max_tokens
-    params = {"max_tokens": max_tokens}
     stream_id = new_id("str")
     estimate = estimate_prompt_tokens(messages)
     end_user = body.get("user") or None  # OpenAI's `user`: the caller's own end user
@@ -190,7 +189,7 @@ def start_generation(
         mode=mode,
         model=model,
         messages=messages,
-        params=params,
+        params={"max_tokens": max_tokens},
         prompt_estimate=estimate,
         admission=admission.info,
         request=request,

@@ -27,6 +27,7 @@ from streaming.limits.keys import (
     ORDER,
     ORDER_EU,
     RESERVATION_TTL_S,
+    SCOPES,
     WINDOW_S,
     Clock,
     Keys,
@@ -111,17 +112,20 @@ def _lease_ttl_ms() -> int:
     return int(setting("LEASE_TTL_S") * 1000)
 
 
+def _windows(keys: Keys, scopes: tuple[Scope, ...], minute: int, day: int) -> list[str]:
+    """The token windows of ``scopes``: each one's minute window, then each one's day window."""
+    return [
+        *(keys.minute(scope, minute) for scope in scopes),
+        *(keys.day(scope, day) for scope in scopes),
+    ]
+
+
 def _admit_keys(keys: Keys, clock: Clock, stream_id: str) -> list[str]:
     out = [
         version_key(keys.tenant_id),
-        keys.rpm("user"),
-        keys.rpm("tenant"),
-        keys.leases("user"),
-        keys.leases("tenant"),
-        keys.minute("user", clock.minute),
-        keys.minute("tenant", clock.minute),
-        keys.day("user", clock.day),
-        keys.day("tenant", clock.day),
+        *(keys.rpm(scope) for scope in SCOPES),
+        *(keys.leases(scope) for scope in SCOPES),
+        *_windows(keys, SCOPES, clock.minute, clock.day),
         keys.reservation(stream_id),
     ]
     if keys.end_user is not None:
@@ -135,26 +139,15 @@ def _admit_keys(keys: Keys, clock: Clock, stream_id: str) -> list[str]:
 
 
 def _rate_keys(keys: Keys, clock: Clock) -> list[str]:
-    return [
-        version_key(keys.tenant_id),
-        keys.rpm("user"),
-        keys.rpm("tenant"),
-        keys.minute("user", clock.minute),
-        keys.minute("tenant", clock.minute),
-        keys.day("user", clock.day),
-        keys.day("tenant", clock.day),
-    ]
+    rpm = [keys.rpm(scope) for scope in SCOPES]
+    return [version_key(keys.tenant_id), *rpm, *_windows(keys, SCOPES, clock.minute, clock.day)]
 
 
 def _settle_keys(keys: Keys, stream_id: str, minute: int, day: int) -> list[str]:
     """The reservation, the leases of every scope, then their token windows (``RELEASE_LUA``)."""
     scopes = keys.scopes
-    return [
-        keys.reservation(stream_id),
-        *(keys.leases(scope) for scope in scopes),
-        *(keys.minute(scope, minute) for scope in scopes),
-        *(keys.day(scope, day) for scope in scopes),
-    ]
+    leases = [keys.leases(scope) for scope in scopes]
+    return [keys.reservation(stream_id), *leases, *_windows(keys, scopes, minute, day)]
 
 
 def _keys_of(admission: dict[str, Any]) -> Keys:

@@ -89,20 +89,13 @@ def test_two_app_tokens_are_limited_independently_and_exactly_and_reported_apart
         own = client.get("/v1/usage", headers=as_a).json()
         assert own["limits"]["user"]["rpm"]["limit"] == 3
 
-        by_token = client.get(
-            "/v1/admin/usage", params={"group_by": "token"}, headers=as_admin
-        ).json()
+        def admin_usage(**query: str) -> list[dict[str, Any]]:
+            return list(client.get("/v1/admin/usage", params=query, headers=as_admin).json())
+
+        by_token = admin_usage(group_by="token")
         assert {(r["token_name"], r["streams"]) for r in by_token} == {("app-a", 2), ("app-b", 5)}
-        by_end_user = client.get(
-            "/v1/admin/usage",
-            params={"group_by": "end_user", "token": a["jti"]},
-            headers=as_admin,
-        ).json()
+        by_end_user = admin_usage(group_by="end_user", token=a["jti"])
         assert sum(r["streams"] for r in by_end_user) == 2
         assert {r["end_user"] for r in by_end_user} <= {"alice-0", "alice-1"}
-        carol = client.get(
-            "/v1/admin/usage",
-            params={"group_by": "end_user", "token": b["jti"]},
-            headers=as_admin,
-        ).json()
+        carol = admin_usage(group_by="end_user", token=b["jti"])
         assert [(r["end_user"], r["streams"]) for r in carol] == [("carol", 5)]

@@ -65,6 +65,15 @@ def admitted_per_user(
     )
 
 
+def burst_per_user(
+    live: Any, requests: list[Any], limit: str
+) -> tuple[list[httpx.Response], Counter[tuple[str, int]]]:
+    """Send ``requests`` at once, each refusal naming ``limit``: the admitted responses and the
+    (end user, status) counts."""
+    responses = burst([live.url], requests)
+    return admitted_and_refused(responses, limit), admitted_per_user(requests, responses)
+
+
 def test_a_burst_for_alice_admits_exactly_her_rpm_while_bob_goes_on(
     live: Any, issue: Callable[..., tuple[str, Headers]]
 ) -> None:
@@ -94,13 +103,8 @@ def test_concurrent_streams_per_end_user_are_exact_and_come_back(
 ) -> None:
     _, headers = issue(limits=ROOMY, end_user_limits={"concurrent": 3})
     requests = for_user(headers, ["alice"] * 15 + ["bob"] * 3, SLOW)
-    responses = burst([live.url], requests)
-    admitted = admitted_and_refused(responses, "end_user.concurrent")
-    assert admitted_per_user(requests, responses) == {
-        ("alice", 202): 3,
-        ("alice", 429): 12,
-        ("bob", 202): 3,
-    }
+    admitted, per_user = burst_per_user(live, requests, "end_user.concurrent")
+    assert per_user == {("alice", 202): 3, ("alice", 429): 12, ("bob", 202): 3}
     assert len(usage(live.url, headers)["open_streams"]) == 6
     cancel_all(live.url, headers, admitted)
     settled(live.url, headers)
@@ -119,13 +123,8 @@ def test_an_end_users_token_reservations_are_exact_and_released_on_refusal_and_c
     _, headers = issue(limits=ROOMY, end_user_limits={"tpm": 3 * cost})
     requests = for_user(headers, ["alice"] * 12 + ["bob"], SLOW)
     fresh_minute(20)  # the whole burst in one tpm window
-    responses = burst([live.url], requests)
-    admitted = admitted_and_refused(responses, "end_user.tpm")
-    assert admitted_per_user(requests, responses) == {
-        ("alice", 202): 3,
-        ("alice", 429): 9,
-        ("bob", 202): 1,
-    }
+    admitted, per_user = burst_per_user(live, requests, "end_user.tpm")
+    assert per_user == {("alice", 202): 3, ("alice", 429): 9, ("bob", 202): 1}
     # The nine refusals reserved nothing: the app holds exactly the four admitted streams'.
     assert usage(live.url, headers)["today"]["reserved_tokens"] == 4 * cost
     cancel_all(live.url, headers, admitted)

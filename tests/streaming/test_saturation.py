@@ -109,11 +109,7 @@ def test_a_running_stream_completes_exactly_while_the_request_pool_is_drained(
 
 
 def test_a_drained_pool_is_answered_overloaded_not_redis_unavailable(
-    app: Any,
-    client: Any,
-    headers: dict[str, str],
-    fake_upstream: Any,
-    drained: Callable[[], Drained],
+    client: Any, headers: dict[str, str], fake_upstream: Any, drained: Callable[[], Drained]
 ) -> None:
     fake_upstream.reset(tokens=3)
     pool = drained()
