@@ -44,6 +44,18 @@ def context(browser: Any, live: Any, viewport: dict[str, int]) -> Iterator[Any]:
     made.close()
 
 
+@pytest.fixture()
+def page(context: Any) -> Any:
+    """A tab in the test's browser profile."""
+    return context.new_page()
+
+
+@pytest.fixture()
+def watch(page: Any) -> PageWatch:
+    """What the tab logs and which of its requests fail, from its first request on."""
+    return PageWatch(page)
+
+
 def replies(page: Any) -> Any:
     return page.locator("#transcript .reply")
 
@@ -67,10 +79,8 @@ def said(text: str) -> str:
 
 
 def test_a_reply_streams_in_follows_the_text_and_copies_byte_for_byte(
-    live: Any, context: Any, accounts: Any, screenshot: Any, viewport: dict[str, int]
+    live: Any, page: Any, watch: PageWatch, accounts: Any, screenshot: Any, viewport: dict[str, int]
 ) -> None:
-    page = context.new_page()
-    watch = PageWatch(page)
     log_in(page, live.url, accounts["member"])
     expect(page.locator("#who-email")).to_have_text(accounts["member"].email)
     # The header wraps on a phone: the whole email and Log out stay on screen.
@@ -100,10 +110,8 @@ def test_a_reply_streams_in_follows_the_text_and_copies_byte_for_byte(
 
 
 def test_markdown_is_rendered_and_nothing_the_model_writes_runs(
-    live: Any, context: Any, accounts: Any, screenshot: Any
+    live: Any, page: Any, watch: PageWatch, accounts: Any, screenshot: Any
 ) -> None:
-    page = context.new_page()
-    watch = PageWatch(page)
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     log_in(page, live.url, accounts["member"])
@@ -152,10 +160,8 @@ def test_markdown_is_rendered_and_nothing_the_model_writes_runs(
 
 
 def test_stop_ends_the_reply_and_send_comes_back(
-    live: Any, context: Any, accounts: Any, screenshot: Any
+    live: Any, page: Any, watch: PageWatch, accounts: Any, screenshot: Any
 ) -> None:
-    page = context.new_page()
-    watch = PageWatch(page)
     log_in(page, live.url, accounts["member"])
     send(page, "Go on forever [[fake infinite=1 delay_ms=40]]")
     expect(page.locator("#status")).to_have_text("running")
@@ -171,8 +177,7 @@ def test_stop_ends_the_reply_and_send_comes_back(
     assert watch.errors == [] and watch.refused == []
 
 
-def test_truncated_at_max_tokens_is_said(live: Any, context: Any, accounts: Any) -> None:
-    page = context.new_page()
+def test_truncated_at_max_tokens_is_said(live: Any, page: Any, accounts: Any) -> None:
     log_in(page, live.url, accounts["member"])
     page.locator("#settings summary").click()
     page.fill("#max-tokens", "5")
@@ -183,10 +188,8 @@ def test_truncated_at_max_tokens_is_said(live: Any, context: Any, accounts: Any)
 
 
 def test_conversations_keep_their_history_settings_and_names(
-    live: Any, context: Any, accounts: Any, fake_upstream: Any, screenshot: Any
+    live: Any, page: Any, watch: PageWatch, accounts: Any, fake_upstream: Any, screenshot: Any
 ) -> None:
-    page = context.new_page()
-    watch = PageWatch(page)
     log_in(page, live.url, accounts["member"])
     page.locator("#settings summary").click()
     page.fill("#system-prompt", "You answer briefly.")
@@ -249,9 +252,8 @@ def test_conversations_keep_their_history_settings_and_names(
 
 
 def test_attach_from_another_device_shows_the_real_prompt_and_a_reload_resumes_in_place(
-    live: Any, browser: Any, context: Any, accounts: Any, viewport: dict[str, int], screenshot: Any
+    live: Any, browser: Any, page: Any, accounts: Any, viewport: dict[str, int], screenshot: Any
 ) -> None:
-    page = context.new_page()
     log_in(page, live.url, accounts["member"])
     other = browser.new_context(viewport=viewport)  # another device: its own login
     second = other.new_page()
@@ -297,9 +299,8 @@ def test_attach_from_another_device_shows_the_real_prompt_and_a_reload_resumes_i
 
 
 def test_auto_scroll_follows_until_the_reader_scrolls_up(
-    live: Any, context: Any, accounts: Any
+    live: Any, page: Any, accounts: Any
 ) -> None:
-    page = context.new_page()
     log_in(page, live.url, accounts["member"])
     send(page, "Many lines [[fake infinite=1 delay_ms=10 pad=40]]")
     transcript = page.locator("#transcript")
@@ -321,8 +322,7 @@ def test_auto_scroll_follows_until_the_reader_scrolls_up(
     expect(page.locator("#status")).to_have_text("cancelled")
 
 
-def test_keyboard_labels_and_focus(live: Any, context: Any, accounts: Any) -> None:
-    page = context.new_page()
+def test_keyboard_labels_and_focus(live: Any, page: Any, accounts: Any) -> None:
     log_in(page, live.url, accounts["member"])
     page.fill("#prompt", "first line")
     page.press("#prompt", "Shift+Enter")
@@ -354,10 +354,8 @@ def test_keyboard_labels_and_focus(live: Any, context: Any, accounts: Any) -> No
 
 
 def test_a_logged_out_visit_logs_nothing_and_the_favicon_is_served(
-    live: Any, context: Any, viewport: dict[str, int], screenshot: Any
+    live: Any, page: Any, watch: PageWatch, viewport: dict[str, int], screenshot: Any
 ) -> None:
-    page = context.new_page()
-    watch = PageWatch(page)
     page.goto(live.url + "/")
     expect(page.locator("#login-view")).to_be_visible()
     page.wait_for_load_state("networkidle")
