@@ -285,10 +285,16 @@ def flatten_errors(messages: dict[Any, Any], prefix: str = "") -> dict[str, Any]
     return flat
 
 
-class UsageSchema(PassThroughSchema):
+class TokenCountsSchema(Schema):
+    """Prompt, completion and total tokens: OpenAI's ``usage`` and the usage report's totals."""
+
     prompt_tokens = fields.Integer()
     completion_tokens = fields.Integer()
     total_tokens = fields.Integer()
+
+
+class UsageSchema(PassThroughSchema, TokenCountsSchema):
+    """A response's ``usage``, with whatever details the model server adds."""
 
 
 class ChatMessageOutSchema(PassThroughSchema):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from api.schemas.chat import TokenCountsSchema
 from streaming.limits import MAX_LIMIT
 
 _LIMIT = validate.Range(min=0, max=MAX_LIMIT)
@@ -85,13 +86,10 @@ class DayUsageSchema(WindowUsageSchema):
     date = fields.String(required=True, metadata={"description": "The UTC day."})
 
 
-class UsageTotalsSchema(Schema):
+class UsageTotalsSchema(TokenCountsSchema):
     """Streams and settled tokens from the stream records."""
 
     streams = fields.Integer()
-    prompt_tokens = fields.Integer()
-    completion_tokens = fields.Integer()
-    total_tokens = fields.Integer()
 
 
 class EndUserUsageSchema(UsageTotalsSchema):

@@ -17,6 +17,7 @@ import pytest
 
 from tests.api.admin_helpers import Headers, build_world, start_channel
 from tests.support.config import PASSWORD
+from tests.support.hub import add_stream_record
 from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 
@@ -360,30 +361,19 @@ def test_an_operator_cannot_disable_their_own_tenant(client: Any, world: dict[st
 
 
 def add_record(
-    tenant_id: str,
-    user_id: str,
-    when: datetime,
-    prompt: int,
-    completion: int,
-    status: str = "completed",
-    model: str = "fake-model",
+    tenant_id: str, user_id: str, when: datetime, prompt: int, completion: int, **columns: Any
 ) -> None:
-    from core.store import db, new_id
-    from streaming.models import StreamRecord
+    """A stream record started at ``when`` with these token counts (``columns``: ``status=``)."""
+    from core.store import db
 
-    db.session.add(
-        StreamRecord(
-            id=new_id("str"),
-            tenant_id=tenant_id,
-            user_id=user_id,
-            mode="channel",
-            model=model,
-            status=status,
-            created_at=when,
-            started_at=when,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-        )
+    add_stream_record(
+        tenant_id,
+        user_id,
+        created_at=when,
+        started_at=when,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        **columns,
     )
     db.session.commit()
 

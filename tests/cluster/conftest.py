@@ -19,7 +19,7 @@ from scripts.redis_cluster import LocalCluster, start_cluster
 from tests.support.cluster import ClusterLive, ClusterRedis
 from tests.support.config import app_config
 from tests.support.live import close_app
-from tests.support.multinode import Nodes, make_people
+from tests.support.multinode import Nodes
 
 OVERRIDES = {"SSE_HEARTBEAT_S": "1", "SSE_MAX_SUBSCRIPTIONS_PER_USER": "3"}
 
@@ -77,8 +77,8 @@ def nodes(
 
 
 @pytest.fixture()
-def people(nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
-    return make_people(nodes.app, make_tenant, make_user, auth_headers)
+def people(nodes: Nodes, make_tenant: Any, make_user: Any) -> dict[str, Any]:
+    return nodes.people(make_tenant, make_user)
 
 
 # --- a cluster of the test's own, for the tests that lose a master for good -------------------

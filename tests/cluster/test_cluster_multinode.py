@@ -75,7 +75,7 @@ def test_a_revoke_sent_to_b_stops_a_generation_running_on_a(
 def test_limits_are_exact_under_a_burst_split_across_both_nodes(
     nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any, cluster_redis: Any
 ) -> None:
-    with nodes.app.app_context():
+    with nodes.a.app.app_context():
         tenant = make_tenant(limits={"concurrent": 4})
         users = [make_user(tenant, limits={"concurrent": 3}) for _ in range(2)]
         headers = [auth_headers(user) for user in users]

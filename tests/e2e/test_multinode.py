@@ -20,7 +20,6 @@ from tests.support.multinode import (
     admin_revoke,
     followed_across,
     holders_of,
-    make_people,
     start_channel,
     start_direct,
     subscribe,
@@ -44,9 +43,8 @@ def nodes(live: LiveServer, live_cluster: LiveCluster) -> Nodes:
 
 
 @pytest.fixture()
-def people(nodes: Nodes, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
-    """A tenant with an admin and a member; their ids and auth headers."""
-    return make_people(nodes.app, make_tenant, make_user, auth_headers)
+def people(nodes: Nodes, make_tenant: Any, make_user: Any) -> dict[str, Any]:
+    return nodes.people(make_tenant, make_user)
 
 
 def test_a_revoke_sent_to_node_b_stops_a_stream_running_on_node_a(

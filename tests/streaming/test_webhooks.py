@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from core.errors import ApiError
 from streaming import webhooks
 from tests.support.accounts import admin_and_member
-from tests.support.hub import prompt
+from tests.support.hub import add_stream_record, prompt
 from tests.support.tokens import user_headers
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Receiver
@@ -216,21 +216,12 @@ def test_the_sweeper_takes_over_a_delivery_whose_worker_stopped(
     make_user: Callable[..., Any],
 ) -> None:
     from core.store import db, utcnow
-    from streaming.models import StreamRecord, WebhookDelivery
+    from streaming.models import WebhookDelivery
 
     tenant = make_tenant()
     tenant.webhook_origins, tenant.webhook_secret = [receiver.origin], webhooks.new_secret()
     user = make_user(tenant)
-    db.session.add(
-        StreamRecord(
-            id="str_swept",
-            tenant_id=tenant.id,
-            user_id=user.id,
-            mode="channel",
-            model="fake-model",
-            status="completed",
-        )
-    )
+    add_stream_record(tenant.id, user.id, id="str_swept")
     payload = json.dumps({"id": "msg_swept", "type": "stream.completed", "data": {}})
     db.session.add(
         WebhookDelivery(

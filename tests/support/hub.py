@@ -46,6 +46,18 @@ def channel_generation(tenant_id: str, user_id: str, token_jti: str, prompt_esti
     )
 
 
+def add_stream_record(tenant_id: str, user_id: str, **columns: Any) -> Any:
+    """A stream record added to the session (current app context; the caller commits): a
+    completed channel-mode stream of ``fake-model`` with a new id unless ``columns`` say else."""
+    from core.store import db, new_id
+    from streaming.models import StreamRecord
+
+    row = {"id": new_id("str"), "mode": "channel", "model": "fake-model", "status": "completed"}
+    record = StreamRecord(tenant_id=tenant_id, user_id=user_id, **{**row, **columns})
+    db.session.add(record)
+    return record
+
+
 @dataclass
 class Event:
     id: str

@@ -13,6 +13,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from tests.support.live import LiveServer
+from tests.support.tokens import user_headers
 
 SLOW = "go [[fake infinite=1 delay_ms=20]]"
 READ_TIMEOUT_S = 30  # every read below ends by then at the latest
@@ -20,27 +21,24 @@ READ_TIMEOUT_S = 30  # every read below ends by then at the latest
 
 @dataclass
 class Nodes:
+    """Two gunicorn masters on one Redis and one database; rows are made through node a's app."""
+
     a: LiveServer
     b: LiveServer
 
-    @property
-    def app(self) -> Any:
-        return self.a.app
-
-
-def make_people(app: Any, make_tenant: Any, make_user: Any, auth_headers: Any) -> dict[str, Any]:
-    """A tenant with an admin and a member; their ids and auth headers."""
-    with app.app_context():
-        tenant = make_tenant()
-        admin, member = make_user(tenant, role="admin"), make_user(tenant)
-        return {
-            "admin_id": admin.id,
-            "member_id": member.id,
-            "slug": tenant.slug,
-            "member_email": member.email,
-            "admin_h": auth_headers(admin),
-            "member_h": auth_headers(member),
-        }
+    def people(self, make_tenant: Any, make_user: Any) -> dict[str, Any]:
+        """A tenant with an admin and a member; their ids and auth headers."""
+        with self.a.app.app_context():
+            tenant = make_tenant()
+            admin, member = make_user(tenant, role="admin"), make_user(tenant)
+            return {
+                "admin_id": admin.id,
+                "member_id": member.id,
+                "slug": tenant.slug,
+                "member_email": member.email,
+                "admin_h": user_headers(admin),
+                "member_h": user_headers(member),
+            }
 
 
 @dataclass

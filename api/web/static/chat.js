@@ -6,7 +6,7 @@
 "use strict";
 
 (() => {
-  const { $, api, session } = window.Streamgate;
+  const { $, api, session, subscribe } = window.Streamgate;
   const T = window.SGTranscript;
   const ATTACH_DELAY_MS = 250; // lets a replayed history settle before attaching to a stream
   const MAX_REOPENS = 3; // a closed user channel is re-opened at most this often, then we stop
@@ -320,13 +320,11 @@
 
   function openUserChannel() {
     closeUserChannel();
-    let url = "/v1/events?channel=" + encodeURIComponent("users/" + state.me.id);
-    if (state.userLastId) url += "&last_event_id=" + encodeURIComponent(state.userLastId);
-    const es = new EventSource(url, { withCredentials: true });
+    const remember = (id) => { state.userLastId = id; };
+    const { es, track } = subscribe("users/" + state.me.id, state.userLastId, remember);
     state.userES = es;
     // "open" once replies started on other tabs and devices can reach this page.
     $("app-view").dataset.userChannel = "connecting";
-    const track = (e) => { if (e.lastEventId) state.userLastId = e.lastEventId; };
     es.addEventListener("ping", track);
     es.addEventListener("stream.started", (e) => {
       track(e);

@@ -134,5 +134,16 @@ window.Streamgate = (() => {
     return { signedOut };
   }
 
-  return { $, api, HttpError, cookie, refresh, session };
+  // A hub subscription to `channel` (EventSource, cookie auth) that resumes after `lastId` when
+  // there is one. `track(e)` hands each event's id to `remember`, so that the next subscription
+  // resumes where this one stopped.
+  function subscribe(channel, lastId, remember) {
+    let url = "/v1/events?channel=" + encodeURIComponent(channel);
+    if (lastId) url += "&last_event_id=" + encodeURIComponent(lastId);
+    const es = new EventSource(url, { withCredentials: true });
+    const track = (e) => { if (e.lastEventId) remember(e.lastEventId); };
+    return { es, track };
+  }
+
+  return { $, api, HttpError, cookie, refresh, session, subscribe };
 })();

@@ -5,8 +5,8 @@
 // admin channel `tenants/<tenant id>` (EventSource): nothing is polled. Every other tab is one
 // of the documented admin routes: /v1/admin/users, /v1/tokens, limits, usage, audit, tenants.
 import {
-  $, allPages, api, button, code, confirmAction, cookie, el, fillSelect, query, refresh, report,
-  request, status, td, time,
+  $, allPages, api, button, changeThenReload, code, confirmAction, cookie, el, fillSelect, query,
+  refresh, report, request, status, subscribe, td, time,
 } from "./console/core.js";
 import { loadUsage, resizeCharts } from "./console/usage.js";
 
@@ -152,11 +152,8 @@ import { loadUsage, resizeCharts } from "./console/usage.js";
   }
 
   function openFeed() {
-    let url = "/v1/events?channel=" + encodeURIComponent("tenants/" + state.tenantId);
-    if (state.lastId) url += "&last_event_id=" + encodeURIComponent(state.lastId);
-    const es = new EventSource(url, { withCredentials: true });
+    const { es, track } = subscribe("tenants/" + state.tenantId, state.lastId, (id) => { state.lastId = id; });
     state.es = es;
-    const track = (e) => { if (e.lastEventId) state.lastId = e.lastEventId; };
     es.addEventListener("ping", track);
     es.addEventListener("stream.started", (e) => {
       track(e);
@@ -271,26 +268,14 @@ import { loadUsage, resizeCharts } from "./console/usage.js";
   async function userAction(u, change, text, ok) {
     const reason = await confirmAction("Change this user?", text, ok);
     if (reason === null) return false;
-    try {
-      await api("PATCH", `/v1/admin/users/${encodeURIComponent(u.id)}`, { ...change, reason });
-      report("users-error");
-    } catch (err) {
-      report("users-error", err);
-    }
-    await loadUsers();
+    await changeThenReload("users-error", () => api("PATCH", `/v1/admin/users/${encodeURIComponent(u.id)}`, { ...change, reason }), loadUsers);
     return true;
   }
 
   async function userPost(u, action, text, ok) {
     const reason = await confirmAction("Are you sure?", text, ok);
     if (reason === null) return;
-    try {
-      await api("POST", `/v1/admin/users/${encodeURIComponent(u.id)}/${action}`, { reason });
-      report("users-error");
-    } catch (err) {
-      report("users-error", err);
-    }
-    await loadUsers();
+    await changeThenReload("users-error", () => api("POST", `/v1/admin/users/${encodeURIComponent(u.id)}/${action}`, { reason }), loadUsers);
   }
 
   async function createUser(event) {
@@ -349,13 +334,7 @@ import { loadUsage, resizeCharts } from "./console/usage.js";
   async function revokeToken(t) {
     const reason = await confirmAction("Revoke this app token?", `${t.name} stops working everywhere at once; the streams it started are revoked.`, "Revoke");
     if (reason === null) return;
-    try {
-      await api("DELETE", `/v1/admin/tokens/${encodeURIComponent(t.jti)}`, { reason });
-      report("tokens-error");
-    } catch (err) {
-      report("tokens-error", err);
-    }
-    await loadTokens();
+    await changeThenReload("tokens-error", () => api("DELETE", `/v1/admin/tokens/${encodeURIComponent(t.jti)}`, { reason }), loadTokens);
   }
 
   // --- limits --------------------------------------------------------------------------------
@@ -439,13 +418,7 @@ import { loadUsage, resizeCharts } from "./console/usage.js";
     const text = disabled ? `Disable ${t.slug}? Every token of it dies and its streams stop.` : `Enable ${t.slug}?`;
     const reason = await confirmAction(disabled ? "Disable this tenant?" : "Enable this tenant?", text, disabled ? "Disable" : "Enable");
     if (reason === null) return;
-    try {
-      await api("PATCH", `/v1/admin/tenants/${encodeURIComponent(t.id)}`, { disabled, reason });
-      report("tenants-error");
-    } catch (err) {
-      report("tenants-error", err);
-    }
-    await loadTenants();
+    await changeThenReload("tenants-error", () => api("PATCH", `/v1/admin/tenants/${encodeURIComponent(t.id)}`, { disabled, reason }), loadTenants);
   }
 
   async function createTenant(event) {

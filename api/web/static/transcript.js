@@ -5,7 +5,7 @@
 "use strict";
 
 window.SGTranscript = (() => {
-  const { $, api } = window.Streamgate;
+  const { $, api, subscribe } = window.Streamgate;
   const { render, copyButton } = window.SGMarkdown;
   const TERMINAL = {
     "stream.completed": "completed",
@@ -154,11 +154,8 @@ window.SGTranscript = (() => {
   }
 
   function open(cur) {
-    let url = "/v1/events?channel=" + encodeURIComponent("streams/" + cur.id);
-    if (cur.lastId) url += "&last_event_id=" + encodeURIComponent(cur.lastId);
-    const es = new EventSource(url, { withCredentials: true });
+    const { es, track } = subscribe("streams/" + cur.id, cur.lastId, (id) => { cur.lastId = id; });
     cur.es = es;
-    const track = (e) => { if (e.lastEventId) cur.lastId = e.lastEventId; };
     es.addEventListener("stream.started", track);
     es.addEventListener("ping", track);
     es.addEventListener("token", (e) => {

@@ -20,9 +20,9 @@ export function messageOf(body) {
   return (body.message || "") + (detail && body.code === 422 ? ` (${detail})` : "");
 }
 
-// The cookie reader and the one-at-a-time token refresh are the chat page's (common.js, loaded
-// before this module), so both pages refresh a session the same way.
-export const { cookie, refresh } = window.Streamgate;
+// The cookie reader, the one-at-a-time token refresh and the hub subscription are the chat
+// page's (common.js, loaded before this module), so both pages do them the same way.
+export const { cookie, refresh, subscribe } = window.Streamgate;
 
 // One request; resolves with {data, headers}. A 401 is retried once after a refresh.
 export async function request(method, url, body, retried = false) {
@@ -66,6 +66,18 @@ export async function allPages(path, params, maxPages = 20) {
 }
 
 export function report(id, err) { $(id).textContent = err ? err.message || String(err) : ""; }
+
+// One change through the API (`call`): its error shown in `id` (or the last one cleared), then
+// the list reloaded either way.
+export async function changeThenReload(id, call, reload) {
+  try {
+    await call();
+    report(id);
+  } catch (err) {
+    report(id, err);
+  }
+  await reload();
+}
 
 // --- small DOM helpers ---------------------------------------------------------------------
 
