@@ -133,7 +133,7 @@ def run(live: int, samples: int, workers: int, delay_ms: int) -> dict[str, Any]:
         nodes = (node_a, node_b)
         members = stack.users("member", live + samples)
         admin = stack.users("admin", 1)[0]
-        upstream = httpx.Client(base_url=f"http://127.0.0.1:{stack.upstream_port}", timeout=WAIT_S)
+        upstream = httpx.Client(base_url=stack.upstream_root, timeout=WAIT_S)
 
         background = []
         for i in range(live):

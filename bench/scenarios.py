@@ -805,9 +805,7 @@ async def _first_token_of_entries(ctx: Ctx, channel: str) -> dict[str, float]:
     """
     from streaming.log import event_log
 
-    _, _, body = await client.request_json(
-        f"http://127.0.0.1:{ctx.stack.upstream_port}", "GET", "/_stamps"
-    )
+    _, _, body = await client.request_json(ctx.stack.upstream_root, "GET", "/_stamps")
     stamps = body.get("stamps") if isinstance(body, dict) else None
     if not stamps:
         return {}
@@ -933,9 +931,7 @@ async def channel_revoke(ctx: Ctx, _target: Target) -> dict[str, Any]:
 
 
 async def _upstream_stats(ctx: Ctx) -> dict[str, int]:
-    _, _, body = await client.request_json(
-        f"http://127.0.0.1:{ctx.stack.upstream_port}", "GET", "/_stats"
-    )
+    _, _, body = await client.request_json(ctx.stack.upstream_root, "GET", "/_stats")
     return body if isinstance(body, dict) else {"disconnects": 0}
 
 

@@ -185,6 +185,11 @@ class BenchUser:
         return {"Authorization": "Bearer " + self.token}
 
 
+def loopback(port: int, scheme: str = "http", path: str = "") -> str:
+    """The URL of a service this machine runs on ``port`` (loopback)."""
+    return f"{scheme}://127.0.0.1:{port}{path}"
+
+
 class Stack:
     """Redis + fake upstream + Streamgate under gunicorn (+ the peer), all on loopback."""
 
@@ -217,15 +222,20 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return loopback(self.redis_port, "redis", "/0")
+
+    @property
+    def upstream_root(self) -> str:
+        """The fake upstream's own routes (``/_stats``, ``/_stamps``) are here."""
+        return loopback(self.upstream_port)
 
     @property
     def upstream_url(self) -> str:
-        return f"http://127.0.0.1:{self.upstream_port}/v1"
+        return self.upstream_root + "/v1"
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        return loopback(self.gateway_port)
 
     @property
     def db_url(self) -> str:

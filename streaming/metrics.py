@@ -27,6 +27,16 @@ class Metrics:
         self.registry = None if multiproc else CollectorRegistry()
         reg: dict[str, Any] = {"registry": self.registry} if self.registry is not None else {}
         gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiproc else {}
+
+        def counter(name: str, documentation: str, *labels: str) -> Counter:
+            """``streamgate_<name>_total``."""
+            return Counter(f"streamgate_{name}_total", documentation, labels, **reg)
+
+        def latency(name: str, documentation: str, label: str) -> Histogram:
+            """``streamgate_<name>_seconds``, in the latency buckets."""
+            name = f"streamgate_{name}_seconds"
+            return Histogram(name, documentation, [label], buckets=_LATENCY_BUCKETS, **reg)
+
         self.active_streams = Gauge(
             "streamgate_active_streams",
             "Generations running in this process",
@@ -40,46 +50,23 @@ class Metrics:
             **reg,
             **gauge_mode,
         )
-        self.streams_total = Counter(
-            "streamgate_streams_total",
+        self.streams_total = counter(
+            "streams",
             "Generations finished, by mode and final status",
-            ["mode", "status"],
-            **reg,
+            "mode",
+            "status",
         )
-        self.tokens_out = Counter(
-            "streamgate_tokens_out_total", "Completion tokens delivered", ["mode"], **reg
-        )
-        self.ttft = Histogram(
-            "streamgate_time_to_first_token_seconds",
-            "Admission to first token",
-            ["mode"],
-            buckets=_LATENCY_BUCKETS,
-            **reg,
-        )
-        self.inter_token = Histogram(
-            "streamgate_inter_token_seconds",
-            "Gap between consecutive upstream chunks",
-            ["mode"],
-            buckets=_LATENCY_BUCKETS,
-            **reg,
-        )
-        self.upstream_errors = Counter(
-            "streamgate_upstream_errors_total", "Model-server failures by kind", ["kind"], **reg
-        )
-        self.rate_limited = Counter(
-            "streamgate_rate_limited_total", "Requests refused by a limit", ["limit"], **reg
-        )
-        self.revocations = Counter(
-            "streamgate_revocations_total", "Revocations by target kind", ["target"], **reg
-        )
-        self.backend_errors = Counter(
-            "streamgate_backend_errors_total", "Redis or database errors", ["backend"], **reg
-        )
-        self.overload_refusals = Counter(
-            "streamgate_overload_refusals_total",
+        self.tokens_out = counter("tokens_out", "Completion tokens delivered", "mode")
+        self.ttft = latency("time_to_first_token", "Admission to first token", "mode")
+        self.inter_token = latency("inter_token", "Gap between consecutive upstream chunks", "mode")
+        self.upstream_errors = counter("upstream_errors", "Model-server failures by kind", "kind")
+        self.rate_limited = counter("rate_limited", "Requests refused by a limit", "limit")
+        self.revocations = counter("revocations", "Revocations by target kind", "target")
+        self.backend_errors = counter("backend_errors", "Redis or database errors", "backend")
+        self.overload_refusals = counter(
+            "overload_refusals",
             "New work refused at the door with 503 overloaded, by signal",
-            ["reason"],
-            **reg,
+            "reason",
         )
         self.loop_lag = Gauge(
             "streamgate_event_loop_lag_seconds",
@@ -93,30 +80,26 @@ class Metrics:
             **reg,
             **_mode("livemin", multiproc),
         )
-        self.record_write_failures = Counter(
-            "streamgate_record_write_failures_total",
-            "Stream records that could not be written",
-            **reg,
+        self.record_write_failures = counter(
+            "record_write_failures", "Stream records that could not be written"
         )
 
-        self.upstream_requests = Counter(
-            "streamgate_upstream_requests_total",
+        self.upstream_requests = counter(
+            "upstream_requests",
             "Attempts sent to each model server (a failover counts on both)",
-            ["upstream"],
-            **reg,
+            "upstream",
         )
-        self.upstream_failures = Counter(
-            "streamgate_upstream_failures_total",
+        self.upstream_failures = counter(
+            "upstream_failures",
             "Failures of each model server by kind (connect, timeout, status_5xx, rate_limited, "
             "status_401, status_403, status_408, dropped)",
-            ["upstream", "kind"],
-            **reg,
+            "upstream",
+            "kind",
         )
-        self.upstream_failovers = Counter(
-            "streamgate_upstream_failovers_total",
+        self.upstream_failovers = counter(
+            "upstream_failovers",
             "Requests moved to the next model server after this one failed before its first chunk",
-            ["upstream"],
-            **reg,
+            "upstream",
         )
         self.upstream_in_flight = Gauge(
             "streamgate_upstream_in_flight",
@@ -125,12 +108,10 @@ class Metrics:
             **reg,
             **gauge_mode,
         )
-        self.upstream_ttft = Histogram(
-            "streamgate_upstream_time_to_first_token_seconds",
+        self.upstream_ttft = latency(
+            "upstream_time_to_first_token",
             "Run start (failovers included) to the first token, by the model server that sent it",
-            ["upstream"],
-            buckets=_LATENCY_BUCKETS,
-            **reg,
+            "upstream",
         )
 
     def report_load(self, lag_s: float, capacity: float) -> None:

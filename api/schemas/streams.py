@@ -52,6 +52,11 @@ class StreamErrorSchema(Schema):
     message = fields.String(allow_none=True)
 
 
+def _channel_only(kind: type[fields.Field[Any]], description: str, *args: Any) -> fields.Field[Any]:
+    """What only a channel-mode stream keeps (null for a direct-mode one)."""
+    return kind(*args, allow_none=True, metadata={"description": f"{description} (channel mode)"})
+
+
 class StreamSchema(Schema):
     id = fields.String(required=True)
     channel = fields.String()
@@ -66,22 +71,14 @@ class StreamSchema(Schema):
     usage = fields.Nested(UsageSchema)
     error = fields.Nested(StreamErrorSchema, allow_none=True)
     text = fields.String(allow_none=True)
-    tool_calls = fields.List(
-        fields.Nested(ToolCallSchema),
-        allow_none=True,
-        metadata={"description": "The tool calls the model made, assembled (channel mode)"},
+    tool_calls = _channel_only(
+        fields.List, "The tool calls the model made, assembled", fields.Nested(ToolCallSchema)
     )
-    messages = fields.List(
-        fields.Dict(),
-        allow_none=True,
-        metadata={"description": "The messages the generation was asked for (channel mode)"},
+    messages = _channel_only(
+        fields.List, "The messages the generation was asked for", fields.Dict()
     )
-    settings = fields.Dict(
-        allow_none=True,
-        metadata={
-            "description": "Its sampling settings as sent (channel mode): max_tokens, "
-            "temperature, top_p, stop, seed"
-        },
+    settings = _channel_only(
+        fields.Dict, "Its sampling settings as sent: max_tokens, temperature, top_p, stop, seed"
     )
 
 
