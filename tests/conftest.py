@@ -27,6 +27,7 @@ import sqlalchemy
 
 from bench.fake_upstream import FakeUpstream
 from tests.support.config import PASSWORD, TEST_HASHING, app_config
+from tests.support.forkserver import close_fork_server
 from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
 from tests.support.processes import RedisServer, start_redis, stop_redis
 from tests.support.smollm2 import smollm2  # noqa: F401 (a fixture: the embedded model, once)
@@ -275,6 +276,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 _CALL_FAILED = pytest.StashKey[bool]()
+
+
+def pytest_sessionfinish() -> None:
+    close_fork_server()  # after every fixture: the servers it started have been stopped
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -29,7 +29,8 @@ from httpx_sse import EventSource
 
 from bench.fake_upstream import expected_text
 from tests.api.chat_helpers import chat_body, chunk_text
-from tests.support.config import live_env
+from tests.support.config import ROOT, live_env
+from tests.support.forkserver import fork_server
 from tests.support.live import LiveCluster, LiveServer, gunicorn_argv
 from tests.support.processes import connections_on, free_port, stop_process
 from tests.support.upstreams import FakeProcess, upstreams_json
@@ -360,10 +361,7 @@ def test_max_concurrent_is_exact_under_a_burst_across_two_masters(
 def _refused(env: dict[str, str], tmp_path: Path) -> str:
     """Start gunicorn with ``env``; it must exit. Its log."""
     log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            gunicorn_argv(free_port()), env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    proc = fork_server().spawn(gunicorn_argv(free_port()), env, ROOT, log)
     try:
         proc.wait(90)
     except subprocess.TimeoutExpired:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from redis.exceptions import RedisError
 
 from bench.stack import gunicorn_argv as gateway_argv
 from tests.support.config import ROOT, app_config, live_env
+from tests.support.forkserver import ForkedProcess, fork_server
 from tests.support.processes import RedisServer, free_port, stop_process, worker_pids
 from tests.support.waiting import wait_until
 
@@ -56,25 +56,18 @@ def gunicorn_argv(port: int, workers: int = 2) -> list[str]:
 
 def start_gunicorn(
     env: dict[str, str], log_path: Path, workers: int = 2
-) -> tuple[str, subprocess.Popen[bytes]]:
+) -> tuple[str, ForkedProcess]:
     """Start gunicorn on a free loopback port and wait for ``/healthz``; returns (url, process).
 
     When another process took the port between choosing and binding it, another is chosen.
     """
     for attempt in range(5):
         port = free_port()
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                gunicorn_argv(port, workers),
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc = fork_server().spawn(gunicorn_argv(port, workers), env, ROOT, log_path)
         url = f"http://127.0.0.1:{port}"
         lost_race = False
 
-        def up(proc: subprocess.Popen[bytes] = proc, url: str = url) -> bool:
+        def up(proc: ForkedProcess = proc, url: str = url) -> bool:
             nonlocal lost_race
             if proc.poll() is not None:
                 text = log_path.read_text(errors="replace")
@@ -104,7 +97,7 @@ class LiveServer:
     """A gunicorn master with gevent workers, and an in-process app bound to the same stores."""
 
     url: str
-    proc: subprocess.Popen[bytes]
+    proc: ForkedProcess
     app: Any
     env: dict[str, str]
     log_path: Path
@@ -166,7 +159,7 @@ class LiveCluster:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="sg-live-"))
         self.db_url = f"sqlite:///{self.dir / 'live.db'}"
         self.env = live_env(redis_server.url, self.db_url, llm_url, **dict(key))
-        self.nodes: list[tuple[str, subprocess.Popen[bytes], Path, list[int]]] = []
+        self.nodes: list[tuple[str, ForkedProcess, Path, list[int]]] = []
         self.served = 0  # tests that used it
         self._create_tables()
         self.add_node()
