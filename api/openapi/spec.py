@@ -53,7 +53,7 @@ def openapi_yaml(app: Flask) -> str:
 def build_spec(app: Flask) -> dict[str, Any]:
     """The complete OpenAPI document of ``app`` (a fresh dict; ``openapi_yaml`` caches its YAML)."""
     with app.app_context():
-        spec: dict[str, Any] = copy.deepcopy(api.spec.to_dict())
+        spec: dict[str, Any] = copy.deepcopy(api.documented_spec().to_dict())
     document, chat = load("document"), load("chat")
     endpoints = _endpoints(app)
     for path, item in spec.get("paths", {}).items():
