@@ -31,7 +31,9 @@ class Account:
 
 
 def log_in(page: Any, base_url: str, account: Account, model: str = "fake-model") -> None:
-    """Log in through the chat page's form, as a person would."""
+    """Log in through the chat page's form, as a person would, and wait until the page has
+    started (``wait_started``): a test that sends at once would otherwise race the page's own
+    first load of its conversation list."""
     page.goto(base_url + "/")
     page.locator("#login-view").wait_for(state="visible")
     page.fill("#login-tenant", account.tenant)
@@ -40,6 +42,7 @@ def log_in(page: Any, base_url: str, account: Account, model: str = "fake-model"
     page.click("#login-submit")
     page.locator("#app-view").wait_for(state="visible")
     page.locator(f"#model option[value='{model}']").wait_for(state="attached")
+    wait_started(page)
 
 
 class PageServer:
