@@ -32,8 +32,16 @@ from tests.support.live import LiveCluster, LivePool, LiveServer, close_app
 from tests.support.processes import RedisServer, start_redis, stop_redis
 from tests.support.smollm2 import smollm2  # noqa: F401 (a fixture: the embedded model, once)
 from tests.support.tokens import user_headers
+from tests.support.waiting import fresh_day
 
 LIVE_POOL = pytest.StashKey[LivePool]()
+
+
+# Tests read today's usage, tokens per day and usage by day, all counted by UTC day: none starts
+# in the last two minutes of one (no test takes that long), so none straddles midnight.
+@pytest.fixture(autouse=True)
+def _same_utc_day() -> None:
+    fresh_day(120)
 
 
 # --- Redis ----------------------------------------------------------------------------------------

@@ -28,6 +28,16 @@ def fresh_minute(need_s: float) -> None:
     window (a burst against ``tpm``, a refusal after a reservation) must not straddle the minute's
     end, or the second half is counted in a window of its own.
     """
-    left = 60.0 - time.time() % 60.0
+    _fresh_window(60.0, need_s)
+
+
+def fresh_day(need_s: float) -> None:
+    """Let at least ``need_s`` of the current UTC day remain before going on: tokens per day,
+    ``today``'s usage and the usage by day are counted by UTC day."""
+    _fresh_window(86400.0, need_s)
+
+
+def _fresh_window(period_s: float, need_s: float) -> None:
+    left = period_s - time.time() % period_s
     if left < need_s:
         time.sleep(left + 0.05)
