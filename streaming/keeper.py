@@ -79,24 +79,67 @@ def interval(app: Flask) -> float:
     return float(max(0.05, min(cfg["LEASE_TTL_S"] / 3, cfg["SSE_HEARTBEAT_S"])))
 
 
+class Outage:
+    """One line of log per outage, not one per tick: while Redis or the database is down the
+    keeper fails every interval (twice). The first failure is logged with its traceback, then a
+    one-line reminder every ``remind_s`` while it lasts, and its end."""
+
+    def __init__(self, what: str, remind_s: float = 60.0) -> None:
+        self.what = what
+        self.remind_s = remind_s
+        self.since: float | None = None
+        self.failures = 0
+        self.reminded = 0.0
+
+    def failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        self.failures += 1
+        if self.since is None:
+            self.since = self.reminded = now
+            log.warning("%s failed", self.what, exc_info=error)
+        elif now - self.reminded >= self.remind_s:
+            self.reminded = now
+            log.warning(
+                "%s still failing: %d times in %.0f s, last: %s: %s",
+                self.what,
+                self.failures,
+                now - self.since,
+                type(error).__name__,
+                error,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "%s works again after %d failures in %.0f s",
+                self.what,
+                self.failures,
+                time.monotonic() - self.since,
+            )
+            self.since, self.failures = None, 0
+
+
 def keep(
     app: Flask, dispatcher: Dispatcher, stopping: threading.Event, orphan_sink: OrphanSink
 ) -> None:
     """Run ``tick`` every interval until ``stopping`` is set."""
     period = interval(app)
+    ticks, upkeep = Outage("keeper tick"), Outage("keeper: hub subscriber upkeep")
     while not stopping.is_set():
         started = time.monotonic()
         try:
             with app.app_context():
                 use_runs_pool()
                 tick(app, dispatcher.ops, orphan_sink)
-        except Exception:  # noqa: BLE001 - the keeper must survive Redis or database outages
-            log.warning("keeper tick failed", exc_info=True)
+            ticks.succeeded()
+        except Exception as exc:  # noqa: BLE001 - the keeper must survive Redis or database outages
+            ticks.failed(exc)
         try:
             with app.app_context():
                 maintain_subscribers(app, dispatcher)
-        except Exception:  # noqa: BLE001
-            log.warning("keeper: hub subscriber upkeep failed", exc_info=True)
+            upkeep.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            upkeep.failed(exc)
         stopping.wait(max(0.0, period - (time.monotonic() - started)))
 
 
