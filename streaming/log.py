@@ -68,6 +68,7 @@ class EventLog:
     user_maxlen: int = 1000
     user_max_age_s: float = 3600.0
     repair_s: float = 0.0
+    on_repair: Callable[[int], None] | None = None  # entries a repair appends again (a metric)
 
     def __post_init__(self) -> None:
         self._append = self.client.register_script(APPEND_SCRIPT)
@@ -81,7 +82,7 @@ class EventLog:
                 writer = self._writer
                 if writer is None or writer.pid != os.getpid():
                     writer = self._writer = LogWriter(
-                        self.client, self._append, self.retry_s, self.repair_s
+                        self.client, self._append, self.retry_s, self.repair_s, self.on_repair
                     )
         return writer
 
@@ -212,6 +213,7 @@ def event_log(app: Flask) -> EventLog:
             user_max_age_s=cfg["STREAM_LOG_TTL_S"],
             # Only where a promoted replica can lack what its master acknowledged.
             repair_s=cfg["STREAM_LOG_REPAIR_S"] if fails_over(client) else 0.0,
+            on_repair=app.extensions["streamgate.metrics"].log_repairs.inc,
         )
         app.extensions[_EVENT_LOG] = current
     return current

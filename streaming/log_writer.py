@@ -206,8 +206,16 @@ class LogWriter:
 
     MAX_BATCH = 512
 
-    def __init__(self, client: redis.Redis, script: Any, retry_s: float, repair_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        script: Any,
+        retry_s: float,
+        repair_s: float,
+        on_repair: Callable[[int], None] | None = None,
+    ) -> None:
         self.client = writer_client(client)
+        self.on_repair = on_repair  # told how many entries each repair appends again
         self.cluster = is_cluster(self.client)
         self.script = script
         self.retry_s = retry_s
@@ -371,6 +379,8 @@ class LogWriter:
             newest or "its start",
             len(lost),
         )
+        if self.on_repair is not None:
+            self.on_repair(len(lost))
         for item in redo:  # fresh numbers in sending order, or the dedupe key would skip them
             item.args[_NUMBER] = next(self.numbers)
         if redo:

@@ -80,6 +80,10 @@ class Metrics:
             **reg,
             **_mode("livemin", multiproc),
         )
+        self.log_repairs = counter(
+            "log_repairs",
+            "Stream-log entries appended again after a Redis failover had lost them",
+        )
         self.record_write_failures = counter(
             "record_write_failures", "Stream records that could not be written"
         )

@@ -132,3 +132,10 @@ def test_a_stream_log_tail_lost_in_a_failover_is_appended_again_with_its_ids(
     text = "".join(data["text"] for _, event, data in whole if event == "token")
     record = client.get(f"/v1/streams/{stream_id}", headers=headers).get_json()
     assert record["status"] == "cancelled" and record["text"] == text
+    # What an operator sees: the entries appended again (at least the lost ones; a repair cut
+    # short by the settling cluster is tried again and counts again).
+    metrics = client.get("/metrics").get_data(as_text=True).splitlines()
+    [repairs] = [
+        line.split()[1] for line in metrics if line.startswith("streamgate_log_repairs_total ")
+    ]
+    assert float(repairs) >= len(acknowledged) - cut

@@ -40,7 +40,8 @@ def _lose_tail(redis: Any, channel: str, keep: int, dedupe_then: Any) -> None:
 def test_the_next_append_after_a_lost_tail_first_appends_the_lost_entries_again(
     redis: Any, repair_s: float
 ) -> None:
-    log = EventLog(redis, 1000, retry_s=2.0, repair_s=repair_s)
+    repairs: list[int] = []  # what streamgate_log_repairs_total counts in an app
+    log = EventLog(redis, 1000, retry_s=2.0, repair_s=repair_s, on_repair=repairs.append)
     channel = "streams/str_lost_tail"
     key = log_key(channel)
     announced = redis.pubsub()
@@ -67,8 +68,10 @@ def test_the_next_append_after_a_lost_tail_first_appends_the_lost_entries_again(
     texts = _texts(redis, key)
     if repair_s == 0.0:  # Redis's ids, nothing kept: the log goes on without what it lost
         assert [text for _, text in texts] == ["a", "b", "c", "f"]
+        assert repairs == []
         return
     assert texts == list(zip([*first, *lost, last], "abcdef", strict=True))
+    assert repairs == [2]
     # Announced again with their ids: a live subscriber skips them, one that came since gets them.
     assert heard == [*first, *lost, *lost, last]
 
