@@ -31,6 +31,7 @@ import pytest
 
 import tests.soak.test_soak as soak_module
 from tests.support.cluster import ClusterStack, leftovers
+from tests.support.live import metric_sum
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.failover, pytest.mark.timeout(600)]
@@ -105,6 +106,8 @@ def test_a_master_killed_mid_soak_loses_no_stream(monkeypatch: pytest.MonkeyPatc
             "killed_master": record["killed"],
             "replica_promoted_after_s": record["promoted_after_s"],
             "refusals_after_kill_until_s": round(max(window), 2) if window else 0.0,
+            # Entries the workers' log writers appended again because the failover lost them.
+            "log_entries_reappended": metric_sum(stack.gateway_url, "streamgate_log_repairs_total"),
             "leftovers": left,
         }
         print("soak-cluster:", json.dumps(summary))
