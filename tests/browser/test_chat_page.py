@@ -302,7 +302,13 @@ def test_auto_scroll_follows_until_the_reader_scrolls_up(
     live: Any, page: Any, accounts: Any
 ) -> None:
     log_in(page, live.url, accounts["member"])
-    send(page, "Many lines [[fake infinite=1 delay_ms=10 pad=40]]")
+    # A reply that outlasts the test however slow the machine (the test stops it): the highest
+    # max_tokens at 20 ms a token is 80 s; with the default 512 at 10 ms it ended after 5 s and a
+    # loaded machine's test was still scrolling.
+    page.locator("#settings summary").click()
+    page.fill("#max-tokens", "4096")
+    page.locator("#settings summary").click()  # closed again: the transcript keeps its height
+    send(page, "Many lines [[fake infinite=1 delay_ms=20 pad=40]]")
     transcript = page.locator("#transcript")
 
     def gap() -> int:
