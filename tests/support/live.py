@@ -1,8 +1,9 @@
 """Live gunicorn gevent workers for the tests, and the pool that shares them between tests.
 
 Starting gunicorn (and importing the app in its workers) is the most expensive thing a test
-does, so a live server is kept for as long as the tests that follow ask for the same
-environment (``live_overrides``). Between two tests the pool:
+does. Servers start from this test process's fork server (``tests.support.forkserver``), which
+has imported the app once, and a live server is kept for as long as the tests that follow ask
+for the same environment (``live_overrides``). Between two tests the pool:
 
 - waits until the server is idle: no generation running and no hub connection open on any of its
   workers (``/metrics``), nothing in the live set, nothing open at the fake upstream. Only then is
