@@ -211,7 +211,6 @@ class RedisAdmissionControl:
         tokens = max(0, int(tokens))
         script = self._script(client, "admit", ADMIT_LUA)
         fixed = [
-            clock.now_ms,
             stream_id,
             tokens,
             _lease_ttl_ms(),
@@ -299,7 +298,6 @@ class RedisAdmissionControl:
         def call(entry: Entry) -> list[Any]:
             args = [
                 entry.version,
-                clock.now_ms,
                 entry.user["rpm"],
                 entry.tenant["rpm"],
                 MINUTE_TTL_S,

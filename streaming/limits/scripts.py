@@ -1,6 +1,9 @@
 """The Lua scripts of admission: every limit check and change is one atomic script in Redis.
 
-- requests per minute: GCRA (one timestamp per user / tenant; a full minute's worth may burst);
+- requests per minute: GCRA (one timestamp per user / tenant; a full minute's worth may burst),
+  on Redis's own clock (``TIME``): a caller's clock read before a wait, or another gateway node's
+  clock a few ms apart, would count a request as arriving early and refuse the last of a burst
+  the limit allows (at 4 per minute, 2 ms of difference refused the 4th);
 - concurrent streams: a lease per stream in a sorted set scored by its expiry, pruned of expired
   members in the same script, renewed by the keeper while the run lives (``RENEW_LUA``);
 - tokens per minute / per day: fixed windows (the UTC minute, the UTC day) that reserve the prompt
@@ -16,7 +19,8 @@ caller's cached limits were read at, and answer ``{'stale', version}`` when it m
 from __future__ import annotations
 
 _COMMON = """
-local now = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function gcra(key, limit, take)
   -- Requests per minute, GCRA: a full minute's worth may arrive at once, then one per 60/limit s.
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -54,9 +58,9 @@ end
 # KEYS: 1 version, 2 user rpm, 3 tenant rpm, 4 user leases, 5 tenant leases, 6 user minute,
 #       7 tenant minute, 8 user day, 9 tenant day, 10 reservation; with an end user also
 #       11 end-user rpm, 12 end-user leases, 13 end-user minute, 14 end-user day
-# ARGV: 1 expected version, 2 now ms, 3 stream id, 4 tokens to reserve, 5 lease ttl ms,
-#       6 ms left in the minute, 7 ms left in the day, 8 minute ttl s, 9 day ttl s,
-#       10 reservation ttl s, 11..18 limits in keys.ORDER; with an end user 19..22 their limits
+# ARGV: 1 expected version, 2 stream id, 3 tokens to reserve, 4 lease ttl ms,
+#       5 ms left in the minute, 6 ms left in the day, 7 minute ttl s, 8 day ttl s,
+#       9 reservation ttl s, 10..17 limits in keys.ORDER; with an end user 18..21 their limits
 #       (rpm, concurrent, tpm, tpd; -1: not limited, the lease and tokens are still counted)
 # Returns {'stale', version} | {'ok'|'denied', then limit, remaining, reset ms, retry ms x 8
 #       (x 12 with an end user; a limit of -1 was not checked)}.
@@ -65,9 +69,9 @@ ADMIT_LUA = (
     + """
 local version = redis.call('GET', KEYS[1]) or ''
 if version ~= ARGV[1] then return {'stale', version} end
-local sid, cost, lease_ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local sid, cost, lease_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local L = {}
-for i = 1, 12 do L[i] = tonumber(ARGV[10 + i] or '-1') end
+for i = 1, 12 do L[i] = tonumber(ARGV[9 + i] or '-1') end
 local UNCHECKED = {-1, 0, 0, 0}
 local function leases(key, limit)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -83,7 +87,7 @@ local function budget(key, limit, left)
   return {limit, limit - used - cost, left, 0}
 end
 local take = {}
-local minute_left, day_left = tonumber(ARGV[6]), tonumber(ARGV[7])
+local minute_left, day_left = tonumber(ARGV[5]), tonumber(ARGV[6])
 local checks = {
   gcra(KEYS[2], L[1], take), gcra(KEYS[3], L[2], take),
   leases(KEYS[4], L[3]), leases(KEYS[5], L[4]),
@@ -111,28 +115,28 @@ local function reserve(i, ttl)
   redis.call('HINCRBY', KEYS[i], 'reserved', cost)
   count_request(KEYS[i], ttl)
 end
-for _, i in ipairs(minutes) do reserve(i, tonumber(ARGV[8])) end
-for _, i in ipairs(days) do reserve(i, tonumber(ARGV[9])) end
+for _, i in ipairs(minutes) do reserve(i, tonumber(ARGV[7])) end
+for _, i in ipairs(days) do reserve(i, tonumber(ARGV[8])) end
 redis.call('HSET', KEYS[10], 'cost', cost, 'admitted', now)
-redis.call('EXPIRE', KEYS[10], tonumber(ARGV[10]))
+redis.call('EXPIRE', KEYS[10], tonumber(ARGV[9]))
 return out
 """
 )
 
 # KEYS: 1 version, 2 user rpm, 3 tenant rpm, 4 user minute, 5 tenant minute, 6 user day,
-#       7 tenant day.  ARGV: 1 expected version, 2 now ms, 3 user rpm, 4 tenant rpm,
-#       5 minute ttl s, 6 day ttl s.
+#       7 tenant day.  ARGV: 1 expected version, 2 user rpm, 3 tenant rpm, 4 minute ttl s,
+#       5 day ttl s.
 RATE_LUA = (
     _COMMON
     + """
 local version = redis.call('GET', KEYS[1]) or ''
 if version ~= ARGV[1] then return {'stale', version} end
 local take = {}
-local out, denied = flatten('ok', {gcra(KEYS[2], tonumber(ARGV[3]), take),
-                                   gcra(KEYS[3], tonumber(ARGV[4]), take)})
+local out, denied = flatten('ok', {gcra(KEYS[2], tonumber(ARGV[2]), take),
+                                   gcra(KEYS[3], tonumber(ARGV[3]), take)})
 if denied then return out end
 set_tats(take)
-for i = 4, 7 do count_request(KEYS[i], i <= 5 and tonumber(ARGV[5]) or tonumber(ARGV[6])) end
+for i = 4, 7 do count_request(KEYS[i], i <= 5 and tonumber(ARGV[4]) or tonumber(ARGV[5])) end
 return out
 """
 )

@@ -146,6 +146,25 @@ def test_requests_per_minute_refused_with_429_naming_the_limit(client: Any, memb
     assert refused.headers["RateLimit-Remaining"] == "0"
 
 
+def test_a_burst_at_the_limit_is_admitted_whatever_the_gateways_clock_says(
+    client: Any, member: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests per minute is GCRA: 4 per minute admits a burst of 4. The last one here read the
+    # gateway's clock 2 s before its turn came (a wait for a pool connection or the database, on
+    # a loaded worker; or another node whose clock is behind): it is still within the limit.
+    from streaming.limits import keys
+
+    _, headers = member(rpm=4)
+    for _ in range(3):
+        assert client.post("/v1/streams", json=body(), headers=headers).status_code == 202
+    real = keys.Clock.now
+    monkeypatch.setattr(keys.Clock, "now", classmethod(lambda cls: cls(real().now_ms - 2000)))
+    assert client.post("/v1/streams", json=body(), headers=headers).status_code == 202
+    monkeypatch.setattr(keys.Clock, "now", real)
+    refused = client.post("/v1/streams", json=body(), headers=headers)
+    assert refused.status_code == 429 and refused.get_json()["errors"]["limit"] == "user.rpm"
+
+
 def test_chat_completions_refusal_uses_openai_shape(client: Any, member: Any) -> None:
     _, headers = member(concurrent=0)
     refused = client.post("/v1/chat/completions", json={**body(), "stream": True}, headers=headers)
