@@ -183,7 +183,9 @@ def test_the_lag_monitor_refuses_while_the_loop_is_stalled_and_recovers() -> Non
         # It learned that 50 running generations were too many for this worker: a burst is
         # refused past 90% of that once the loop is on time again, ...
         wait_until(lambda: monitor.refusal(None) is None, timeout=10)
-        assert min(learned) == 45.0
+        # (The first capacity learned: on a loaded machine a later late timer of the machine's
+        # own making may lower it again, from wherever it had grown back to.)
+        assert [c for c in learned if c != float("inf")][0] == 45.0
         # ... and the capacity grows back, one a sample, while the loop stays on time.
         wait_until(lambda: learned[-1] > 60, timeout=10)
         monitor.stop()
