@@ -299,7 +299,10 @@ class Owner:
         ping = sse.json_frames_by_id({"type": "ping", "time": round(time.time(), 3)}, event="ping")
         for n, owned in enumerate(list(self.conns), 1):
             sub = owned.sub
-            if owned.last_write <= quiet_since and owned.backlog is None and sub.closed is None:
+            # Not while events wait to go out: a ping names the last id sent, and these ids are
+            # already the subscriber's last (a client reconnecting after it would skip them).
+            busy = owned.backlog is not None or sub.pending is not None
+            if owned.last_write <= quiet_since and not busy and sub.closed is None:
                 owned.heartbeat(ping(sub.last_str))
             if n % _YIELD_EVERY == 0:
                 greenlets.yield_now()  # live events go out between two slices
