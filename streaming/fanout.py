@@ -21,6 +21,10 @@ an ordinary (timed) write and from then on writes as before until it is idle aga
 events, pings and the close go through the greenlet, which owns the response. One writer at a time
 holds because both run on the worker's one event loop and the direct path never yields.
 
+Once the hub holds an idle connection itself (``streaming.takeover``: there is no greenlet any
+more), ``owned`` is set: the pending bytes go to its ``send`` (which keeps a slow reader's
+backlog for a writer greenlet), and a terminal event or a close ends the response there.
+
 The chunk framing is HTTP/1.1's: a response without ``Content-Length`` to an HTTP/1.1 request is
 chunked (gunicorn's rule; ``sse.http_chunk`` frames it), an HTTP/1.0 response is the bare
 bytes. Any other protocol, no gevent or no raw socket (in-process tests, another server): this
