@@ -7,7 +7,7 @@ gauge counts it), and from the client's side nothing changes:
 - it still gets pings while idle, then every later event once and in order, the terminal event
   and a properly ended chunked response;
 - hanging up releases its subscription slot (the per-user cap lets a new one in) and the gauges;
-- its token expiring, and an admin revoking its user, end it;
+- its token expiring, an admin revoking its user, and its worker exiting end it properly;
 - a reader that stops reading, with a small receive buffer, still gets every event exactly once;
 - and it no longer holds one of gunicorn's ``worker_connections``: with 4 per worker, a dozen
   idle subscribers are open and the server still answers.
@@ -16,6 +16,8 @@ gauge counts it), and from the client's side nothing changes:
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -168,6 +170,22 @@ def test_an_admin_revoking_the_user_ends_a_handed_over_subscriber(
     thread.join(30)
     assert not thread.is_alive() and reader[0].eof
     wait_until(lambda: _idle(live))
+
+
+def test_a_worker_that_exits_ends_its_held_connections_properly(
+    live: Any, live_user: Any, redis: Any
+) -> None:
+    """A restart (SIGTERM to the workers; the master starts new ones) ends each held response
+    with its last chunk, so the client sees a finished stream and reconnects, and releases it."""
+    user, headers = live_user()
+    reader: list[Reading] = []
+    thread = _in_thread(lambda: read_live(live, f"users/{user.id}", headers), reader)
+    wait_until(lambda: _owned(live) == 1)
+    for pid in live.workers():
+        os.kill(pid, signal.SIGTERM)
+    thread.join(30)
+    assert not thread.is_alive() and reader[0].eof  # a clean end, not a cut connection
+    wait_until(lambda: redis.zcard(f"sg:subs:{user.id}") == 0)
 
 
 @pytest.mark.parametrize("live_overrides", [{"SSE_HEARTBEAT_S": "5"}], indirect=True)
