@@ -50,6 +50,27 @@ def post_worker_init(worker):
         worker.log.exception("streamgate services did not start at boot")
 
 
+def pre_request(worker, req):
+    """Hub connections (``GET /v1/events``) are answered with ``Connection: close``.
+
+    The worker's hub may hold an idle one itself and ends it by closing it (streaming.takeover);
+    said up front, no client sends another request on a connection that is about to close.
+    """
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request
+    if req.method == "GET" and req.path == "/v1/events":
+        req.must_close = True
+
+
+def worker_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
+    """End the hub connections this worker holds itself (streaming.takeover) with the last
+    chunk, and release their subscriptions, rather than leave them to the process's exit."""
+    if worker.pid != os.getpid() or getattr(worker, "wsgi", None) is None:
+        return  # the master, for a worker it found dead
+    from streaming.takeover import end_held_connections
+
+    end_held_connections(worker.wsgi)
+
+
 def child_exit(server, worker):  # noqa: ARG001 - gunicorn hook signature
     """A dead worker's live gauges no longer count."""
     from prometheus_client import multiprocess

@@ -21,6 +21,10 @@ an ordinary (timed) write and from then on writes as before until it is idle aga
 events, pings and the close go through the greenlet, which owns the response. One writer at a time
 holds because both run on the worker's one event loop and the direct path never yields.
 
+Once the hub holds an idle connection itself (``streaming.takeover``: there is no greenlet any
+more), ``owned`` is set: the pending bytes go to its ``send`` (which keeps a slow reader's
+backlog for a writer greenlet), and a terminal event or a close ends the response there.
+
 The chunk framing is HTTP/1.1's: a response without ``Content-Length`` to an HTTP/1.1 request is
 chunked (gunicorn's rule; ``sse.http_chunk`` frames it), an HTTP/1.0 response is the bare
 bytes. Any other protocol, no gevent or no raw socket (in-process tests, another server): this
@@ -56,6 +60,7 @@ class LiveSubscriber(Subscriber):
         "last_seen",
         "last_str",
         "pending",
+        "owned",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -68,6 +73,7 @@ class LiveSubscriber(Subscriber):
         self.last_seen: EventId | None = None
         self.last_str: str | None = None
         self.pending: list[bytes] | None = None  # live events not yet sent (``flush``)
+        self.owned: Any = None  # ``streaming.takeover.Owned`` once the hub holds the connection
 
     def attach(self, sock: Any, protocol: str, terminal: frozenset[str]) -> bool:
         """Let the dispatcher write to ``sock`` while the greenlet waits; False when it may not."""
@@ -109,15 +115,35 @@ class LiveSubscriber(Subscriber):
                 self.pending.append(in_chunk if self.chunked else frame)
                 return
             self.flush()  # what came before it goes first
+            if self.owned is not None:  # no greenlet to hand it to: the hub ends the response
+                self.closed = "ended"
+                self.owned.finish(frame)
+                return
         super().offer(item)
+
+    def close(self, reason: str) -> None:
+        owned = self.owned
+        if owned is None:
+            super().close(reason)
+        elif self.closed is None:
+            if reason != "client_gone":
+                self.flush()  # events already taken from the bus go out before the end
+                if self.closed is not None:
+                    return  # the flush found a reader too slow: already ending
+            self.closed = reason
+            owned.end(reason)
 
     def flush(self) -> None:
         """Send the pending events without blocking; what the socket cannot take now goes to the
         greenlet, which is woken and writes it (then everything after it) itself."""
         if self.pending is None:
             return
+        count = len(self.pending)
         data, self.pending = b"".join(self.pending), None
         if self.closed is not None:
+            return
+        if self.owned is not None:
+            self.owned.send(data, count)
             return
         try:
             sent = self.raw.send(data) if self.direct else 0

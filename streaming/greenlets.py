@@ -8,6 +8,7 @@ back to threads, or to doing nothing where only gevent can help (the hang-up wat
 
 from __future__ import annotations
 
+import _socket
 import socket
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import gevent
 from gevent import monkey
+from gevent.socket import cancel_wait, wait
 
 
 def under_gevent() -> bool:
@@ -45,6 +47,24 @@ def soon(fn: Callable[[], Any]) -> None:
         gevent.get_hub().loop.run_callback(fn)
 
 
+def background(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in a new bare greenlet (cheaper than ``spawn``'s thread); the greenlet.
+
+    Also the way out of the event loop's own callbacks, where nothing may block or take a lock.
+    Only under gevent.
+    """
+    return gevent.spawn(fn, *args)
+
+
+def off_loop(fn: Callable[[], Any]) -> None:
+    """Call ``fn`` now, or in a new greenlet when running in the event loop's own callbacks
+    (``soon``, watchers), where nothing may block or take a lock."""
+    if under_gevent() and gevent.getcurrent() is gevent.get_hub():
+        gevent.spawn(fn)
+        return
+    fn()
+
+
 def current() -> Any:
     """The greenlet running this code if it is a gevent ``Greenlet`` (else None)."""
     here = gevent.getcurrent()
@@ -67,10 +87,11 @@ def watch_hangup(sock: Any, on_gone: Callable[[], None]) -> Any:
 
     The event loop watches the socket (no greenlet, no CPU while idle): a client that goes away
     makes it readable with nothing to read. Nothing else may arrive on an event stream's
-    connection; if bytes do arrive, the watch stops. Returns the watcher (``stop()``/``close()``)
-    or None when not under gevent.
+    connection; if bytes do arrive, the watch stops. ``sock``: gevent's socket, or a plain one
+    from ``take_socket``. Returns the watcher (``stop()``/``close()``) or None when not under
+    gevent.
     """
-    raw = getattr(sock, "_sock", None)
+    raw = getattr(sock, "_sock", sock)
     if raw is None or not under_gevent():
         return None
     watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
@@ -88,6 +109,43 @@ def watch_hangup(sock: Any, on_gone: Callable[[], None]) -> Any:
 
     watcher.start(readable)
     return watcher
+
+
+def take_socket(sock: Any) -> Any:
+    """Take a connection away from the server that accepted it: a plain non-blocking socket on
+    the same descriptor (no greenlet, no gevent object); None when ``sock`` is not gevent's.
+
+    gevent's own object is detached, its event-loop watchers dropped, and left closed, so the
+    server's ``close()`` of it is a no-op and leaves the connection open. Keeping the descriptor
+    (rather than a ``dup``) matters: a descriptor closed while a duplicate keeps the connection
+    alive stays in the event loop's epoll set under the closed number.
+    """
+    raw = getattr(sock, "_sock", None)
+    if raw is None or not under_gevent():
+        return None
+    family, kind, proto = raw.family, raw.type, raw.proto
+    taken = _socket.socket(family, kind, proto, sock.detach())
+    taken.setblocking(False)
+    return taken
+
+
+def write_watcher(fd: int) -> Any:
+    """An event-loop watcher for ``fd`` becoming writable (``wait_writable``, ``stop_waiting``;
+    ``close()`` it when done)."""
+    return gevent.get_hub().loop.io(fd, 2)
+
+
+def wait_writable(watcher: Any, timeout: float) -> None:
+    """Park the calling greenlet until ``watcher``'s descriptor can take more bytes;
+    TimeoutError after ``timeout`` seconds."""
+    if timeout <= 0:
+        raise TimeoutError("send timed out")
+    wait(watcher, timeout, TimeoutError("send timed out"))
+
+
+def stop_waiting(watcher: Any, exc: BaseException) -> None:
+    """Raise ``exc`` in the greenlet parked in ``wait_writable`` on ``watcher``, if one is."""
+    cancel_wait(watcher, exc)
 
 
 def watch_eof(

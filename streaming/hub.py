@@ -30,11 +30,12 @@ from flask_sse import ServerSentEventsBlueprint
 
 from auth.access import Identity, may_read, parse_channel
 from auth.models import User
+from auth.revocations import recheck_claims
 from auth.tickets import redeem_ticket
 from auth.tokens import auth_error
 from core.errors import ApiError
 from core.store import db
-from streaming import greenlets, sse, state, subscriptions
+from streaming import greenlets, sse, state, subscriptions, takeover
 from streaming.control import CLOSE, Dispatcher, Subscriber, services_of
 from streaming.fanout import LiveSubscriber
 from streaming.generation import TERMINAL_EVENTS
@@ -115,7 +116,13 @@ class EventHub(ServerSentEventsBlueprint):
             raise ApiError(410, "This stream was revoked.", code="stream_revoked")
         conn_id = subscriptions.claim(app, ident.user_id, channel)
         sub = LiveSubscriber(
-            channel, ident.user_id, ident.jti, ident.tenant_id, QUEUE_BOUND, claims, conn_id
+            channel,
+            ident.user_id,
+            ident.jti,
+            ident.tenant_id,
+            QUEUE_BOUND,
+            recheck_claims(claims),
+            conn_id,
         )
         release = _Release(app, dispatcher, sub)
         try:
@@ -170,16 +177,22 @@ class EventHub(ServerSentEventsBlueprint):
         if lost:
             headers["X-Streamgate-History"] = "lost"
         sock = request.environ.get("gunicorn.socket")
+        handover: Callable[[], bool] | None = None
         if sock is not None:
             sock.settimeout(cfg["SSE_SEND_TIMEOUT_S"])  # a client that stops reading is dropped
             _abort_when_unacknowledged(sock, float(cfg["SSE_HEARTBEAT_S"]))
             release.watcher = greenlets.watch_hangup(sock, lambda: sub.close("client_gone"))
             if cfg["HUB_DIRECT_WRITES"]:
                 terminal = TERMINAL_EVENTS if kind == "streams" else frozenset()
-                sub.attach(sock, str(request.environ.get("SERVER_PROTOCOL")), terminal)
+                attached = sub.attach(sock, str(request.environ.get("SERVER_PROTOCOL")), terminal)
+                owner = takeover.owner_of(app)
+                if attached and owner is not None and grace is None:
+                    expires = ident.expires_at
+                    handover = lambda: owner.adopt(sub, sock, release, expires)  # noqa: E731
         app.extensions["streamgate.metrics"].active_subscribers.inc()
         release.counted = True
-        body = _events(app, sub, ident, kind, events.pages(channel, last, backlog), last, grace)
+        pages = events.pages(channel, last, backlog)
+        body = _events(app, sub, ident, kind, pages, last, grace, handover)
         return Response(_Body(body, release), headers=headers)
 
 
@@ -251,6 +264,8 @@ def _owner(ident: Identity, object_id: str) -> tuple[str, str] | None:
 class _Release:
     """Everything one subscription holds, released once, whichever path ends it."""
 
+    __slots__ = ("app", "dispatcher", "sub", "done", "counted", "watcher", "handed_over")
+
     def __init__(self, app: Flask, dispatcher: Dispatcher, sub: Subscriber) -> None:
         self.app = app
         self.dispatcher = dispatcher
@@ -258,6 +273,7 @@ class _Release:
         self.done = False
         self.counted = False
         self.watcher: Any = None
+        self.handed_over = False  # the hub holds the connection: it releases, not gunicorn
 
     def __call__(self) -> None:
         if self.done:
@@ -291,7 +307,8 @@ class _Body:
         try:
             self.events.close()  # type: ignore[attr-defined]
         finally:
-            self.release()
+            if not self.release.handed_over:
+                self.release()
 
 
 def _abort_when_unacknowledged(sock: Any, seconds: float) -> None:
@@ -315,6 +332,7 @@ def _events(
     backlog: Iterator[list[tuple[str, str, str]]],
     last: str | None,
     grace: float | None,
+    handover: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """The subscriber's event stream: first flush, replay, then live events and pings.
 
@@ -322,7 +340,8 @@ def _events(
     it (or writes a live event to the socket itself, ``streaming.fanout``), the keeper renews its
     subscription entry and re-checks its token in batch for the worker. Whatever is pending goes
     out in one write. ``grace``: the stream already ended, follow only that long for its terminal
-    event.
+    event. ``handover``: once idle, the connection is given to the worker's hub, and this
+    greenlet ends (``streaming.takeover``).
     """
     cfg = app.config
     heartbeat = float(cfg["SSE_HEARTBEAT_S"])
@@ -353,6 +372,9 @@ def _events(
             if deadline == ident.expires_at:
                 yield sse.comment("token expired")  # never outlive the token
             return
+        if handover is not None and not sub.items and sub.closed is None and handover():
+            # Everything yielded so far is written (gunicorn wrote it before asking for more).
+            raise takeover.handed_over()
         batch = sub.wait(min(heartbeat, remaining))
         if not batch:
             if sub.closed is not None or deadline - time.time() <= 0:

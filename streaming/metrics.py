@@ -50,6 +50,13 @@ class Metrics:
             **reg,
             **gauge_mode,
         )
+        self.hub_owned_subscribers = Gauge(
+            "streamgate_hub_owned_subscribers",
+            "Idle hub connections this process's hub holds itself (taken from gunicorn: no "
+            "greenlet each); included in streamgate_active_subscribers",
+            **reg,
+            **gauge_mode,
+        )
         self.streams_total = counter(
             "streams",
             "Generations finished, by mode and final status",

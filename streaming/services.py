@@ -1,5 +1,5 @@
-"""Starting a worker's background services: the dispatcher (control bus + hub fan-out) and the
-keeper (leases, flags, maximum duration, the reaper).
+"""Starting a worker's background services: the dispatcher (control bus + hub fan-out), the
+keeper (leases, flags, maximum duration, the reaper) and the owner of idle hub connections.
 
 The top of ``streaming``: it wires the keeper's op table into the dispatcher and the channel
 sink into the reaper, so neither module imports the other's neighbours. Called from gunicorn's
@@ -12,7 +12,7 @@ import threading
 
 from flask import Flask
 
-from streaming import control, keeper, webhooks
+from streaming import control, keeper, takeover, webhooks
 from streaming.channel import TerminalSink
 from streaming.control import Dispatcher, Services
 from streaming.runner import registry
@@ -33,4 +33,5 @@ def start_services(app: Flask) -> Services:
         stopping = current.stopping
         current.start(lambda: keeper.keep(app, dispatcher, stopping, TerminalSink))
         webhooks.start_sweeper(app, stopping)  # deliveries whose worker stopped
+        takeover.start_owner(app, stopping)  # idle hub connections (under gevent)
         return current

@@ -105,10 +105,27 @@ def json_frame_template(
     return render
 
 
+def json_frames_by_id(payload: Any, *, event: str) -> Callable[[str | None], bytes]:
+    """A fast ``json_frame`` for many events that differ only in their ``id`` (the hub's pings).
+
+    ``render(i) == json_frame(payload, event=event, id=i)``; the JSON is encoded once, here.
+    """
+    head = _field("event", event)
+    body = frame(dumps(payload))
+
+    def render(id: str | None) -> bytes:  # noqa: A002 - the SSE field
+        return (head if id is None else head + _field("id", id)).encode() + body
+
+    return render
+
+
 def http_chunk(frame: bytes) -> bytes:
     """``frame`` as one HTTP/1.1 chunk: its length in hex, CRLF, the bytes, CRLF (RFC 9112 7.1;
     what the server writes for one body item of a chunked response)."""
     return b"%X\r\n%s\r\n" % (len(frame), frame)
+
+
+END_OF_CHUNKS = b"0\r\n\r\n"  # the last chunk: ends a chunked response (RFC 9112 7.1)
 
 
 def done() -> bytes:

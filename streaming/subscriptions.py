@@ -165,6 +165,11 @@ def release(app: Flask, sub: Subscriber) -> None:
     _releaser(app).release(sub)
 
 
+def flush_releases(app: Flask) -> None:
+    """Remove the released entries now (a worker that exits), not on the next loop turn."""
+    _releaser(app).flush()
+
+
 def _releaser(app: Flask) -> _Releaser:
     current: _Releaser | None = app.extensions.get("streamgate.hub_releaser")
     if current is None or current.pid != os.getpid():
