@@ -137,7 +137,9 @@ def test_the_door_refuses_new_generations_past_the_worker_cap_and_reopens(
     headers: dict[str, str],
     fake_upstream: Any,
 ) -> None:
-    fake_upstream.reset(tokens=20, delay_ms=20)
+    # Long enough to be running when the next request comes, however loaded the machine (at 20
+    # tokens it could finish first: 202 == 503).
+    fake_upstream.reset(tokens=100, delay_ms=50)
     first = client.post("/v1/streams", headers=headers, json=_body())
     assert first.status_code == 202
     stream_id = first.get_json()["id"]
@@ -148,7 +150,7 @@ def test_the_door_refuses_new_generations_past_the_worker_cap_and_reopens(
     # The admitted one is untouched by the refusal.
     events = wait_until(lambda: _ended(redis, stream_id), timeout=30)
     assert events[-1][0] == "stream.completed"
-    assert "".join(d["text"] for n, d in events if n == "token") == expected_text(20)
+    assert "".join(d["text"] for n, d in events if n == "token") == expected_text(100)
     # And once it is done the door opens again.
     wait_until(
         lambda: client.post("/v1/streams", headers=headers, json=_body()).status_code == 202,
