@@ -121,7 +121,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("SSE_RETRY_MS", "2000", int, "`retry:` hint sent to EventSource clients, ms."),
     Var("SSE_MAX_SUBSCRIPTIONS_PER_USER", "20", int, "Open hub connections one user may hold at once (429 past it)."),
     Var("SSE_SEND_TIMEOUT_S", "30", float, "A subscriber that does not read for this long is disconnected, seconds."),
-    Var("HUB_DIRECT_WRITES", "true", _bool, "Under gunicorn's gevent worker, the hub's reader writes a live event straight to each idle subscriber's socket (one shared HTTP chunk, no greenlet woken); `false` wakes every subscriber to write its own (set it when gunicorn speaks `--protocol uwsgi`, whose bodies are not chunked)."),
+    Var("HUB_DIRECT_WRITES", "true", _bool, "Under gunicorn's gevent worker, the hub takes each idle subscriber's connection from gunicorn (no greenlet per idle subscriber; one heartbeat loop per worker) and its reader writes each live event straight to the sockets (one shared HTTP chunk); `false` keeps a greenlet per subscriber that writes its own events (set it when gunicorn speaks `--protocol uwsgi`, whose bodies are not chunked)."),
     Var("STREAM_LOG_MAXLEN", "20000", int, "Most events kept in one stream's Redis log."),
     Var("USER_LOG_MAXLEN", "1000", int, "Most lifecycle events kept in one `users/<id>` or `tenants/<id>` log (none older than `STREAM_LOG_TTL_S`)."),
     Var("SSE_CONNECTS_PER_MINUTE", "1200", int, "Hub connections (`GET /v1/events`, reconnects included) one user may open per minute (429 past it)."),
