@@ -24,6 +24,7 @@ from tests.support.hub import (
     Reading,
     active_subscribers,
     assert_continuous,
+    open_subscriptions,
     read_hub,
     read_live,
     start_stream,
@@ -245,13 +246,7 @@ def test_subscriptions_per_user_are_capped(live: Any, live_user: Any, redis: Any
     user, headers = live_user()
     url = f"{live.url}/v1/events?channel=users/{user.id}"
     with httpx.Client(timeout=30) as client:
-        opened = []
-        for _ in range(3):
-            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
-            assert response.status_code == 200
-            chunks = response.iter_bytes()  # keep a reference: a collected iterator hangs up
-            next(chunks)  # the first flush
-            opened.append((response, chunks))
+        opened = open_subscriptions(client, url, headers, 3)
         refused = client.get(url, headers=headers)
         assert refused.status_code == 429
         assert refused.json()["error_code"] == "too_many_subscriptions"

@@ -29,16 +29,8 @@ import httpx
 import pytest
 
 from bench.fake_upstream import expected_text
+from tests.support import hub
 from tests.support.config import PASSWORD
-from tests.support.hub import (
-    Reading,
-    assert_continuous,
-    read_hub,
-    read_live,
-    start_stream,
-    tenant_of,
-    text_of,
-)
 from tests.support.live import metric_sum
 from tests.support.waiting import wait_until
 
@@ -67,7 +59,7 @@ def _idle(live: Any) -> bool:
     return _owned(live) == 0 and metric_sum(live.url, ACTIVE) == 0
 
 
-def _in_thread(fn: Callable[[], Reading], out: list[Reading]) -> threading.Thread:
+def _in_thread(fn: Callable[[], hub.Reading], out: list[hub.Reading]) -> threading.Thread:
     thread = threading.Thread(target=lambda: out.append(fn()))
     thread.start()
     return thread
@@ -86,16 +78,18 @@ def test_a_handed_over_subscriber_gets_pings_then_every_event_and_a_proper_end(
 
     with live.client() as client:
         # The first token is held back: the subscriber waits, idle, and is handed over.
-        started = start_stream(client, headers, tokens=60, delay_ms=5, first_delay_ms=2000)
-        reading = read_hub(client, started["channel"], headers, skip_pings=False, stop_when=note)
+        started = hub.start_stream(client, headers, tokens=60, delay_ms=5, first_delay_ms=2000)
+        reading = hub.read_hub(
+            client, started["channel"], headers, skip_pings=False, stop_when=note
+        )
     assert owned_at_first_ping == [1]  # its pings came from the hub, not from a greenlet
     names = [e.event for e in reading.events]
     assert "ping" in names[: names.index("token")]
     # httpx reads a chunked body to its last chunk, or raises: eof is a properly ended response.
     assert reading.eof and reading.names[-1] == "stream.completed"
     tokens = [e for e in reading.events if e.event != "ping"]
-    assert text_of(tokens) == expected_text(60)
-    assert_continuous(tokens)
+    assert hub.text_of(tokens) == expected_text(60)
+    hub.assert_continuous(tokens)
     assert len(set(reading.ids)) == len(reading.ids)
     assert reading.headers["connection"] == "close"  # no request follows on this connection
     wait_until(lambda: _idle(live))
@@ -107,13 +101,7 @@ def test_a_hang_up_of_a_handed_over_subscriber_frees_its_slot(
     user, headers = live_user()
     url = f"{live.url}/v1/events?channel=users/{user.id}"
     with httpx.Client(timeout=30) as client:
-        opened = []
-        for _ in range(2):
-            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
-            assert response.status_code == 200
-            chunks = response.iter_bytes()  # keep a reference: a collected iterator hangs up
-            next(chunks)
-            opened.append((response, chunks))
+        opened = hub.open_subscriptions(client, url, headers, 2)
         wait_until(lambda: _owned(live) == 2)
         assert client.get(url, headers=headers).status_code == 429  # the cap: 2
         opened.pop()[0].close()  # one client hangs up
@@ -132,16 +120,16 @@ def test_a_handed_over_subscriber_ends_when_its_token_expires(live: Any, live_us
     user, _ = live_user()
     with live.client() as client:
         with live.app.app_context():
-            slug = tenant_of(user).slug
+            slug = hub.tenant_of(user).slug
         login = client.post(
             "/v1/auth/login", json={"tenant": slug, "email": user.email, "password": PASSWORD}
         )
         token = login.json()["access_token"]
     exp = pyjwt.decode(token, options={"verify_signature": False})["exp"]
     headers = {"Authorization": "Bearer " + token}
-    reader: list[Reading] = []
+    reader: list[hub.Reading] = []
     thread = _in_thread(
-        lambda: read_live(live, f"users/{user.id}", headers, skip_pings=False), reader
+        lambda: hub.read_live(live, f"users/{user.id}", headers, skip_pings=False), reader
     )
     wait_until(lambda: _owned(live) == 1)
     thread.join(30)
@@ -158,9 +146,9 @@ def test_an_admin_revoking_the_user_ends_a_handed_over_subscriber(
 ) -> None:
     user, headers = live_user()
     with live.app.app_context():
-        admin = auth_headers(make_user(tenant_of(user), role="admin"))
-    reader: list[Reading] = []
-    thread = _in_thread(lambda: read_live(live, f"users/{user.id}", headers), reader)
+        admin = auth_headers(make_user(hub.tenant_of(user), role="admin"))
+    reader: list[hub.Reading] = []
+    thread = _in_thread(lambda: hub.read_live(live, f"users/{user.id}", headers), reader)
     wait_until(lambda: _owned(live) == 1)
     with live.client() as client:
         revoked = client.post(
@@ -178,8 +166,8 @@ def test_a_worker_that_exits_ends_its_held_connections_properly(
     """A restart (SIGTERM to the workers; the master starts new ones) ends each held response
     with its last chunk, so the client sees a finished stream and reconnects, and releases it."""
     user, headers = live_user()
-    reader: list[Reading] = []
-    thread = _in_thread(lambda: read_live(live, f"users/{user.id}", headers), reader)
+    reader: list[hub.Reading] = []
+    thread = _in_thread(lambda: hub.read_live(live, f"users/{user.id}", headers), reader)
     wait_until(lambda: _owned(live) == 1)
     for pid in live.workers():
         os.kill(pid, signal.SIGTERM)
@@ -190,7 +178,7 @@ def test_a_worker_that_exits_ends_its_held_connections_properly(
 
 @pytest.mark.parametrize("live_overrides", [{"SSE_HEARTBEAT_S": "5"}], indirect=True)
 def test_a_slow_reader_handed_over_gets_every_event_exactly_once(live: Any, live_user: Any) -> None:
-    from streaming.hub import hub
+    from streaming.hub import hub as event_hub
 
     user, headers = live_user()
     port = int(live.url.rsplit(":", 1)[1])
@@ -214,7 +202,9 @@ def test_a_slow_reader_handed_over_gets_every_event_exactly_once(live: Any, live
     # (for less than a heartbeat: the kernel's TCP_USER_TIMEOUT is one).
     payloads = [{"n": n, "fill": f"{n:03d}" * 33_000} for n in range(60)]
     with live.app.app_context():
-        published = [hub.publish(p, type="note", channel=f"users/{user.id}") for p in payloads]
+        published = [
+            event_hub.publish(p, type="note", channel=f"users/{user.id}") for p in payloads
+        ]
     time.sleep(2)
 
     def notes() -> list[bytes]:

@@ -263,3 +263,18 @@ def active_subscribers(client: httpx.Client) -> float:
         if line.startswith("streamgate_active_subscribers "):
             return float(line.split()[1])
     return 0.0
+
+
+def open_subscriptions(
+    client: httpx.Client, url: str, headers: dict[str, str], count: int
+) -> list[tuple[httpx.Response, Any]]:
+    """Open ``count`` hub connections to ``url`` and read each one's first flush; each as
+    (response, its byte iterator). Keep both: a collected iterator hangs up."""
+    opened = []
+    for _ in range(count):
+        response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+        assert response.status_code == 200
+        chunks = response.iter_bytes()
+        next(chunks)  # the first flush
+        opened.append((response, chunks))
+    return opened
