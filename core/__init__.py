@@ -1,4 +1,5 @@
-"""Shared infrastructure, the bottom layer: db and Redis handles, ids, time, ``ApiError``.
+"""Shared infrastructure, the bottom layer: db and Redis handles, ids, time, ``ApiError``, the
+TLS settings of outgoing HTTPS.
 
 It imports nothing of Streamgate's; every other package may import it. Nothing else lives here.
 """

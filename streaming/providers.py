@@ -13,9 +13,7 @@ This is the one module that imports ``langchain_openai``.
 
 from __future__ import annotations
 
-import functools
 import json
-import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
+from core.tls import tls_context
 from streaming import sse
 
 
@@ -420,15 +419,6 @@ def sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"\n".join(data)
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The TLS settings of every model-server client: httpx's defaults (certifi's CAs, or
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), loaded once per process. Loading the CA bundle costs
-    ~25 ms of CPU, which each client used to pay again (and LangChain's unused async client once
-    more) for every model server at every worker's start."""
-    return httpx.create_ssl_context()
-
-
 def build_provider(
     config: Mapping[str, Any], base_url: str | None = None, api_key: str | None = None
 ) -> Provider:
@@ -454,7 +444,7 @@ def build_provider(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             verify=tls_context(),
         ),
-        # Never used (a gevent worker streams synchronously); given so it shares the TLS context.
+        # Never used (a gevent worker streams synchronously); given so it loads no CA bundle.
         http_async_client=httpx.AsyncClient(timeout=timeout, verify=tls_context()),
     )
     usage_options: dict[str, Any] = {"include_usage": True}

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -45,6 +44,7 @@ from sqlalchemy import or_, select, update
 from auth.models import Tenant
 from core.errors import ApiError
 from core.store import db, new_id, utcnow
+from core.tls import tls_context
 from streaming.generation import Generation, Outcome, terminal_event
 from streaming.greenlets import spawn
 from streaming.models import WebhookDelivery
@@ -60,13 +60,6 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 # --- secrets and signatures ---------------------------------------------------------------------
-
-
-@functools.cache
-def _tls_context() -> Any:
-    """httpx's default TLS settings (certifi's CAs, the environment ignored as for the client),
-    loaded once per process rather than once per delivery (~25 ms of CPU each)."""
-    return httpx.create_ssl_context(trust_env=False)
 
 
 def new_secret() -> str:
@@ -299,7 +292,7 @@ def _attempt(
             timeout=float(cfg["WEBHOOK_TIMEOUT_S"]),
             follow_redirects=False,
             trust_env=False,
-            verify=_tls_context(),
+            verify=tls_context(trust_env=False),
         ) as client:
             # The answer's body is never read: a receiver cannot make us download anything.
             with client.stream(
