@@ -60,7 +60,7 @@ def off_loop(fn: Callable[[], Any]) -> None:
     """Call ``fn`` now, or in a new greenlet when running in the event loop's own callbacks
     (``soon``, watchers), where nothing may block or take a lock."""
     if under_gevent() and gevent.getcurrent() is gevent.get_hub():
-        gevent.spawn(fn)
+        background(fn)
         return
     fn()
 

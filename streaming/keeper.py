@@ -84,15 +84,18 @@ class Outage:
     keeper fails every interval (twice). The first failure is logged with its traceback, then a
     one-line reminder every ``remind_s`` while it lasts, and its end."""
 
-    def __init__(self, what: str, remind_s: float = 60.0) -> None:
+    def __init__(
+        self, what: str, remind_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.what = what
         self.remind_s = remind_s
+        self.clock = clock
         self.since: float | None = None
         self.failures = 0
         self.reminded = 0.0
 
     def failed(self, error: BaseException) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.failures += 1
         if self.since is None:
             self.since = self.reminded = now
@@ -114,7 +117,7 @@ class Outage:
                 "%s works again after %d failures in %.0f s",
                 self.what,
                 self.failures,
-                time.monotonic() - self.since,
+                self.clock() - self.since,
             )
             self.since, self.failures = None, 0
 

@@ -12,11 +12,10 @@ from streaming import keeper
 
 
 def test_an_outage_is_logged_once_then_reminded_then_ended(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(keeper.time, "monotonic", lambda: now[0])
-    outage = keeper.Outage("keeper tick", remind_s=60)
+    outage = keeper.Outage("keeper tick", remind_s=60, clock=lambda: now[0])
     caplog.set_level(logging.WARNING, logger="streamgate.keeper")
 
     error = RedisConnectionError("Connection refused")
