@@ -25,7 +25,7 @@ from streaming.generation import (
     terminal_event,
     user_channel,
 )
-from streaming.greenlets import call_later
+from streaming.greenlets import in_loop_later
 from streaming.hub import hub
 from streaming.log import event_log
 from streaming.runner import QueueSink
@@ -194,7 +194,12 @@ class LogSink:
     def _queue(self, event: str, data: str | dict[str, Any]) -> None:
         """Queue one of the stream's events for the log writer (a failure fails the run)."""
         hub.publish_later(
-            data, type=event, channel=self.channel, ttl_s=self.running_ttl, on_error=self._lost
+            data,
+            type=event,
+            channel=self.channel,
+            ttl_s=self.running_ttl,
+            on_error=self._lost,
+            app=self.app,
         )
 
     def started(self) -> None:
@@ -228,14 +233,21 @@ class LogSink:
                 self._flush_locked(now)
             elif not self.timer_armed:
                 self.timer_armed = True
-                call_later(self.last_flush + self.window - now, self._timer_flush)
+                in_loop_later(self.last_flush + self.window - now, self._timer_flush)
 
     def _timer_flush(self) -> None:
-        with self.lock:
+        # Under gevent this runs in the event loop's own callback, where nothing may wait: the
+        # run takes the lock only between two of its steps, never across a wait, so it is free
+        # here. In-process (a thread) it can be busy: the run is mid-token; try again soon.
+        if not self.lock.acquire(blocking=False):
+            in_loop_later(0.001, self._timer_flush)
+            return
+        try:
             self.timer_armed = False
             if self.buffer:
-                with self.app.app_context():  # a timer runs outside the run's context
-                    self._flush_locked(time.monotonic())
+                self._flush_locked(time.monotonic())
+        finally:
+            self.lock.release()
 
     def _flush_locked(self, now: float) -> None:
         payload = {

@@ -40,6 +40,22 @@ def call_later(delay: float, fn: Callable[[], Any]) -> None:
     timer.start()
 
 
+def in_loop_later(delay: float, fn: Callable[[], Any]) -> None:
+    """Call ``fn`` after ``delay`` seconds from the event loop's own callback: no greenlet is
+    made, so it costs a tenth of ``call_later`` (a per-token timer's price). ``fn`` must not
+    block nor wait for a lock. In-process (nothing patched) a thread calls it."""
+    if under_gevent():
+        timer = gevent.get_hub().loop.timer(max(0.0, delay))
+        timer.start(_fire, timer, fn)
+        return
+    call_later(delay, fn)
+
+
+def _fire(timer: Any, fn: Callable[[], Any]) -> None:
+    timer.close()
+    fn()
+
+
 def soon(fn: Callable[[], Any]) -> None:
     """Call ``fn`` on the event loop's next turn: after the running greenlet next waits, before
     the loop polls for I/O. Only under gevent (in-process there is no loop to hand it to)."""

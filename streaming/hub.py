@@ -85,14 +85,17 @@ class EventHub(ServerSentEventsBlueprint):
         *,
         ttl_s: int,
         on_error: Callable[[BaseException], None] | None = None,
+        app: Flask | None = None,
     ) -> None:
         """``publish`` without waiting: queued to the worker's log writer, in order with every
         other append of this process; ``on_error`` hears of a write that failed for good.
 
         A run's events go this way, so a run never waits on Redis (nor on a pool connection)
-        for a token. Called within an app context.
+        for a token. Called within an app context, or given the ``app``. Never blocks: the event
+        loop's own callbacks may call it.
         """
-        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
         encoded = data if isinstance(data, str) else sse.dumps(data)
         event_log(app).append_later(channel, type, encoded, ttl_s, on_error)
 
