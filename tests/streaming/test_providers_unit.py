@@ -1,5 +1,5 @@
-"""Channel mode's model client: ChatOpenAI's chunks as ChatOpenAI builds them, from the SDK's
-stream as Streamgate parses it (against the fake upstream, a real HTTP server)."""
+"""Channel mode's model client: ChatOpenAI over the SDK's stream as Streamgate parses it, against
+the fake upstream (a real HTTP server)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from typing import Any
 
 import openai
 import pytest
-from langchain_core.messages import AIMessageChunk
-from langchain_openai import ChatOpenAI
 
 from bench.fake_upstream import FakeUpstream, expected_text
-from streaming.providers import Provider, _text_only, build_provider
+from streaming.providers import Provider, build_provider
 
 CONFIG = {
     "LLM_API_KEY": "test-key",
@@ -23,70 +21,11 @@ CONFIG = {
 }
 
 
-def _chunk(delta: dict[str, Any], **choice: Any) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None, **choice}],
-    }
-
-
-TEXT_CHUNKS = [
-    _chunk({"content": "Hello"}),
-    _chunk({"role": "assistant", "content": " world"}),
-    _chunk({"content": ""}),
-    # vLLM and llama.cpp name the fields they do not use, empty.
-    _chunk({"content": "x", "reasoning_content": None, "tool_calls": [], "function_call": None}),
-    _chunk({"content": "é 🙂", "refusal": None}, logprobs=None),
-]
-OTHER_CHUNKS = [
-    _chunk({"content": "end"}, finish_reason="stop"),
-    _chunk({"content": "a", "reasoning_content": "thinking"}),
-    _chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}),
-    _chunk({"content": "a"}, logprobs={"content": [{"token": "a", "logprob": -0.1}]}),
-    _chunk({"refusal": "no"}),
-    _chunk({"role": "tool", "content": "x"}),
-    {**_chunk({"content": "u"}), "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
-    {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
-    {"id": "c", "choices": [_chunk({"content": "a"})["choices"][0]] * 2},
-]
-
-
 @pytest.fixture(scope="module")
 def provider(_upstream_server: FakeUpstream) -> Any:
     made = build_provider(CONFIG, base_url=_upstream_server.base_url)
     yield made
     made.close()
-
-
-@pytest.mark.parametrize("chunk", TEXT_CHUNKS)
-def test_a_text_chunk_is_built_as_chatopenai_builds_it(provider: Provider, chunk: Any) -> None:
-    assert _text_only(chunk) is not None  # the quick path takes it
-    ours = provider.llm._convert_chunk_to_generation_chunk(chunk, AIMessageChunk, None)
-    theirs = ChatOpenAI._convert_chunk_to_generation_chunk(
-        provider.llm, chunk, AIMessageChunk, None
-    )
-    assert type(ours) is type(theirs) and type(ours.message) is type(theirs.message)
-    assert ours.model_dump() == theirs.model_dump()
-    assert ours.text == theirs.text == chunk["choices"][0]["delta"]["content"]
-    assert ours.message.tool_calls == [] and ours.message.tool_call_chunks == []
-    # What BaseChatModel.stream does next with each chunk works on it as on theirs.
-    assert (ours + theirs).model_dump() == (theirs + theirs).model_dump()
-
-
-@pytest.mark.parametrize("chunk", OTHER_CHUNKS)
-def test_every_other_chunk_takes_chatopenais_own_path(provider: Provider, chunk: Any) -> None:
-    assert _text_only(chunk) is None
-
-
-def test_a_first_chunk_with_response_headers_takes_chatopenais_own_path(
-    provider: Provider,
-) -> None:
-    info = {"headers": {"x-request-id": "r1"}}
-    made = provider.llm._convert_chunk_to_generation_chunk(TEXT_CHUNKS[0], AIMessageChunk, info)
-    assert made.generation_info == info
 
 
 def _run(provider: Provider, prompt: str) -> tuple[str, list[Any]]:
