@@ -10,6 +10,7 @@ Knobs:
   first_delay_ms extra pause before the first token (a slow first token)
   error_after    after k tokens send an in-band ``data: {"error": ...}`` and end
   drop_after     after k tokens drop the TCP connection mid-stream
+  stall_after    after k tokens pause ``stall_ms`` (a model server that stalls mid-generation)
   status         answer this HTTP status (e.g. 429, 500) with an OpenAI error body, no stream
   hang           accept the request, then never answer (a timeout upstream)
   infinite       never finish (until the client goes away)
@@ -102,6 +103,8 @@ class Knobs:
     first_delay_ms: float = 0.0
     error_after: int = -1
     drop_after: int = -1
+    stall_after: int = -1
+    stall_ms: float = 0.0
     status: int = 200
     hang: bool = False
     infinite: bool = False
@@ -509,6 +512,8 @@ class FakeUpstream:
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     return
+                if i == knobs.stall_after:
+                    await pause(knobs.stall_ms)
                 await pause(knobs.delay_ms)
                 if knobs.stamp:
                     stamps.append(time.time())
