@@ -190,8 +190,13 @@ def _gap(result: Any) -> str | None:
 _STOP = object()
 # A slot served elsewhere now (a failover, a migration): sent again after a topology refresh.
 _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError)
-# A pipeline result that means "send it again" (the slot moved, or a failover is under way).
-_SEND_AGAIN: tuple[type[Exception], ...] = (*_MOVED, *TRANSIENT_ERRORS)
+# A pipeline result that means "send it again" (the slot moved, a failover is under way, or the
+# node lost the script: a promoted replica, a restarted Redis).
+_SEND_AGAIN: tuple[type[Exception], ...] = (
+    *_MOVED,
+    *TRANSIENT_ERRORS,
+    redis.exceptions.NoScriptError,
+)
 
 
 class LogWriter:
@@ -434,19 +439,27 @@ class LogWriter:
         return list(groups.values())
 
     def _send(self, appends: list[Append]) -> list[Any]:
-        """One pipeline to the node serving these appends (a plain one: it loads the script
-        where the node lacks it, e.g. a replica just promoted)."""
+        """One pipeline of ``EVALSHA`` to the node serving these appends.
+
+        Not the script object's own pipeline call: redis-py's pipeline asks ``SCRIPT EXISTS``
+        before every batch, a second round trip per batch (per token when runs are few). A node
+        that lacks the script (a replica just promoted, a restarted Redis) answers NOSCRIPT: it
+        is loaded there and those appends are sent again (nothing of them was written).
+        """
         client: Any = self.client
         if self.cluster:
             client = client.get_redis_connection(client.get_node_from_key(appends[0].keys[0]))
         pipe = client.pipeline(transaction=False)
+        sha = self.script.sha
         for item in appends:
-            self.script(keys=item.keys, args=item.args, client=pipe)
+            pipe.evalsha(sha, len(item.keys), *item.keys, *item.args)
         try:
             results = list(pipe.execute(raise_on_error=False))
         except TRANSIENT_ERRORS:
             self._refresh()
             raise
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+            client.script_load(self.script.script)
         if any(isinstance(r, _MOVED) for r in results):
             self._refresh()
         return results
