@@ -254,6 +254,7 @@ def _overrides_key(item: pytest.Item) -> tuple[int, str]:
 
 
 SLOW_MARKERS = ("live", "browser", "e2e", "cluster")  # modules that start servers
+SERVER_FIXTURES = ("live", "live_cluster")  # and so do unmarked tests that use these
 
 # The modules that take longest under `make test`, longest first: seconds per file (setup, call
 # and teardown of its tests) summed from `--durations=0`, the mean of two runs on 2 cores with
@@ -306,7 +307,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         modules.setdefault(item.path, []).append(item)
 
     def slow(path: Path) -> bool:
-        return any(m.name in SLOW_MARKERS for it in modules[path] for m in it.iter_markers())
+        return any(
+            any(m.name in SLOW_MARKERS for m in it.iter_markers())
+            or any(name in SERVER_FIXTURES for name in getattr(it, "fixturenames", ()))
+            for it in modules[path]
+        )
 
     def rank(path: Path) -> tuple[int, bool, int]:
         name = path.relative_to(TESTS_DIR).as_posix() if path.is_relative_to(TESTS_DIR) else ""
