@@ -262,6 +262,7 @@ SERVER_FIXTURES = ("live", "live_cluster")  # and so do unmarked tests that use 
 # the last ones here about 20 s). Keep it roughly current when a module grows past 20 s: a
 # module missing here only starts later, and the order changes nothing but the schedule.
 LONG_MODULES = (
+    "api/test_openapi_fuzz.py",  # 59 operations, ~45 s (it ran 1 of them before ids were unique)
     "docs/test_docs_examples.py",
     "browser/test_chat_page.py",
     "api/test_chat.py",
@@ -320,6 +321,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     ordered = sorted(modules, key=rank)  # stable: collection order among equals
     items[:] = [it for path in ordered for it in sorted(modules[path], key=_overrides_key)]
+    _unique_node_ids(items)
+
+
+def _unique_node_ids(items: list[pytest.Item]) -> None:
+    """Give every test its own node id, and refuse to run when two share one.
+
+    schemathesis 4.32 under pytest 9.2 gives each operation's test (``name`` ``test_x[GET /]``)
+    the function's node id. pytest-xdist hands tests out by node id: it ran the first of the
+    contract fuzz module's 59 and dropped the rest without a word. Each such test gets the id
+    its name says (pytest 9.2 keeps it as a ``NodeId`` in ``_id``, earlier ones as a string in
+    ``_nodeid``); a collision left after that stops the run rather than skipping tests silently.
+    """
+    for item in items:
+        head, sep, _ = item.nodeid.rpartition("::")
+        if sep and "[" in item.name and not item.nodeid.endswith("::" + item.name):
+            fixed = f"{head}::{item.name}"
+            node: Any = item
+            if hasattr(node, "_id"):
+                node._id = type(node._id).parse(fixed)
+            else:
+                node._nodeid = fixed
+    seen: set[str] = set()
+    for item in items:
+        if item.nodeid in seen:
+            raise pytest.UsageError(f"two tests share the node id {item.nodeid}")
+        seen.add(item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)
