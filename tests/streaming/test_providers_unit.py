@@ -8,22 +8,17 @@ from typing import Any
 import openai
 import pytest
 
+from api.config import load_config
 from bench.fake_upstream import FakeUpstream, expected_text
 from streaming.providers import Provider, build_provider
 
-CONFIG = {
-    "LLM_API_KEY": "test-key",
-    "LLM_MODELS": ["fake-model"],
-    "LLM_CONNECT_TIMEOUT_S": 5.0,
-    "LLM_READ_TIMEOUT_S": 30.0,
-    "LLM_MAX_RETRIES": 0,
-    "LLM_CONTINUOUS_USAGE_STATS": False,
-}
+# The deployment's own defaults for the rest (timeouts, usage options): not a copy of them.
+CONFIG_ENV = {"LLM_API_KEY": "test-key", "LLM_MODELS": "fake-model", "LLM_MAX_RETRIES": "0"}
 
 
 @pytest.fixture(scope="module")
 def provider(_upstream_server: FakeUpstream) -> Any:
-    made = build_provider(CONFIG, base_url=_upstream_server.base_url)
+    made = build_provider(load_config(CONFIG_ENV, testing=True), base_url=_upstream_server.base_url)
     yield made
     made.close()
 
