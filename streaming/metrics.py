@@ -7,6 +7,8 @@ Under gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` and the exp
 from __future__ import annotations
 
 import os
+import time
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -129,3 +131,54 @@ class Metrics:
         """The load monitor's sample (streaming.load), for /metrics."""
         self.loop_lag.set(lag_s)
         self.learned_capacity.set(capacity)
+
+
+class BatchedObserver:
+    """One histogram child's observations, counted here and added to it in batches.
+
+    For a per-token series (``inter_token``): in multiprocess mode prometheus-client's
+    ``observe`` takes a lock and writes the worker's mmapped file twice a call, ~10 us, which
+    was 3.6% of channel mode's CPU at 200 concurrent streams (py-spy). Here an observation is a
+    bisect and two additions; every ``every`` observations or ``max_age_s`` seconds, and at
+    ``flush``, the counts go into the child's own bucket and sum values, so /metrics shows
+    what one ``observe`` each would have shown, at most ``max_age_s`` late. A child without
+    those values (another prometheus-client) is observed one value at a time.
+    """
+
+    __slots__ = ("child", "bounds", "counts", "total", "n", "every", "max_age_s", "since")
+
+    def __init__(self, child: Any, every: int = 64, max_age_s: float = 1.0) -> None:
+        self.child = child
+        batched = all(hasattr(child, a) for a in ("_upper_bounds", "_buckets", "_sum"))
+        self.bounds: list[float] | None = list(child._upper_bounds) if batched else None
+        self.counts = [0] * len(self.bounds or ())
+        self.total = 0.0
+        self.n = 0
+        self.every = every
+        self.max_age_s = max_age_s
+        self.since = time.monotonic()
+
+    def observe(self, value: float, now: float) -> None:
+        """Count ``value`` (``now``: the caller's ``time.monotonic()``)."""
+        if self.bounds is None:
+            self.child.observe(value)
+            return
+        # The first bucket whose upper bound is >= value, as Histogram.observe picks it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.n += 1
+        if self.n >= self.every or now - self.since >= self.max_age_s:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Add what was counted to the histogram."""
+        self.since = time.monotonic() if now is None else now
+        if not self.n:
+            return
+        self.child._sum.inc(self.total)
+        for i, count in enumerate(self.counts):
+            if count:
+                self.child._buckets[i].inc(count)
+                self.counts[i] = 0
+        self.total = 0.0
+        self.n = 0

@@ -31,6 +31,7 @@ from streaming import failover, greenlets, state, webhooks
 from streaming.generation import Generation, Outcome, completion_id
 from streaming.limits import admission_control, prompts
 from streaming.log import with_redis_retry
+from streaming.metrics import BatchedObserver
 from streaming.providers import Chunk
 from streaming.upstreams import NoUpstream
 
@@ -210,7 +211,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
     accepted = False
     first_at: float | None = None
     last_at = time.monotonic()
-    inter_token = metrics.inter_token.labels(gen.mode)  # looked up once, observed every token
+    inter_token = BatchedObserver(metrics.inter_token.labels(gen.mode))  # every token
     with app.app_context():
         use_runs_pool()
         try:
@@ -238,7 +239,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                         first_at = now
                         metrics.ttft.labels(gen.mode).observe(now - handle.started)
                     else:
-                        inter_token.observe(now - last_at)
+                        inter_token.observe(now - last_at, now)
                     last_at = now
                     completion_tokens += chunk.tokens
                     handle.tokens = completion_tokens
@@ -278,6 +279,7 @@ def run_generation(app: Flask, handle: RunHandle, sink: Sink) -> Outcome:
                 extra={"stream_id": gen.stream_id},
             )
         finally:
+            inter_token.flush()
             handle.finalizing = True
             handle.absorb_pending_stop()
             if upstream is not None:
