@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
+from sqlalchemy import update
 
 from core.store import db, get_redis, utcnow
 from streaming.generation import Generation, Outcome
@@ -209,18 +210,20 @@ def write_record(
 
 
 def apply_record(stream_id: str, fields: dict[str, Any]) -> None:
-    """Write final fields onto a record (also used when replaying queued writes)."""
-    record = db.session.get(StreamRecord, stream_id)
-    if record is None:
-        return
-    values = dict(fields)
+    """Write final fields onto a record (also used when replaying queued writes).
+
+    One ``UPDATE`` by primary key (no ``SELECT`` of the row first: one round trip and no ORM
+    load per generation); a record that does not exist is left alone.
+    """
+    values = {
+        key: value
+        for key, value in fields.items()
+        if not (key in ("text", "tool_calls") and value is None)
+    }
     finished = values.pop("finished_at", None)
     if finished is not None:
-        record.finished_at = datetime.fromtimestamp(float(finished), UTC)
-    for key, value in values.items():
-        if key in ("text", "tool_calls") and value is None:
-            continue
-        setattr(record, key, value)
+        values["finished_at"] = datetime.fromtimestamp(float(finished), UTC)
+    db.session.execute(update(StreamRecord).where(StreamRecord.id == stream_id).values(**values))
     db.session.commit()
 
 
