@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from core.tls import tls_context
 from streaming import sse
+from streaming.http_pool import model_server_client
 
 
 @dataclass
@@ -426,8 +427,9 @@ def sse_data(chunks: Iterator[bytes]) -> Iterator[bytes]:
 def build_provider(
     config: Mapping[str, Any], base_url: str | None = None, api_key: str | None = None
 ) -> Provider:
-    """One ChatOpenAI (and its openai SDK client, so one connection pool) for one model server,
-    by default ``LLM_BASE_URL``; nothing connects until used."""
+    """One ChatOpenAI (and its openai SDK client, so one set of pooled connections,
+    ``streaming.http_pool``) for one model server, by default ``LLM_BASE_URL``; nothing connects
+    until used."""
     base_url = base_url or config["LLM_BASE_URL"]
     timeout = httpx.Timeout(
         connect=config["LLM_CONNECT_TIMEOUT_S"],
@@ -443,10 +445,11 @@ def build_provider(
         max_retries=config["LLM_MAX_RETRIES"],
         streaming=True,
         stream_usage=True,
-        http_client=httpx.Client(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            verify=tls_context(),
+        http_client=model_server_client(
+            base_url,
+            timeout,
+            httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            tls_context(),
         ),
         # Never used (a gevent worker streams synchronously); given so it loads no CA bundle.
         http_async_client=httpx.AsyncClient(timeout=timeout, verify=tls_context()),
