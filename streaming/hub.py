@@ -114,7 +114,11 @@ class EventHub(ServerSentEventsBlueprint):
         cfg = app.config
         dispatcher = _dispatcher(app)
         events = event_log(app)
-        live = state.live_status(object_id) if kind == "streams" else {}
+        live: dict[str, str] = {}
+        if kind == "streams":  # the gate may have read it already (``_owner``): one round trip
+            live = g.pop("hub_live", None)
+            if live is None:
+                live = state.live_status(object_id)
         if live.get("status") == "revoked":
             raise ApiError(410, "This stream was revoked.", code="stream_revoked")
         conn_id = subscriptions.claim(app, ident.user_id, channel)
@@ -257,7 +261,11 @@ def gate() -> None:
 
 def _owner(ident: Identity, object_id: str) -> tuple[str, str] | None:
     if object_id.startswith("str_"):
-        return state.owner(object_id)
+        # The whole live hash, kept for the view, which needs its status: one Redis round trip
+        # for both (each round trip waits a turn of a busy event loop).
+        live = state.live_status(object_id)
+        g.hub_live = live
+        return state.owner_in(live) or state.recorded_owner(object_id)
     if object_id == ident.user_id:
         return ident.tenant_id, ident.user_id
     user = db.session.get(User, object_id)

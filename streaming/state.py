@@ -83,6 +83,17 @@ def owner(stream_id: str) -> tuple[str, str] | None:
     tenant, user = get_redis().hmget(live_key(stream_id), "tenant", "user")
     if tenant and user:
         return _text(tenant), _text(user)
+    return recorded_owner(stream_id)
+
+
+def owner_in(live: dict[str, str]) -> tuple[str, str] | None:
+    """``(tenant_id, user_id)`` from a live hash already read (``live_status``), if it has them."""
+    tenant, user = live.get("tenant"), live.get("user")
+    return (tenant, user) if tenant and user else None
+
+
+def recorded_owner(stream_id: str) -> tuple[str, str] | None:
+    """``(tenant_id, user_id)`` of a stream from its SQL record (its live state expired)."""
     record = db.session.get(StreamRecord, stream_id)
     return (record.tenant_id, record.user_id) if record is not None else None
 
