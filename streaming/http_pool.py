@@ -12,12 +12,13 @@ the shard's size. Requests one after another still share one connection (all go 
 shard); concurrent ones spread evenly, each shard reusing its own connections.
 
 Measured (``bench --scenario latency.channel``, 200 concurrent streams at 20 ms a token, more
-than two cores carry): with 8 shards the gateway's CPU a token fell from 298-310 us to 251-302
-(mean of six runs 278 against 302) and total p50 from 6.7-7.4 s to 5.6-6.5 s; 2 and 4 shards
-fell in between. What got worse at that overload: the 202 of ``POST /v1/streams`` came after
-0.7-1.3 s instead of 40-80 ms, nearly all of it before the app saw the request (gunicorn's
-access log put the handler at 0.10 s p50), and TTFT p50 rose to 1.9-3.3 s from 1.4-1.7. Below
-saturation (50 streams) neither moved. docs/performance.md has the runs.
+than two cores carry): with 8 shards the gateway's CPU a token was 231-295 us (median of nine
+runs 278) against 286-310 (median of five 298) with one pool, and total p50 5.6-6.6 s against
+6.7-7.4 s; 2 and 4 shards fell in between. What got worse at that overload: the 202 of
+``POST /v1/streams`` came after 0.7-1.1 s instead of 40-80 ms, nearly all of it before the app
+saw the request (gunicorn's access log put the handler at 0.10 s p50), and TTFT p50 rose to
+1.9-3.6 s from 1.2-1.7. Below saturation (50 streams) neither moved. docs/performance.md has
+the runs.
 
 httpx reads proxy settings from the environment only for a client it builds its own transport
 for; each shard is given the proxy the environment names for the model server (``HTTP_PROXY``,
