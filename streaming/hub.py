@@ -138,8 +138,7 @@ class EventHub(ServerSentEventsBlueprint):
             if not dispatcher.add(sub).wait(SUBSCRIBE_TIMEOUT_S) or sub.closed is not None:
                 raise _unavailable()
             # The first page only: the rest is read as the client takes it (bounded memory).
-            backlog = events.read_after(channel, last, REPLAY_PAGE)
-            lost = events.history_lost(channel, last)
+            backlog, lost = events.first_page(channel, last, REPLAY_PAGE)
             grace: float | None = None  # follow without end, or only this long
             if kind == "streams":
                 status = live.get("status")

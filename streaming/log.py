@@ -142,7 +142,24 @@ class EventLog:
         """Entries strictly after ``after`` (or from the start): ``(id, event, data)``."""
         start = "-" if after is None else "(" + after
         rows: Any = self.client.xrange(log_key(channel), min=start, max="+", count=count)
-        return [(_s(entry_id), _s(fields[b"e"]), _s(fields[b"d"])) for entry_id, fields in rows]
+        return _entries(rows)
+
+    def first_page(
+        self, channel: str, after: str | None, count: int
+    ) -> tuple[list[tuple[str, str, str]], bool]:
+        """The first page after ``after`` (``read_after``) and whether entries after ``after``
+        are gone (``_lost``), in one round trip: a subscriber's connect, where each round trip
+        waits a turn of a busy event loop."""
+        start = "-" if after is None else "(" + after
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrange(log_key(channel), min=start, max="+", count=count)
+        pipe.xinfo_stream(log_key(channel))
+        rows, info = pipe.execute(raise_on_error=False)
+        if isinstance(rows, Exception):
+            raise rows
+        if isinstance(info, Exception) and not isinstance(info, redis.ResponseError):
+            raise info
+        return _entries(rows), _lost(info, after)
 
     def replay(self, channel: str, after: str | None) -> list[tuple[str, str, str]]:
         """Every entry after ``after`` (a whole log in memory: for tests and small logs; the hub
@@ -161,28 +178,6 @@ class EventLog:
             if len(page) < REPLAY_PAGE:
                 return
             page = self.read_after(channel, page[-1][0], REPLAY_PAGE)
-
-    def history_lost(self, channel: str, after: str | None) -> bool:
-        """True when entries after ``after`` (or, without it, from the start) are gone.
-
-        Trimming (``MAXLEN``) drops the oldest entries without moving ``max-deleted-entry-id``, so
-        the test is on the oldest entry still kept: a reader whose last id is older than it, in a
-        log that dropped entries, cannot be given what it missed. (Conservative by one case: a
-        last id that was exactly the newest entry dropped.)
-        """
-        try:
-            info: dict[Any, Any] = self.client.xinfo_stream(log_key(channel))
-        except redis.ResponseError:  # no such key: the whole log expired (or never existed)
-            return after is not None
-        added = int(_get(info, "entries-added") or 0)
-        if added <= int(_get(info, "length") or 0):
-            return False  # nothing was ever dropped
-        if after is None:
-            return True
-        first = _get(info, "first-entry")
-        oldest = parse_id(first[0]) if first else parse_id(_get(info, "last-generated-id"))
-        wanted = parse_id(after)
-        return oldest is not None and wanted is not None and wanted < oldest
 
     def last_entry(self, channel: str) -> tuple[str, str] | None:
         """The id and event name of the newest entry in ``channel``'s log (None when empty)."""
@@ -228,6 +223,32 @@ def close_event_log(app: Flask) -> None:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entries(rows: Any) -> list[tuple[str, str, str]]:
+    return [(_s(entry_id), _s(fields[b"e"]), _s(fields[b"d"])) for entry_id, fields in rows]
+
+
+def _lost(info: Any, after: str | None) -> bool:
+    """True when entries after ``after`` (or, without it, from the start) are gone, from the
+    log's ``XINFO STREAM`` (a ``ResponseError``: no such key).
+
+    Trimming (``MAXLEN``) drops the oldest entries without moving ``max-deleted-entry-id``, so
+    the test is on the oldest entry still kept: a reader whose last id is older than it, in a
+    log that dropped entries, cannot be given what it missed. (Conservative by one case: a
+    last id that was exactly the newest entry dropped.)
+    """
+    if isinstance(info, redis.ResponseError):  # the whole log expired (or never existed)
+        return after is not None
+    added = int(_get(info, "entries-added") or 0)
+    if added <= int(_get(info, "length") or 0):
+        return False  # nothing was ever dropped
+    if after is None:
+        return True
+    first = _get(info, "first-entry")
+    oldest = parse_id(first[0]) if first else parse_id(_get(info, "last-generated-id"))
+    wanted = parse_id(after)
+    return oldest is not None and wanted is not None and wanted < oldest
 
 
 def _get(info: dict[Any, Any], name: str) -> Any:

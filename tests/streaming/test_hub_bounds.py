@@ -47,7 +47,7 @@ def test_a_long_log_is_replayed_page_by_page(
     channel, headers = member
     _fill(app, channel, ENTRIES)
     read: list[int] = []
-    original = EventLog.read_after
+    original, first_page = EventLog.read_after, EventLog.first_page
 
     def counting(self: EventLog, ch: str, after: str | None, count: int = 1000) -> Any:
         rows = original(self, ch, after, count)
@@ -55,7 +55,14 @@ def test_a_long_log_is_replayed_page_by_page(
             read.append(len(rows))
         return rows
 
+    def counting_first(self: EventLog, ch: str, after: str | None, count: int) -> Any:
+        rows, lost = first_page(self, ch, after, count)
+        if ch == channel:
+            read.append(len(rows))
+        return rows, lost
+
     monkeypatch.setattr(EventLog, "read_after", counting)
+    monkeypatch.setattr(EventLog, "first_page", counting_first)
     reader = open_hub(client, channel, headers)
     read_at_first_event: list[int] = []
 

@@ -52,16 +52,16 @@ def test_a_resume_while_the_terminal_event_is_being_written_gets_it(
     app.extensions["streamgate.redis"].xdel(log_key(channel), terminal.id)
     assert (log.last_entry(channel) or ("", ""))[1] != "stream.completed"
 
-    read_after = EventLog.read_after
+    first_page = EventLog.first_page
     writes: list[str] = []
 
     def replay_then_runner_writes(self: EventLog, ch: str, after: str | None, count: int) -> Any:
-        rows = read_after(self, ch, after, count)
+        read = first_page(self, ch, after, count)
         if ch == channel and not writes:  # the runner's sink lands its terminal event now
             writes.append(log.append(channel, terminal.event, json.dumps(terminal.data), 60))
-        return rows
+        return read
 
-    monkeypatch.setattr(EventLog, "read_after", replay_then_runner_writes)
+    monkeypatch.setattr(EventLog, "first_page", replay_then_runner_writes)
     reader = open_hub(client, channel, {**headers, "Last-Event-ID": events[-2].id})
     try:
         assert reader.status == 200, reader.response.get_data(as_text=True)
