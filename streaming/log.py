@@ -140,8 +140,7 @@ class EventLog:
         self, channel: str, after: str | None, count: int = 1000
     ) -> list[tuple[str, str, str]]:
         """Entries strictly after ``after`` (or from the start): ``(id, event, data)``."""
-        start = "-" if after is None else "(" + after
-        rows: Any = self.client.xrange(log_key(channel), min=start, max="+", count=count)
+        rows: Any = self.client.xrange(log_key(channel), min=_after(after), max="+", count=count)
         return _entries(rows)
 
     def first_page(
@@ -150,9 +149,8 @@ class EventLog:
         """The first page after ``after`` (``read_after``) and whether entries after ``after``
         are gone (``_lost``), in one round trip: a subscriber's connect, where each round trip
         waits a turn of a busy event loop."""
-        start = "-" if after is None else "(" + after
         pipe = self.client.pipeline(transaction=False)
-        pipe.xrange(log_key(channel), min=start, max="+", count=count)
+        pipe.xrange(log_key(channel), min=_after(after), max="+", count=count)
         pipe.xinfo_stream(log_key(channel))
         rows, info = pipe.execute(raise_on_error=False)
         if isinstance(rows, Exception):
@@ -223,6 +221,11 @@ def close_event_log(app: Flask) -> None:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _after(after: str | None) -> str:
+    """``XRANGE``'s start for the entries strictly after ``after`` (all of them without it)."""
+    return "-" if after is None else "(" + after
 
 
 def _entries(rows: Any) -> list[tuple[str, str, str]]:
