@@ -35,19 +35,22 @@ def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
 
 
 def post_worker_init(worker):
-    """Start this worker's keeper and control-bus reader (the dispatcher) at boot.
+    """Start this worker's keeper and control-bus reader (the dispatcher) at boot, then freeze
+    the heap it built (streaming.metrics.settle_worker_heap: the collector stops walking it).
 
     The only place they start in a server (requests never start them): every worker must renew
     the leases of its runs, act on revocations and reap the runs of a worker that died, whatever
     traffic it has served so far. (Starting does no I/O that can fail: a Redis that is down is
     retried by the dispatcher's reader.)
     """
+    from streaming.metrics import settle_worker_heap
     from streaming.services import start_services
 
     try:
         start_services(worker.wsgi)
     except Exception:  # noqa: BLE001 - serve anyway; the hub answers 503 without its dispatcher
         worker.log.exception("streamgate services did not start at boot")
+    settle_worker_heap(worker.wsgi.extensions["streamgate.metrics"])
 
 
 def pre_request(worker, req):
