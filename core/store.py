@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import secrets
-import select
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,8 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from sqlalchemy import DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
+
+from core.io import readable_now
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -54,18 +55,10 @@ class PoolExhausted(redis.ConnectionError):
     """
 
 
-try:  # the operating system's poll, even where gevent has patched the select module
-    from gevent.monkey import get_original
-
-    _os_poll: Any = get_original("select", "poll")
-except ImportError:  # pragma: no cover - gevent is a dependency; plain threads need nothing
-    _os_poll = select.poll
-
-
 def _nothing_waiting(connection: Any) -> bool:
     """True when nothing is waiting to be read on ``connection``: no reply its parser buffered,
-    its socket neither readable nor closed. Asked with the operating system's own ``poll``,
-    which a zero timeout never blocks; False whenever that cannot be told so cheaply."""
+    its socket neither readable nor closed (``core.io.readable_now``). False whenever that
+    cannot be told so cheaply."""
     sock = connection._sock
     reader = getattr(connection._parser, "_reader", None)  # hiredis's (the Python one has none)
     if sock is None or reader is None or not hasattr(reader, "has_data") or reader.has_data():
@@ -73,9 +66,7 @@ def _nothing_waiting(connection: Any) -> bool:
     pending = getattr(sock, "pending", None)  # TLS bytes decrypted above the socket
     if pending is not None and pending():
         return False
-    poller = _os_poll()
-    poller.register(sock.fileno(), select.POLLIN)  # hang-ups and errors are always reported
-    return not poller.poll(0)
+    return not readable_now(sock)
 
 
 class QuickCheckout(redis.ConnectionPool):

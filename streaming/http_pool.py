@@ -35,7 +35,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
+
+from core.io import readable_now
 
 SHARDS = 8  # pools per model server: a walk covers about an eighth of the connections
 
@@ -62,6 +65,8 @@ class ShardedTransport(httpx.BaseTransport):
         self.shards = [
             httpx.HTTPTransport(verify=verify, limits=per_shard, proxy=proxy) for _ in range(shards)
         ]
+        for shard in self.shards:
+            _check_idle_without_yielding(shard)
         self.open = [0] * shards  # requests sent through each shard and not yet closed
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -103,6 +108,62 @@ class _Counted(httpx.SyncByteStream):
         finally:
             if counts is not None:
                 counts[self.index] -= 1
+
+
+def _check_idle_without_yielding(transport: httpx.HTTPTransport) -> None:
+    """Give ``transport``'s httpcore pool connections whose idle check asks the OS.
+
+    httpcore polls the socket of each idle connection of a pool (a hang-up by the server?)
+    whenever a request starts or a response closes, with ``select.poll``: under gevent a
+    cooperative poll that yields to the event loop, once per idle connection, before the
+    request is even sent (``core.io``). httpx builds the pool and keeps it private: where its
+    attributes are not found (another httpx), the pool is left as it is, and
+    ``tests/streaming/test_http_pool.py`` fails.
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _QuietBackend):
+        pool._network_backend = _QuietBackend(backend)  # type: ignore[union-attr]
+
+
+class _QuietBackend(httpcore.NetworkBackend):
+    """httpcore's backend, its connections' idle check answered by ``core.io.readable_now``."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self.inner = inner
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _QuietStream(self.inner.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _QuietStream(self.inner.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _QuietStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _QuietStream(self.inner.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            sock = self.inner.get_extra_info("socket")
+            if sock is not None:
+                return readable_now(sock)
+        return self.inner.get_extra_info(info)
 
 
 def environment_proxy(url: str) -> str | None:

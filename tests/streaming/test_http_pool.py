@@ -14,6 +14,7 @@ import pytest
 
 from bench.fake_upstream import FakeUpstream
 from streaming.http_pool import ShardedTransport, environment_proxy, model_server_client
+from tests.support.gevent_probe import run_patched
 
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 BODY = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -106,3 +107,36 @@ def test_no_proxy_keeps_a_model_server_direct(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(name, raising=False)
     assert environment_proxy("http://models.internal:8000/v1") is None
     assert environment_proxy("http://elsewhere:8000/v1") == "http://127.0.0.1:9"
+
+
+IDLE_PROBE = """
+import httpx
+
+from streaming.http_pool import model_server_client
+
+base = sys.argv[1]
+limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+clients = {
+    "ours": model_server_client(base, httpx.Timeout(10), limits, True),
+    "httpx": httpx.Client(timeout=10, limits=limits),
+}
+found = {}
+for name, client in clients.items():
+    client.get(base + "/models")  # one connection, idle from now on
+    polls[0] = 0
+    statuses = {client.get(base + "/models").status_code for _ in range(20)}
+    found[name] = {"polls": polls[0], "statuses": sorted(statuses)}
+print(json.dumps(found))
+"""
+
+
+def test_reusing_an_idle_connection_never_polls_cooperatively(
+    fake_upstream: FakeUpstream,
+) -> None:
+    """httpcore polls each idle connection's socket (did the server hang up?) when a request
+    starts and when a response closes; under gevent that poll yields to the event loop each
+    time. The model server's pools ask the operating system instead (``core.io``)."""
+    found = run_patched(IDLE_PROBE, fake_upstream.base_url)
+    assert found["ours"] == {"polls": 0, "statuses": [200]}
+    assert found["httpx"]["statuses"] == [200]
+    assert found["httpx"]["polls"] >= 20  # the control: at least one per request
