@@ -30,3 +30,17 @@ def readable_now(sock: Any) -> bool:
     poller = _os_poll()
     poller.register(fileno, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def readable_within(sock: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to be readable, as ``readable_now`` says it.
+
+    With ``select.poll`` as the process has it: gevent's, a cooperative wait, where it patched
+    the module; the operating system's in a plain thread.
+    """
+    fileno = -1 if sock is None else sock.fileno()
+    if fileno < 0:
+        return True
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))

@@ -26,7 +26,7 @@ from sqlalchemy import DateTime, MetaData, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 
-from core.io import readable_now
+from core.io import readable_now, readable_within
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -55,43 +55,53 @@ class PoolExhausted(redis.ConnectionError):
     """
 
 
-def _nothing_waiting(connection: Any) -> bool:
-    """True when nothing is waiting to be read on ``connection``: no reply its parser buffered,
-    its socket neither readable nor closed (``core.io.readable_now``). False whenever that
-    cannot be told so cheaply."""
+def _something_waiting(connection: Any) -> bool | None:
+    """Is something waiting to be read on ``connection``: a reply its parser buffered, bytes
+    TLS decrypted, its socket readable (data, or a hang-up; ``core.io.readable_now``)? None
+    when that cannot be told so cheaply (a parser other than hiredis's, no socket)."""
     sock = connection._sock
     reader = getattr(connection._parser, "_reader", None)  # hiredis's (the Python one has none)
-    if sock is None or reader is None or not hasattr(reader, "has_data") or reader.has_data():
-        return False
+    if sock is None or reader is None or not hasattr(reader, "has_data"):
+        return None
+    if reader.has_data():
+        return True
     pending = getattr(sock, "pending", None)  # TLS bytes decrypted above the socket
-    if pending is not None and pending():
-        return False
-    return not readable_now(sock)
+    return bool(pending is not None and pending()) or readable_now(sock)
 
 
 class QuickCheckout(redis.ConnectionPool):
-    """A pool whose check of a connection handed out never waits for the event loop.
+    """A pool whose connections tell whether anything waits on them without a turn of the loop.
 
-    redis-py asks each connection it hands out whether anything is waiting to be read on it
-    (``can_read()``: a reply left over, a closed socket) with ``select.poll``. Under gevent that
-    is gevent's cooperative poll: even with a zero timeout it yields to the event loop and
-    comes back one whole loop iteration later, so every command and pipeline waited a turn of
-    a busy worker's loop before it was even sent (and spent ~28 us instead of ~2). Here the
-    common answer, "nothing is waiting", comes from the operating system's poll; a connection
-    with something waiting goes through redis-py's own check as before.
+    redis-py asks a connection ``can_read()`` with ``select.poll``: of each connection it hands
+    out (a reply left over, a closed socket?), and of a pub/sub connection before each read
+    (once to wait, then once more to tell data from a hang-up). Under gevent that is gevent's
+    cooperative poll: even with a zero timeout it yields to the event loop and comes back one
+    whole loop iteration later, so every command and pipeline waited a turn of a busy worker's
+    loop before it was sent (and the check cost ~28 us instead of ~2), and the hub's reader one
+    more before each read. Here "nothing waits" (a command's checkout) and "something waits"
+    (a pub/sub read: the read itself tells a hang-up, raising ``ConnectionError``) come from
+    the operating system's poll (``core.io``); a pub/sub wait is one cooperative poll; a
+    checkout with something waiting goes through redis-py's own check as before.
     """
 
     def make_connection(self) -> Any:
-        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        connection: Any = super().make_connection()  # type: ignore[no-untyped-call]
         library_check = connection.can_read
 
         def can_read(timeout: float = 0) -> bool:
-            if not timeout and _nothing_waiting(connection):
-                return False
-            return bool(library_check(timeout))
+            waiting = _something_waiting(connection)
+            if waiting is None or (waiting and not timeout):
+                return bool(library_check(timeout))
+            if waiting or not timeout:
+                return waiting
+            return readable_within(connection._sock, timeout)
 
         connection.can_read = can_read  # type: ignore[method-assign]
         return connection
+
+
+class _QuickSentinelPool(SentinelConnectionPool, QuickCheckout):
+    """Sentinel's pool (it asks the sentinels where the master is), ``QuickCheckout``'s checks."""
 
 
 class BoundedPool(QuickCheckout, redis.BlockingConnectionPool):
@@ -246,8 +256,9 @@ def reader_client(target: RedisTarget, client_name: str) -> redis.Redis:
         options.update(redis.connection.parse_url(target.url))
         for name in ("host", "port", "db"):
             options.pop(name, None)
-        pool = redis.ConnectionPool(connection_class=_AnyNodeConnection, cluster=seed, **options)
+        pool = QuickCheckout(connection_class=_AnyNodeConnection, cluster=seed, **options)
         return redis.Redis(connection_pool=pool)
+    options["connection_pool_class"] = _QuickSentinelPool if target.sentinels else QuickCheckout
     return make_client(target, **options)
 
 

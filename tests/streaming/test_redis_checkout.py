@@ -49,3 +49,45 @@ def test_commands_and_pipelines_of_our_pools_never_poll_cooperatively(probe: Any
 def test_the_library_pool_does_so_once_per_command(probe: Any) -> None:
     # The control: what the pools above no longer do (51 = 50 commands and one pipeline).
     assert probe["library"] == {"polls": 51, "ok": True}
+
+
+READER_PROBE = """
+import redis
+
+from core.store import RedisTarget, reader_client
+
+url = sys.argv[1]
+publisher = redis.Redis.from_url(url)
+found = {}
+for name, client in {
+    "ours": reader_client(RedisTarget(url), "probe-reader"),
+    "library": redis.Redis.from_url(url, socket_timeout=None),
+}.items():
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("probe-topic")
+    while pubsub.get_message(timeout=5) is not None or not pubsub.subscribed:
+        pass  # the subscription confirmed
+    polls[0] = 0
+    got = []
+    for i in range(20):
+        publisher.publish("probe-topic", str(i))
+        message = None
+        while message is None:
+            message = pubsub.get_message(timeout=5)
+        got.append(int(message["data"]))
+    found[name] = {"polls": polls[0], "got": got}
+    pubsub.close()
+print(json.dumps(found))
+"""
+
+
+def test_the_hub_readers_pub_sub_waits_once_per_read(redis_server: RedisServer) -> None:
+    """Before each read of a message it has not buffered, redis-py waits for the socket (a
+    cooperative poll: the wait itself) and then polls it once more, cooperatively, to tell data
+    from a hang-up: a second turn of the loop per notification. The hub reader's connection
+    tells them apart by reading."""
+    found = run_patched(READER_PROBE, redis_server.url)
+    assert found["ours"]["got"] == found["library"]["got"] == list(range(20))
+    assert found["ours"]["polls"] <= 20  # at most the wait, once a message
+    # The control: the wait and at least one more (redis-py 8.1 makes three a message).
+    assert found["library"]["polls"] >= 40
