@@ -24,12 +24,7 @@ except ImportError:  # pragma: no cover - gevent is a dependency; plain threads 
 def readable_now(sock: Any) -> bool:
     """True if a read on ``sock`` would not wait: data, a hang-up or an error (always
     reported by poll) is there now; or the socket is gone (as a read would then fail at once)."""
-    fileno = -1 if sock is None else sock.fileno()
-    if fileno < 0:
-        return True
-    poller = _os_poll()
-    poller.register(fileno, select.POLLIN)
-    return bool(poller.poll(0))
+    return _readable(_os_poll, sock, 0)
 
 
 def readable_within(sock: Any, timeout: float) -> bool:
@@ -38,9 +33,13 @@ def readable_within(sock: Any, timeout: float) -> bool:
     With ``select.poll`` as the process has it: gevent's, a cooperative wait, where it patched
     the module; the operating system's in a plain thread.
     """
+    return _readable(select.poll, sock, timeout * 1000)
+
+
+def _readable(make_poll: Any, sock: Any, timeout_ms: float) -> bool:
     fileno = -1 if sock is None else sock.fileno()
     if fileno < 0:
         return True
-    poller = select.poll()
+    poller = make_poll()
     poller.register(fileno, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
+    return bool(poller.poll(timeout_ms))
