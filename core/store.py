@@ -248,7 +248,10 @@ def reader_client(target: RedisTarget, client_name: str) -> redis.Redis:
         "socket_timeout": None,
         "socket_connect_timeout": 2,
         "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0),
+        # No error is retryable: redis-py calls a retry's failure handler (for pub/sub, a
+        # reconnect and resubscribe) before it counts the retries, so Retry(..., 0) alone
+        # still reconnects once, and a connection closed by stop() came back unowned.
+        "retry": Retry(NoBackoff(), 0, supported_errors=()),
         "client_name": client_name,
     }
     if target.cluster:

@@ -298,16 +298,24 @@ class Dispatcher:
                 backoff = min(backoff * 2, 5.0)
 
     def _close_pubsub(self) -> None:
-        """Close the current subscription connection, if any (caller holds the lock)."""
-        if self.pubsub is not None:
+        """Close the current subscription connection, if any (caller holds the lock).
+
+        The closed PubSub is dropped, not kept: redis-py's PubSub opens a new connection on its
+        next command (a subscriber's UNSUBSCRIBE, the idle PING), one nobody would close.
+        """
+        pubsub, self.pubsub = self.pubsub, None
+        self.healthy.clear()
+        if pubsub is not None:
             try:
-                self.pubsub.close()
+                pubsub.close()
             except Exception:  # noqa: BLE001, S110 - it is being replaced or stopped either way
                 pass
 
     def _connect(self) -> None:
         with self.lock:
             self._close_pubsub()
+            if not self.running:  # stop() ran since the loop's check: connect no more
+                raise ConnectionError("the dispatcher is stopped")
             self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
             names = [topic(c) for c in self.channels]
             self.pending = dict.fromkeys([CONTROL_TOPIC, *names], 1)
@@ -315,12 +323,16 @@ class Dispatcher:
             self.healthy.set()
 
     def _listen(self) -> None:
+        pubsub = self.pubsub  # this connection's; replaced or dropped only by _connect/stop
         idle_since = time.monotonic()
         while self.running:
-            message = self.pubsub.get_message(timeout=5.0)
+            message = pubsub.get_message(timeout=5.0)
             if message is None:
                 if time.monotonic() - idle_since > 30:
-                    self.pubsub.ping()  # proves the connection is alive; raises if not
+                    with self.lock:
+                        if pubsub is not self.pubsub:  # closed under us: reconnect or stop
+                            raise ConnectionError("the pub/sub connection was closed")
+                        pubsub.ping()  # proves the connection is alive; raises if not
                     idle_since = time.monotonic()
                 continue
             idle_since = time.monotonic()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from streaming.control import Dispatcher, Subscriber, services_of
 from streaming.log import event_log, log_key
 from tests.support.accounts import member_channel
 from tests.support.hub import open_hub
@@ -27,7 +28,7 @@ member = pytest.fixture(member_channel, name="member")
 
 
 def _hub_connection(redis: Any) -> dict[str, Any]:
-    (conn,) = [c for c in redis.client_list() if c.get("name") == f"sg-hub:{os.getpid()}"]
+    (conn,) = _hub_connections(redis)
     return dict(conn)
 
 
@@ -100,7 +101,7 @@ def test_a_dropped_pubsub_connection_closes_local_subscribers_instead_of_hiding_
     finally:
         reader.close()
     # The dispatcher is back, on a fresh connection, and delivers again.
-    wait_until(lambda: any(c.get("name") == f"sg-hub:{os.getpid()}" for c in redis.client_list()))
+    wait_until(lambda: _hub_connections(redis))
     again = open_hub(client, channel, headers)
     try:
         event_log(app).append(channel, "stream.started", '{"type":"stream.started"}', 60)
@@ -108,3 +109,50 @@ def test_a_dropped_pubsub_connection_closes_local_subscribers_instead_of_hiding_
         assert events[-1].data == {"type": "stream.started"}
     finally:
         again.close()
+
+
+def test_a_subscriber_that_leaves_after_the_dispatcher_stopped_opens_no_connection(
+    app: Any, client: Any, redis: Any, member: tuple[str, dict[str, str]]
+) -> None:
+    # A worker shutting down (or a test's teardown) stops the dispatcher while hub readers are
+    # still open; each one unsubscribes as it goes. That must not open a fresh pub/sub
+    # connection nobody will close: it would outlive the dispatcher.
+    channel, headers = member
+    reader = open_hub(client, channel, headers)
+    try:
+        assert reader.status == 200
+        _stop_services(app)
+    finally:
+        reader.close()
+    wait_until(lambda: not _hub_connections(redis))
+
+
+def test_a_stopped_dispatcher_sends_nothing_more_even_before_its_reader_notices(
+    app: Any, redis: Any
+) -> None:
+    # The reader thread learns of stop() when its read fails; a subscriber leaving in between
+    # must not send its UNSUBSCRIBE on a new connection. Driven without the thread, so that
+    # window stays open for as long as the test needs.
+    _stop_services(app)
+    wait_until(lambda: not _hub_connections(redis))
+    dispatcher = Dispatcher(app)
+    dispatcher._connect()  # what its reader thread does first
+    sub = Subscriber("users/usr_late", "usr_late", "jti", "ten", maxsize=10)
+    dispatcher.add(sub)
+    assert len(_hub_connections(redis)) == 1
+    dispatcher.stop()
+    dispatcher.remove(sub)
+    wait_until(lambda: not _hub_connections(redis))
+    with pytest.raises(ConnectionError):
+        dispatcher._connect()  # nor does a reader that checked ``running`` just before stop()
+    assert not _hub_connections(redis)
+
+
+def _stop_services(app: Any) -> None:
+    services = services_of(app)
+    assert services is not None
+    services.stop()
+
+
+def _hub_connections(redis: Any) -> list[Any]:
+    return [c for c in redis.client_list() if c.get("name") == f"sg-hub:{os.getpid()}"]
