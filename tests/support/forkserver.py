@@ -104,7 +104,13 @@ class ForkServer:
         return proc
 
     def spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess:
-        """Start ``argv`` (``python -m gunicorn ...``) as a child of the server; its process."""
+        """Start ``argv`` (``python -m gunicorn ...``) as a child of the server; its process.
+
+        Its workers' metric files go beside ``log``, in the test's own directory: left to itself,
+        ``gunicorn.conf.py`` makes a directory in /tmp that only a graceful exit removes (a
+        server killed at once, or one refused at start-up, left it there).
+        """
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(log.with_name(log.stem + "-metrics")), **env}
         request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log)}
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:

@@ -61,11 +61,7 @@ def start_gunicorn(
     """Start gunicorn on a free loopback port and wait for ``/healthz``; returns (url, process).
 
     When another process took the port between choosing and binding it, another is chosen.
-    The workers' metric files go beside the log, in the test's own directory: left to itself,
-    ``gunicorn.conf.py`` makes one in /tmp that only a graceful exit removes (a test that kills a
-    server at once would leave it there).
     """
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(log_path.with_name(log_path.stem + "-metrics")), **env}
     for attempt in range(5):
         port = free_port()
         proc = fork_server().spawn(gunicorn_argv(port, workers), env, ROOT, log_path)
