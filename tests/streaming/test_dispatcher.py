@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -92,23 +93,16 @@ def test_a_dropped_pubsub_connection_closes_local_subscribers_instead_of_hiding_
     app: Any, client: Any, redis: Any, member: tuple[str, dict[str, str]]
 ) -> None:
     channel, headers = member
-    reader = open_hub(client, channel, headers)
-    try:
-        assert reader.status == 200
+    with _reading(client, channel, headers) as reader:
         assert redis.client_kill_filter(_type="pubsub") >= 1
         reader.read()  # returns when the server ends the stream
         assert reader.eof
-    finally:
-        reader.close()
     # The dispatcher is back, on a fresh connection, and delivers again.
     wait_until(lambda: _hub_connections(redis))
-    again = open_hub(client, channel, headers)
-    try:
+    with _reading(client, channel, headers) as again:
         event_log(app).append(channel, "stream.started", '{"type":"stream.started"}', 60)
         events = again.read(until=lambda e: e.event == "stream.started")
         assert events[-1].data == {"type": "stream.started"}
-    finally:
-        again.close()
 
 
 def test_a_subscriber_that_leaves_after_the_dispatcher_stopped_opens_no_connection(
@@ -118,12 +112,8 @@ def test_a_subscriber_that_leaves_after_the_dispatcher_stopped_opens_no_connecti
     # still open; each one unsubscribes as it goes. That must not open a fresh pub/sub
     # connection nobody will close: it would outlive the dispatcher.
     channel, headers = member
-    reader = open_hub(client, channel, headers)
-    try:
-        assert reader.status == 200
+    with _reading(client, channel, headers):
         _stop_services(app)
-    finally:
-        reader.close()
     wait_until(lambda: not _hub_connections(redis))
 
 
@@ -146,6 +136,17 @@ def test_a_stopped_dispatcher_sends_nothing_more_even_before_its_reader_notices(
     with pytest.raises(ConnectionError):
         dispatcher._connect()  # nor does a reader that checked ``running`` just before stop()
     assert not _hub_connections(redis)
+
+
+@contextmanager
+def _reading(client: Any, channel: str, headers: dict[str, str]) -> Iterator[Any]:
+    """An open hub connection (asserted 200), closed on leaving the block."""
+    reader = open_hub(client, channel, headers)
+    try:
+        assert reader.status == 200
+        yield reader
+    finally:
+        reader.close()
 
 
 def _stop_services(app: Any) -> None:
