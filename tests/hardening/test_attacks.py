@@ -245,6 +245,7 @@ def test_deeply_nested_json_is_a_clear_400(client: Any, make_user: Any, auth_hea
         assert "nested too deeply" in response.get_data(as_text=True)
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/streams"])
 def test_thousands_of_invalid_messages_are_refused_by_their_count_with_a_short_body(
     live: Any, make_user: Any, auth_headers: Any, path: str
