@@ -24,6 +24,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,7 +59,9 @@ def kill_a_master_when_busy(stack: ClusterStack, generators: int, record: dict[s
         redis.close()
 
 
-def test_a_master_killed_mid_soak_loses_no_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_master_killed_mid_soak_loses_no_stream(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name, value in {"SECONDS": SECONDS, "GENERATORS": 30, "SUBSCRIBERS": 120}.items():
         monkeypatch.setattr(soak_module, name, value)
     monkeypatch.setattr(soak_module, "TOKENS", 60)
@@ -70,7 +73,7 @@ def test_a_master_killed_mid_soak_loses_no_stream(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SSE_HEARTBEAT_S", "2")
     # A run rides out the failover (about 2 s here, plus the clients seeing the new topology).
     monkeypatch.setenv("REDIS_RETRY_S", "15")
-    stack = ClusterStack(workers=2)
+    stack = ClusterStack(workers=2, workdir=tmp_path)  # logs kept with the test's, pruned by pytest
     record: dict[str, Any] = {}
     try:
         stack.start_redis()

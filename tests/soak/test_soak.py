@@ -22,6 +22,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,12 +328,14 @@ def retry_after(headers: dict[str, str]) -> float:
 
 
 @pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu_hog"])
-def test_soak_subscribers_and_generations(monkeypatch: pytest.MonkeyPatch, hog: bool) -> None:
+def test_soak_subscribers_and_generations(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hog: bool
+) -> None:
     monkeypatch.setenv("SSE_MAX_SUBSCRIPTIONS_PER_USER", "100000")
     monkeypatch.setenv("SSE_CONNECTS_PER_MINUTE", "1000000")  # 10 watchers hold 1,000 followers
     monkeypatch.setenv("SSE_HEARTBEAT_S", "5")
     monkeypatch.setenv("OVERLOAD_LAG_MS", "250")  # the production door (live tests turn it off)
-    stack = Stack(workers=2)
+    stack = Stack(workers=2, workdir=tmp_path)  # its logs kept with the test's, pruned by pytest
     try:
         stack.start_redis()
         stack.start_upstream(tokens=TOKENS, delay_ms=DELAY_MS)
