@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from flask import Flask
 from core.store import get_redis
 from streaming import upstreams
 from streaming.generation import Generation
+from streaming.log_writer import with_redis_retry
 from streaming.providers import Chunk, Provider
 from streaming.upstreams import NoUpstream, Slot
 
@@ -60,6 +62,7 @@ def open_stream(app: Flask, gen: Generation, open_attempt: Opener) -> Iterator[C
     rt = upstreams.router(app)
     metrics = app.extensions["streamgate.metrics"]
     client = get_redis()
+    retry_s = app.config["REDIS_RETRY_S"]
     candidates = rt.order(gen.model)
     if not candidates:
         raise NoUpstream(f"No model server serves '{gen.model}'.", busy=False)
@@ -67,7 +70,11 @@ def open_stream(app: Flask, gen: Generation, open_attempt: Opener) -> Iterator[C
     last_error: Exception | None = None
     while candidates:
         try:
-            slot = upstreams.take(client, rt, candidates, gen.stream_id)
+            # Like the run's log appends, the lease rides out a Redis restart or a Cluster
+            # failover (REDIS_RETRY_S) rather than failing a stream that was admitted.
+            slot = with_redis_retry(
+                partial(upstreams.take, client, rt, candidates, gen.stream_id), retry_s
+            )
         except NoUpstream:
             if last_error is not None:
                 raise last_error from None  # the others are full: what the last one said
@@ -104,7 +111,7 @@ def open_stream(app: Flask, gen: Generation, open_attempt: Opener) -> Iterator[C
             )
             last_error = exc
             continue
-        upstreams.succeeded(client, slot)
+        with_redis_retry(partial(upstreams.succeeded, client, slot), retry_s)
         yield from _stream(client, rt, slot, gen, chunks, first, started, metrics)
         return
 

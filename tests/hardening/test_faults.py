@@ -285,3 +285,38 @@ def test_database_outage_during_a_stream_keeps_tokens_flowing(
     finally:
         node.close()
         pg.stop(cluster)
+
+
+def test_a_run_starting_while_redis_is_down_waits_for_it_instead_of_failing(node: Node) -> None:
+    # A stream admitted just before Redis went away (a restart, a Cluster failover) takes its
+    # model-server lease when its run starts: that must ride the outage out (REDIS_RETRY_S,
+    # 5 s by default), as the run's log appends do, not fail the stream at once.
+    from streaming import failover
+    from streaming.generation import Generation
+
+    gen = Generation(
+        stream_id="str_faultlease0001",
+        tenant_id="ten_x",
+        user_id="usr_x",
+        token_jti="jti_x",
+        mode="channel",
+        model="fake-model",
+        messages=[],
+        params={},
+        prompt_estimate=1,
+        request={
+            "model": "fake-model",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "[[fake tokens=3]]"}],
+        },
+    )
+    stop_process(node.redis.proc)
+    back = threading.Timer(1.0, node.restart_redis, kwargs={"down_s": 0.0})
+    back.start()
+    try:
+        chunks = failover.open_stream(node.app, gen, lambda p, req: p.stream(req))
+        text = "".join(chunk.text for chunk in chunks)
+    finally:
+        back.join(30)
+    assert text == expected_text(3)
+    assert gen.upstream_attempts == 1
