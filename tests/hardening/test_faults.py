@@ -292,24 +292,14 @@ def test_a_run_starting_while_redis_is_down_waits_for_it_instead_of_failing(node
     # model-server lease when its run starts: that must ride the outage out (REDIS_RETRY_S,
     # 5 s by default), as the run's log appends do, not fail the stream at once.
     from streaming import failover
-    from streaming.generation import Generation
+    from tests.support.hub import channel_generation
 
-    gen = Generation(
-        stream_id="str_faultlease0001",
-        tenant_id="ten_x",
-        user_id="usr_x",
-        token_jti="jti_x",
-        mode="channel",
-        model="fake-model",
-        messages=[],
-        params={},
-        prompt_estimate=1,
-        request={
-            "model": "fake-model",
-            "max_tokens": 5,
-            "messages": [{"role": "user", "content": "[[fake tokens=3]]"}],
-        },
-    )
+    gen = channel_generation("ten_x", "usr_x", "jti_x", prompt_estimate=1)
+    gen.request = {
+        "model": "fake-model",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "[[fake tokens=3]]"}],
+    }
     stop_process(node.redis.proc)
     back = threading.Timer(1.0, node.restart_redis, kwargs={"down_s": 0.0})
     back.start()
