@@ -126,16 +126,19 @@ def test_a_stopped_dispatcher_sends_nothing_more_even_before_its_reader_notices(
     _stop_services(app)
     wait_until(lambda: not _hub_connections(redis))
     dispatcher = Dispatcher(app)
-    dispatcher._connect()  # what its reader thread does first
-    sub = Subscriber("users/usr_late", "usr_late", "jti", "ten", maxsize=10)
-    dispatcher.add(sub)
-    assert len(_hub_connections(redis)) == 1
-    dispatcher.stop()
-    dispatcher.remove(sub)
-    wait_until(lambda: not _hub_connections(redis))
-    with pytest.raises(ConnectionError):
-        dispatcher._connect()  # nor does a reader that checked ``running`` just before stop()
-    assert not _hub_connections(redis)
+    try:
+        dispatcher._connect()  # what its reader thread does first
+        sub = Subscriber("users/usr_late", "usr_late", "jti", "ten", maxsize=10)
+        dispatcher.add(sub)
+        assert len(_hub_connections(redis)) == 1
+        dispatcher.stop()
+        dispatcher.remove(sub)
+        wait_until(lambda: not _hub_connections(redis))
+        with pytest.raises(ConnectionError):
+            dispatcher._connect()  # nor does a reader that checked ``running`` before stop()
+        assert not _hub_connections(redis)
+    finally:
+        dispatcher.stop()  # idempotent; a failed assertion must not leave it to the next test
 
 
 @contextmanager
