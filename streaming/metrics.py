@@ -190,6 +190,9 @@ class GcPauses:
             self.children[generation].observe(seconds)
 
 
+YOUNG_GC_THRESHOLD = 10_000  # allocations between young collections in a server worker
+
+
 def settle_worker_heap(metrics: Metrics) -> int:
     """Freeze what a server worker built at boot, time its collections; the frozen count.
 
@@ -200,9 +203,15 @@ def settle_worker_heap(metrics: Metrics) -> int:
     busy worker's CPU (gc.callbacks timings, 1-token channel streams). ``gc.freeze`` moves them
     to the permanent generation (CPython's documented use): full collections then take
     under 12 ms.
+
+    The young generation is then collected every ``YOUNG_GC_THRESHOLD`` allocations instead of
+    CPython's 700. 400 channel streams of 200 tokens at 20 ms, 200 at a time, on two workers:
+    452 collections of 1.8 ms (4.4% of the workers' CPU) before, 15 of 8.6 ms (0.8%) after;
+    a token's objects are mostly gone by the next collection.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     frozen = gc.get_freeze_count()
     metrics.gc_frozen.set(frozen)
     if metrics.gc_pauses is None:
