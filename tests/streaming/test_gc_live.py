@@ -25,7 +25,9 @@ def test_every_worker_froze_its_boot_heap_and_its_collections_are_on_metrics(
 
     _, headers = live_user()
     with live.client() as client:
-        for _ in range(3):  # streams allocate: the collector runs, the load monitor reports it
+        # Streams allocate: the collector runs (a worker's young generation every 10,000
+        # allocations), the load monitor reports it.
+        for _ in range(10):
             started = start_stream(client, headers, tokens=20, delay_ms=1)
             reading = read_hub(client, started["channel"], headers)
             assert text_of(reading.events) == expected_text(20)
