@@ -13,7 +13,9 @@ _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="streamgate-metrics-")
 
-worker_class = "gevent"
+# gunicorn's gevent worker, accepting up to WORKER_ACCEPT_BATCH (8) connections a loop turn
+# rather than the 1 gunicorn sets with several workers (streaming/worker.py).
+worker_class = "streaming.worker.GeventWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
 bind = os.environ.get("BIND", "127.0.0.1:8000")

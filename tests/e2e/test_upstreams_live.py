@@ -16,7 +16,6 @@ operator notices:
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +28,9 @@ from httpx_sse import EventSource
 
 from bench.fake_upstream import expected_text
 from tests.api.chat_helpers import chat_body, chunk_text
-from tests.support.config import ROOT, live_env
-from tests.support.forkserver import fork_server
-from tests.support.live import LiveCluster, LiveServer, gunicorn_argv
-from tests.support.processes import connections_on, free_port, stop_process
+from tests.support.config import live_env
+from tests.support.live import LiveCluster, LiveServer, refused_start
+from tests.support.processes import connections_on
 from tests.support.upstreams import FakeProcess, upstreams_json
 from tests.support.waiting import wait_until
 
@@ -360,19 +358,6 @@ def test_max_concurrent_is_exact_under_a_burst_across_two_masters(
 # --- start-up refusals ----------------------------------------------------------------------------
 
 
-def _refused(env: dict[str, str], tmp_path: Path) -> str:
-    """Start gunicorn with ``env``; it must exit. Its log."""
-    log = tmp_path / "gunicorn.log"
-    proc = fork_server().spawn(gunicorn_argv(free_port()), env, ROOT, log)
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        stop_process(proc)
-        pytest.fail("gunicorn started with a bad LLM_UPSTREAMS:\n" + log.read_text()[-3000:])
-    assert proc.returncode != 0
-    return log.read_text(errors="replace")
-
-
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -391,7 +376,7 @@ def test_gunicorn_refuses_to_start_with_a_bad_llm_upstreams(
 ) -> None:
     env = live_env(redis_server.url, f"sqlite:///{tmp_path / 'x.db'}", "http://127.0.0.1:9/v1")
     env.pop("LLM_MODELS")
-    assert message in _refused({**env, "LLM_UPSTREAMS": value}, tmp_path)
+    assert message in refused_start({**env, "LLM_UPSTREAMS": value}, tmp_path)
 
 
 def test_gunicorn_refuses_to_start_when_an_allow_list_names_a_model_no_upstream_serves(
@@ -415,5 +400,5 @@ def test_gunicorn_refuses_to_start_when_an_allow_list_names_a_model_no_upstream_
     env = live_env(redis_server.url, db_url, "http://127.0.0.1:9/v1")
     env.pop("LLM_MODELS")
     value = upstreams_json({"name": "a", "base_url": "http://127.0.0.1:9/v1", "models": ["m"]})
-    log = _refused({**env, "LLM_UPSTREAMS": value}, tmp_path)
+    log = refused_start({**env, "LLM_UPSTREAMS": value}, tmp_path)
     assert "tenant 'acme' allows model 'gpt-x', which no upstream serves" in log

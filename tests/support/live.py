@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -91,6 +92,19 @@ def start_gunicorn(
             continue
         return url, proc
     raise AssertionError("unreachable")
+
+
+def refused_start(env: dict[str, str], tmp_path: Path) -> str:
+    """Start gunicorn with ``env``, which it must refuse: it exits non-zero. Its log."""
+    log = tmp_path / "gunicorn.log"
+    proc = fork_server().spawn(gunicorn_argv(free_port()), env, ROOT, log)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+        pytest.fail("gunicorn started with a bad setting:\n" + log.read_text()[-3000:])
+    assert proc.returncode != 0
+    return log.read_text(errors="replace")
 
 
 @dataclass
