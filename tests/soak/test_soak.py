@@ -142,9 +142,8 @@ async def follow(
             # Cut once an event has arrived, so that the reconnect resumes from an id: a loaded
             # machine delays first events, and a cut before one is a plain reconnect.
             arrived = asyncio.ensure_future(first.wait())
-            await asyncio.wait(
-                {arrived, proto.done}, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
-            )
+            either: set[asyncio.Future[Any]] = {arrived, proto.done}
+            await asyncio.wait(either, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
             arrived.cancel()
             wait = rng.uniform(0.2, TOKENS * DELAY_MS / 1000)
         try:
