@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import gc
 import json
 import resource
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -706,6 +708,25 @@ async def closed_loop(
         for task in tasks:
             task.cancel()
     return results
+
+
+@contextlib.contextmanager
+def collection_held() -> Iterator[None]:
+    """No garbage collection in this process while the block runs.
+
+    A reader stamps what one read returns with the kernel's time for the newest bytes
+    (``_KernelStamped``), so a pause of this process makes every event that arrived during it
+    look as late as the last one. Following one stream with 1,000 subscribers, the client holds
+    ~200,000 receive records, and a full collection of them stopped it for 156-224 ms: the
+    fan-out's lag p99 was that pause (2026-12-04, ``gc.callbacks`` beside the per-event lags).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass

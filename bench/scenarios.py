@@ -724,9 +724,10 @@ async def channel_fanout(ctx: Ctx, _target: Target) -> dict[str, Any]:
     cost = client.ClientCost().start()
     t_follow = time.perf_counter()
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(asyncio.shield(s.proto.done) for s in subs if s.proto)), budget
-        )
+        with client.collection_held():  # a pause here would be charged to the gateway
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(s.proto.done) for s in subs if s.proto)), budget
+            )
     except TimeoutError:
         pass
     finally:
