@@ -666,6 +666,7 @@ async def channel_idle(ctx: Ctx, target: Target) -> dict[str, Any]:
         "gateway": "restarted before this scenario, then warmed with 8 streams",
         "baseline": base,
         "levels": levels,
+        "redis_cap_per_worker": stack.redis_cap_per_worker(),
         "after_close": after,
         "failures": failures,
     }

@@ -421,6 +421,19 @@ class Stack:
         assert self.gateway is not None
         return self.gateway.pids()
 
+    def redis_cap_per_worker(self) -> int:
+        """The most Redis connections one gateway worker can open, whatever its load: its two
+        pools (``REDIS_POOL_SIZE``, ``REDIS_RUNS_POOL_SIZE``) and its own two connections (the
+        hub's pub/sub reader and the log writer's)."""
+        from api.config import variable
+
+        env = self.gateway_env()
+
+        def size(name: str) -> int:
+            return int(env.get(name) or str(variable(name).default))
+
+        return size("REDIS_POOL_SIZE") + size("REDIS_RUNS_POOL_SIZE") + 2
+
     def redis_client(self) -> Any:
         import redis as redis_lib
 

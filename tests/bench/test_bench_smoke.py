@@ -72,6 +72,11 @@ def test_smoke_run_writes_results_with_tokens(tmp_path: Path) -> None:
 
     idle = scenarios["channel.idle"]
     assert all(level["open"] == level["requested"] for level in idle["levels"].values())
+    # The most connections a worker can open is what the Redis target is judged against.
+    assert all(
+        max(level["redis"]["per_worker"]) <= idle["redis_cap_per_worker"]
+        for level in idle["levels"].values()
+    )
     fanout = scenarios["channel.fanout"]
     assert fanout["subscribers"] > 0 and fanout["completed"] == fanout["subscribers"]
     assert fanout["lag_ms"]["n"] > 0
